@@ -1,0 +1,223 @@
+//! Local writes: the API's creates, updates, deletes and batches.
+//!
+//! Each write validates against the schema first, then stores the entity and
+//! registers its change in the same transaction (Property 4; contract §7.1):
+//! on a client the change is queued for the master; on the master it becomes
+//! a new revision in the change log.
+
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{Engine, EngineError};
+use crate::entity::{Entity, Operation, next_updated_at};
+use crate::schema::ValidateError;
+use crate::store::{NodeRole, StoreTx};
+
+/// One operation of a batch.
+#[derive(Debug, Clone)]
+pub enum BatchOp {
+    Put {
+        entity_type: String,
+        uuid: Uuid,
+        data: Value,
+    },
+    Delete {
+        entity_type: String,
+        uuid: Uuid,
+    },
+}
+
+/// Why one operation of a batch is invalid.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchItemError {
+    pub index: usize,
+    pub path: String,
+    pub message: String,
+}
+
+/// Whether a put created the entity or updated it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    Created,
+    Updated,
+}
+
+impl Engine {
+    /// Creates an entity; refuses a uuid that already exists.
+    pub async fn create(
+        &self,
+        entity_type: &str,
+        uuid: Option<Uuid>,
+        data: Value,
+    ) -> Result<Entity, EngineError> {
+        self.validate(entity_type, &data)?;
+        let uuid = uuid.unwrap_or_else(Uuid::now_v7);
+        let mut tx = self.store.begin().await?;
+        if tx.get_entity(entity_type, uuid).await?.is_some() {
+            return Err(EngineError::AlreadyExists {
+                entity_type: entity_type.to_string(),
+                uuid,
+            });
+        }
+        let (entity, _) = self.write_in(tx.as_mut(), entity_type, uuid, Some(data)).await?;
+        tx.commit().await?;
+        Ok(entity)
+    }
+
+    /// Creates or replaces an entity's data (an undelete when it was deleted).
+    pub async fn put(
+        &self,
+        entity_type: &str,
+        uuid: Uuid,
+        data: Value,
+    ) -> Result<(Entity, PutOutcome), EngineError> {
+        self.validate(entity_type, &data)?;
+        let mut tx = self.store.begin().await?;
+        let written = self.write_in(tx.as_mut(), entity_type, uuid, Some(data)).await?;
+        tx.commit().await?;
+        Ok(written)
+    }
+
+    /// Soft-deletes an entity: `is_deleted` becomes true, the data stays.
+    pub async fn delete(&self, entity_type: &str, uuid: Uuid) -> Result<Entity, EngineError> {
+        self.check_type(entity_type)?;
+        let mut tx = self.store.begin().await?;
+        let (entity, _) = self.write_in(tx.as_mut(), entity_type, uuid, None).await?;
+        tx.commit().await?;
+        Ok(entity)
+    }
+
+    /// Applies every operation in one transaction, or none: all operations
+    /// are validated first and every problem is reported.
+    pub async fn batch(&self, ops: Vec<BatchOp>) -> Result<Vec<Entity>, EngineError> {
+        let mut errors = Vec::new();
+        for (index, op) in ops.iter().enumerate() {
+            let (entity_type, data) = match op {
+                BatchOp::Put {
+                    entity_type, data, ..
+                } => (entity_type, Some(data)),
+                BatchOp::Delete { entity_type, .. } => (entity_type, None),
+            };
+            if let Err(e) = self.check_type(entity_type) {
+                errors.push(BatchItemError {
+                    index,
+                    path: "/type".into(),
+                    message: e.to_string(),
+                });
+                continue;
+            }
+            if let Some(data) = data
+                && let Some(Err(e)) = self.registry.get(entity_type).map(|t| t.validate(data))
+            {
+                errors.extend(e.issues.into_iter().map(|i| BatchItemError {
+                    index,
+                    path: format!("/data{}", i.path),
+                    message: i.message,
+                }));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(EngineError::Batch(errors));
+        }
+        let mut tx = self.store.begin().await?;
+        let mut out = Vec::with_capacity(ops.len());
+        for (index, op) in ops.into_iter().enumerate() {
+            let res = match op {
+                BatchOp::Put {
+                    entity_type,
+                    uuid,
+                    data,
+                } => {
+                    self.write_in(tx.as_mut(), &entity_type, uuid, Some(data))
+                        .await
+                }
+                BatchOp::Delete { entity_type, uuid } => {
+                    self.write_in(tx.as_mut(), &entity_type, uuid, None).await
+                }
+            };
+            match res {
+                Ok((e, _)) => out.push(e),
+                Err(EngineError::NotFound { entity_type, uuid }) => {
+                    // Dropping `tx` rolls back everything written so far.
+                    return Err(EngineError::Batch(vec![BatchItemError {
+                        index,
+                        path: "/uuid".into(),
+                        message: format!("{entity_type} {uuid} not found"),
+                    }]));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    fn validate(&self, entity_type: &str, data: &Value) -> Result<(), EngineError> {
+        match self.registry.validate(entity_type, data) {
+            Ok(()) => Ok(()),
+            Err(ValidateError::Invalid(e)) => Err(EngineError::Invalid(e)),
+            Err(_) => self.check_type(entity_type),
+        }
+    }
+
+    /// Writes one entity and registers its change inside `tx`. `data: None`
+    /// is a soft delete of an existing entity.
+    async fn write_in(
+        &self,
+        tx: &mut dyn StoreTx,
+        entity_type: &str,
+        uuid: Uuid,
+        data: Option<Value>,
+    ) -> Result<(Entity, PutOutcome), EngineError> {
+        let current = tx.get_entity(entity_type, uuid).await?;
+        let (op, outcome) = match (&current, &data) {
+            (None, None) => {
+                return Err(EngineError::NotFound {
+                    entity_type: entity_type.to_string(),
+                    uuid,
+                });
+            }
+            (None, Some(_)) => (Operation::Insert, PutOutcome::Created),
+            (Some(_), None) => (Operation::Delete, PutOutcome::Updated),
+            (Some(_), Some(_)) => (Operation::Update, PutOutcome::Updated),
+        };
+        let mut entity = match current {
+            Some(mut e) => {
+                e.updated_at = next_updated_at(Some(e.updated_at));
+                match data {
+                    Some(d) => {
+                        e.data = d;
+                        e.is_deleted = false;
+                    }
+                    None => e.is_deleted = true,
+                }
+                e
+            }
+            None => Entity {
+                entity_type: entity_type.to_string(),
+                uuid,
+                updated_at: next_updated_at(None),
+                is_deleted: false,
+                data: data.unwrap_or(Value::Null),
+                rev: None,
+                origin: None,
+            },
+        };
+        entity.origin = Some(self.identity.node_id);
+        match self.identity.role {
+            NodeRole::Client => {
+                tx.queue_change(self.master_id()?, entity_type, uuid, op)
+                    .await?;
+            }
+            NodeRole::Master => {
+                let rev = tx
+                    .append_revision(None, entity_type, uuid, op, Some(self.identity.node_id))
+                    .await?;
+                entity.rev = Some(rev);
+            }
+        }
+        tx.put_entity(&entity).await?;
+        Ok((entity, outcome))
+    }
+}

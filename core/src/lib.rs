@@ -1,0 +1,21 @@
+//! hubsync-core: the synchronisation engine.
+//!
+//! Owns the entity registry (JSON Schema files loaded at runtime), the generic
+//! entity model, the change queue and packet logic, conflict detection and
+//! resolution, and the [`store::Store`] trait that storage backends implement.
+//!
+//! Must never: speak HTTP, know an SQL dialect, or read configuration files.
+//! The host translates HTTP to calls into this crate; a storage crate
+//! translates the `Store` trait to SQL.
+
+pub mod schema;
+pub mod entity;
+pub mod protocol;
+pub mod store;
+pub mod conflict;
+pub mod engine;
+pub mod transport;
+
+pub use engine::{Engine, EngineError, EngineOptions, InitParams, PacketLimits};
+pub use entity::{Entity, Operation};
+pub use store::{Store, StoreError, StoreTx};

@@ -1,0 +1,320 @@
+//! The `Store` trait: everything the engine needs from a storage backend.
+//!
+//! The engine decides *what* to write; a backend decides *how* in its SQL
+//! dialect. All writes go through a [`StoreTx`], so that a local write and
+//! its change registration, or a whole packet and its acknowledgement, are
+//! committed together or not at all. A transaction dropped without
+//! [`StoreTx::commit`] rolls back.
+//!
+//! Backends must serialize write transactions that touch the same node's
+//! packet state (SQLite does so by having a single writer).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::entity::{Entity, Operation};
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("could not open the store at {url}: {reason}")]
+    Open { url: String, reason: String },
+    #[error(
+        "the database at {url} has schema version {found}, newer than this hubsync supports ({supported}); upgrade hubsync or use a backup made by this version"
+    )]
+    TooNew {
+        url: String,
+        found: i64,
+        supported: i64,
+    },
+    #[error("storage error while {op}: {source}")]
+    Backend {
+        op: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("stored data is corrupt ({what}); restore from a backup or run `hubsync status` for details")]
+    Corrupt { what: String },
+    #[error("no storage backend for URL scheme '{scheme}' (compiled in: {available}); {hint}")]
+    UnknownScheme {
+        scheme: String,
+        available: String,
+        hint: String,
+    },
+}
+
+impl StoreError {
+    pub fn backend(op: &'static str, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StoreError::Backend {
+            op,
+            source: Box::new(e),
+        }
+    }
+
+    pub fn corrupt(what: impl Into<String>) -> Self {
+        StoreError::Corrupt { what: what.into() }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The role a node row plays in this store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    Master,
+    Client,
+}
+
+impl NodeRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeRole::Master => "master",
+            NodeRole::Client => "client",
+        }
+    }
+    pub fn parse(s: &str) -> Option<NodeRole> {
+        match s {
+            "master" => Some(NodeRole::Master),
+            "client" => Some(NodeRole::Client),
+            _ => None,
+        }
+    }
+}
+
+/// A participant of the sync network (`sync_nodes`), with the packet state
+/// of this store's exchange with it. On the master there is a row per client
+/// (and one for itself); on a client, one for itself and one for the master.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeRecord {
+    pub id: Uuid,
+    pub code: String,
+    pub name: String,
+    pub role: NodeRole,
+    /// True for the row describing this store's own node.
+    pub is_self: bool,
+    /// SHA-256 of the node's token, hex (master only, client rows).
+    pub token_hash: Option<String>,
+    pub revoked: bool,
+    pub created_at: DateTime<Utc>,
+    /// Last time data from this node was received and applied.
+    pub last_sync_in: Option<DateTime<Utc>>,
+    /// Last time data was sent to this node.
+    pub last_sync_out: Option<DateTime<Utc>>,
+    /// Last packet number from this node that this store applied.
+    pub received_packet_no: i64,
+    /// Last packet number of ours that this node confirmed.
+    pub sent_packet_no: i64,
+    /// Last packet number we built for this node (> sent_packet_no while a
+    /// packet is in flight).
+    pub out_packet_no: i64,
+    /// Master only: the highest revision this node has acknowledged.
+    pub acked_rev: i64,
+    /// Master only: the highest revision covered by packet `out_packet_no`.
+    pub out_up_to_rev: i64,
+    /// Master only: the results returned for packet `received_packet_no`,
+    /// replayed when that packet arrives again.
+    pub last_results: Option<Value>,
+    /// The schema set version the node reported last.
+    pub schema_version: Option<String>,
+}
+
+impl NodeRecord {
+    pub fn new(id: Uuid, code: &str, name: &str, role: NodeRole, is_self: bool) -> Self {
+        NodeRecord {
+            id,
+            code: code.to_string(),
+            name: name.to_string(),
+            role,
+            is_self,
+            token_hash: None,
+            revoked: false,
+            created_at: crate::entity::now_utc(),
+            last_sync_in: None,
+            last_sync_out: None,
+            received_packet_no: 0,
+            sent_packet_no: 0,
+            out_packet_no: 0,
+            acked_rev: 0,
+            out_up_to_rev: 0,
+            last_results: None,
+            schema_version: None,
+        }
+    }
+}
+
+/// A row of a client's outgoing queue (`sync_changes` with a target node).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuedChange {
+    pub id: i64,
+    pub node_id: Uuid,
+    pub entity_type: String,
+    pub entity_uuid: Uuid,
+    pub operation: Operation,
+    pub packet_no: Option<i64>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A row of the master's change log: the latest change of one entity, at
+/// revision `rev`, either for every node (`target` = None) or addressed to
+/// one node (for example a conflict outcome its origin must learn).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Revision {
+    pub rev: i64,
+    pub target: Option<Uuid>,
+    pub entity_type: String,
+    pub entity_uuid: Uuid,
+    pub operation: Operation,
+    pub origin: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A stored version of an entity (`object_version_history`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryRecord {
+    pub id: Uuid,
+    pub entity_uuid: Uuid,
+    pub entity_type: String,
+    /// The node that originated this version.
+    pub source_node_id: Option<Uuid>,
+    /// When this version arrived at this store.
+    pub arrival_time: DateTime<Utc>,
+    /// The complete entity: framework fields and data.
+    pub serialized_data: Value,
+    /// How the conflict that produced this record was resolved.
+    pub conflict_resolution: String,
+    /// The audit record of that conflict.
+    pub audit_id: Option<Uuid>,
+}
+
+/// One conflict decision (the audit log).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub id: Uuid,
+    pub at: DateTime<Utc>,
+    pub entity_type: String,
+    pub entity_uuid: Uuid,
+    /// The node whose change met the conflict.
+    pub node_id: Uuid,
+    /// The packet that carried the change.
+    pub packet_no: i64,
+    pub strategy: String,
+    pub outcome: String,
+    /// Master revision when the change arrived, and the one it was based on.
+    pub master_rev: Option<i64>,
+    pub base_rev: Option<i64>,
+    /// Master revision after the decision.
+    pub result_rev: Option<i64>,
+    pub detail: String,
+}
+
+/// A page of entities of one type, ordered by uuid.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Page {
+    pub after: Option<Uuid>,
+    pub limit: u32,
+    pub include_deleted: bool,
+}
+
+/// A storage backend. Reads here see committed data only.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The backend's name ("sqlite", "postgres").
+    fn backend(&self) -> &'static str;
+
+    /// Starts a write transaction.
+    async fn begin(&self) -> StoreResult<Box<dyn StoreTx>>;
+
+    async fn get_meta(&self, key: &str) -> StoreResult<Option<String>>;
+    async fn get_entity(&self, entity_type: &str, uuid: Uuid) -> StoreResult<Option<Entity>>;
+    async fn list_entities(&self, entity_type: &str, page: Page) -> StoreResult<Vec<Entity>>;
+    /// Every entity of every type, ordered by (type, uuid), deleted included.
+    async fn dump_entities(&self) -> StoreResult<Vec<Entity>>;
+    async fn get_node(&self, id: Uuid) -> StoreResult<Option<NodeRecord>>;
+    async fn get_node_by_code(&self, code: &str) -> StoreResult<Option<NodeRecord>>;
+    async fn get_node_by_token_hash(&self, token_hash: &str) -> StoreResult<Option<NodeRecord>>;
+    async fn list_nodes(&self) -> StoreResult<Vec<NodeRecord>>;
+    /// Number of queued changes addressed to `node` (client queue rows).
+    async fn count_queued(&self, node: Uuid) -> StoreResult<i64>;
+    /// Number of change-log revisions above `rev` (master: a node's lag).
+    async fn count_revisions_after(&self, rev: i64, node: Uuid) -> StoreResult<i64>;
+    /// Stored versions of an entity, oldest first.
+    async fn history(&self, entity_uuid: Uuid) -> StoreResult<Vec<HistoryRecord>>;
+    /// Audit records of an entity, oldest first (all entities when None).
+    async fn audit(&self, entity_uuid: Option<Uuid>, limit: u32) -> StoreResult<Vec<AuditRecord>>;
+    /// Closes pools; pending transactions are rolled back.
+    async fn close(&self);
+}
+
+/// One write transaction. Dropping it without `commit` rolls it back.
+#[async_trait::async_trait]
+pub trait StoreTx: Send {
+    async fn get_meta(&mut self, key: &str) -> StoreResult<Option<String>>;
+    async fn set_meta(&mut self, key: &str, value: &str) -> StoreResult<()>;
+
+    async fn get_entity(&mut self, entity_type: &str, uuid: Uuid) -> StoreResult<Option<Entity>>;
+    /// Inserts or replaces the entity keyed by (type, uuid).
+    async fn put_entity(&mut self, entity: &Entity) -> StoreResult<()>;
+
+    // --- client queue -------------------------------------------------------
+
+    /// Registers a change for `node`: if an unsent row (packet_no NULL) exists
+    /// for the entity, its operation becomes `Operation::coalesce(old, op)`
+    /// and it keeps its place in the queue; otherwise a new row is appended.
+    async fn queue_change(
+        &mut self,
+        node: Uuid,
+        entity_type: &str,
+        uuid: Uuid,
+        op: Operation,
+    ) -> StoreResult<()>;
+    /// True when any row (sent or not) for the entity is queued for `node`.
+    async fn has_queued(&mut self, node: Uuid, entity_type: &str, uuid: Uuid) -> StoreResult<bool>;
+    /// Up to `limit` unsent rows for `node`, in queue order.
+    async fn unsent_changes(&mut self, node: Uuid, limit: u32) -> StoreResult<Vec<QueuedChange>>;
+    /// The rows carried by packet `packet_no`, in queue order.
+    async fn changes_in_packet(&mut self, node: Uuid, packet_no: i64) -> StoreResult<Vec<QueuedChange>>;
+    /// Marks the given rows as carried by `packet_no`.
+    async fn assign_packet(&mut self, node: Uuid, ids: &[i64], packet_no: i64) -> StoreResult<()>;
+    /// Deletes the rows for `node` carried by packets up to `packet_no`;
+    /// returns how many.
+    async fn delete_acknowledged(&mut self, node: Uuid, packet_no: i64) -> StoreResult<u64>;
+
+    // --- master change log --------------------------------------------------
+
+    /// Appends a revision of the entity and returns its number, which is
+    /// greater than every revision before it. A previous revision of the same
+    /// entity with the same target is removed (the log keeps the latest).
+    async fn append_revision(
+        &mut self,
+        target: Option<Uuid>,
+        entity_type: &str,
+        uuid: Uuid,
+        op: Operation,
+        origin: Option<Uuid>,
+    ) -> StoreResult<i64>;
+    /// Revisions above `after_rev` that are for every node or addressed to
+    /// `node`, in revision order, at most `limit`, each with the entity's
+    /// current stored state.
+    async fn revisions_after(
+        &mut self,
+        node: Uuid,
+        after_rev: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<(Revision, Entity)>>;
+
+    // --- nodes, history, audit ---------------------------------------------
+
+    /// Reads a node row for update (backends with concurrent writers lock it
+    /// until commit).
+    async fn get_node(&mut self, id: Uuid) -> StoreResult<Option<NodeRecord>>;
+    /// Inserts or replaces a node row (keyed by id; `code` is unique).
+    async fn put_node(&mut self, node: &NodeRecord) -> StoreResult<()>;
+    async fn add_history(&mut self, record: &HistoryRecord) -> StoreResult<()>;
+    async fn add_audit(&mut self, record: &AuditRecord) -> StoreResult<()>;
+
+    async fn commit(self: Box<Self>) -> StoreResult<()>;
+}

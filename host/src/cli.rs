@@ -1,0 +1,465 @@
+//! The `hubsync` command line (contract §2). Every command that prints data
+//! accepts `--json` and then prints exactly one JSON document on stdout.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use hubsync_core::engine::{NoProgress, Progress, SyncProgress};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::error::HostError;
+use crate::node::Node;
+
+#[derive(Debug, Parser)]
+#[command(name = "hubsync", version, about = "Offline-first data synchronization: a master and many offline clients", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ConfigArg {
+    /// The node's configuration file.
+    #[arg(long, short = 'c', env = "HUBSYNC_CONFIG", default_value = "hubsync.toml")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Args, Clone, Copy)]
+pub struct JsonArg {
+    /// Print one JSON document on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// A self-contained tour on loopback: a master and two clients, offline edits, sync, a conflict.
+    Demo {
+        /// Keep the demo's directory here instead of a temporary one.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Create a node directory.
+    #[command(subcommand)]
+    Init(InitCommand),
+    /// Manage client nodes (master).
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Run the node in the mode its configuration names, until SIGINT/SIGTERM.
+    Serve {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// (client) Run one sync session now, until both directions are drained.
+    Sync {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Show the node's state.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Show the stored versions of an entity (object_version_history).
+    History {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The entity's uuid.
+        uuid: Uuid,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Schema set tools.
+    #[command(subcommand)]
+    Schema(SchemaCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InitCommand {
+    /// Create a master: config, SQLite store, TLS CA and server certificate, schema set.
+    Master {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Address of the HTTPS sync endpoint.
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: String,
+        /// Address of the local entity API.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        api: String,
+        /// Use this schema set (default: copy the example set into DIR/schemas).
+        #[arg(long)]
+        schemas: Option<PathBuf>,
+        /// Storage URL (default: sqlite://data/hubsync.db inside DIR).
+        #[arg(long)]
+        storage: Option<String>,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Create a client registered with `hubsync node add` on the master.
+    Client {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The master's sync URL, https://HOST:PORT.
+        #[arg(long)]
+        master: String,
+        /// The master's CA certificate (the master's tls/ca.pem).
+        #[arg(long)]
+        ca_cert: PathBuf,
+        /// The node id `hubsync node add` printed.
+        #[arg(long)]
+        node_id: Uuid,
+        /// The token `hubsync node add` printed.
+        #[arg(long, env = "HUBSYNC_TOKEN", hide_env_values = true)]
+        token: String,
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        api: String,
+        #[arg(long)]
+        schemas: Option<PathBuf>,
+        /// Seconds between background syncs under `hubsync serve` (0 = on demand only).
+        #[arg(long, default_value_t = 30)]
+        sync_interval: u64,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Register a client node; prints its id and a token (shown once).
+    Add {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        code: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// List client nodes with their sync state.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Revoke a node: its next request is refused.
+    Revoke {
+        #[command(flatten)]
+        config: ConfigArg,
+        code: String,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Issue a new token for a node; the old one stops working.
+    RotateToken {
+        #[command(flatten)]
+        config: ConfigArg,
+        code: String,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SchemaCommand {
+    /// Validate a schema set; reports every problem at once.
+    Check {
+        dir: PathBuf,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+}
+
+/// What a command prints: a JSON document, or text.
+pub struct Output {
+    pub json: serde_json::Value,
+    pub text: String,
+}
+
+fn print(out: Output, json: JsonArg) {
+    if json.json {
+        println!("{}", serde_json::to_string_pretty(&out.json).unwrap_or_default());
+    } else {
+        print!("{}", out.text);
+    }
+}
+
+fn load(config: &Path) -> Result<Config, HostError> {
+    Ok(Config::load(config)?)
+}
+
+/// Runs a command.
+pub async fn run(cli: Cli) -> Result<(), HostError> {
+    match cli.command {
+        Command::Demo { dir, json } => {
+            let out = crate::demo::run(dir.as_deref(), !json.json).await?;
+            print(out, json);
+        }
+        Command::Init(InitCommand::Master { dir, listen, api, schemas, storage, json }) => {
+            let o = crate::init::init_master(&crate::init::MasterInit {
+                dir: &dir,
+                listen: &listen,
+                api: &api,
+                schemas: schemas.as_deref(),
+                storage: storage.as_deref(),
+                code: "MASTER",
+            })
+            .await?;
+            let cfg = o.config.display();
+            let text = format!(
+                "Created master {id} in {dir}\n  config:  {cfg}\n  store:   {store}\n  schemas: {schemas}\n  CA cert: {ca} (give it to every client)\n\nNext:\n  hubsync node add --config {cfg} --code DESKTOP-1   # register a client, prints its token once\n  hubsync serve --config {cfg}                        # run the master\n",
+                id = o.node_id,
+                dir = dir.display(),
+                store = o.storage_url,
+                schemas = o.schemas.display(),
+                ca = o.ca_cert.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
+            );
+            print(Output { json: serde_json::to_value(&o).unwrap_or_default(), text }, json);
+        }
+        Command::Init(InitCommand::Client { dir, master, ca_cert, node_id, token, api, schemas, sync_interval, json }) => {
+            let o = crate::init::init_client(&crate::init::ClientInit {
+                dir: &dir,
+                master_url: &master,
+                ca_cert: &ca_cert,
+                node_id,
+                token: &token,
+                api: &api,
+                schemas: schemas.as_deref(),
+                sync_interval_secs: sync_interval,
+            })
+            .await?;
+            let cfg = o.config.display();
+            let text = format!(
+                "Created client {id} in {dir}\n  config: {cfg}\n  store:  {store}\n\nNext:\n  hubsync serve --config {cfg}   # local API on {api}, background sync\n  hubsync sync --config {cfg}    # or sync once now\n",
+                id = o.node_id,
+                dir = dir.display(),
+                store = o.storage_url,
+            );
+            print(Output { json: serde_json::to_value(&o).unwrap_or_default(), text }, json);
+        }
+        Command::Node(cmd) => node_command(cmd).await?,
+        Command::Serve { config } => {
+            let config = load(&config.config)?;
+            let _lock = crate::serve::try_lock(&config)?.ok_or_else(|| {
+                HostError::Other(format!(
+                    "another hubsync process is already serving this node (lock {} is held); stop it first",
+                    crate::serve::lock_path(&config).display()
+                ))
+            })?;
+            let running = crate::serve::RunningNode::start(config).await?;
+            eprintln!(
+                "hubsync {} node {} running: local API http://{}{}; stop with Ctrl-C",
+                running.node.config.mode,
+                running.node.engine.identity().node_id,
+                running.api_addr,
+                running.sync_addr.map(|a| format!(", sync https://{a}")).unwrap_or_default()
+            );
+            crate::serve::shutdown_signal().await;
+            eprintln!("stopping…");
+            running.shutdown(Duration::from_secs(10)).await;
+        }
+        Command::Sync { config, json } => {
+            let config = load(&config.config)?;
+            let summary = sync_command(config, !json.json).await?;
+            let text = format!(
+                "sync done: {} changes sent, {} received, {} conflicts, {} rounds\n",
+                summary["sent_changes"], summary["received_changes"],
+                summary["conflicts"].as_array().map_or(0, |a| a.len()), summary["rounds"]
+            );
+            print(Output { json: summary, text }, json);
+        }
+        Command::Status { config, json } => {
+            let node = Node::open(load(&config.config)?).await?;
+            let s = node.engine.status().await?;
+            let mut text = format!(
+                "node {} ({}) mode {}\nschema set {}\npending changes {}\nlast sync in {}, out {}\npackets: received {}, sent (acknowledged) {}\n",
+                s.node_id, s.code, s.mode, s.schema_version, s.pending_changes,
+                fmt_time(s.last_sync_in), fmt_time(s.last_sync_out), s.received_packet_no, s.sent_packet_no
+            );
+            if !s.nodes.is_empty() {
+                text.push_str(&nodes_table(&s.nodes));
+            }
+            node.engine.store().close().await;
+            print(Output { json: serde_json::to_value(&s).unwrap_or_default(), text }, json);
+        }
+        Command::History { config, uuid, json } => {
+            let node = Node::open(load(&config.config)?).await?;
+            let h = node.engine.store().history(uuid).await?;
+            let mut text = if h.is_empty() {
+                format!("no stored versions of {uuid}\n")
+            } else {
+                format!("{} stored version(s) of {uuid}:\n", h.len())
+            };
+            for r in &h {
+                text.push_str(&format!(
+                    "- {} from node {} at {}: {}\n  {}\n",
+                    r.id,
+                    r.source_node_id.map(|n| n.to_string()).unwrap_or_else(|| "?".into()),
+                    hubsync_core::entity::format_ts(r.arrival_time),
+                    r.conflict_resolution,
+                    r.serialized_data
+                ));
+            }
+            node.engine.store().close().await;
+            print(Output { json: serde_json::to_value(&h).unwrap_or_default(), text }, json);
+        }
+        Command::Schema(SchemaCommand::Check { dir, json }) => {
+            match hubsync_core::schema::EntityRegistry::load_dir(&dir) {
+                Ok(reg) => {
+                    let types = reg.type_names();
+                    let text = format!(
+                        "schema set {} is valid: version {}, {} entity types: {}\n",
+                        dir.display(), reg.version(), types.len(), types.join(", ")
+                    );
+                    print(Output { json: json!({"ok": true, "version": reg.version().to_string(), "types": types, "problems": []}), text }, json);
+                }
+                Err(e) => {
+                    if json.json {
+                        let problems: Vec<_> = e.problems.iter().map(|p| json!({"file": p.file, "pointer": p.pointer, "message": p.message})).collect();
+                        println!("{}", serde_json::to_string_pretty(&json!({"ok": false, "problems": problems})).unwrap_or_default());
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn node_command(cmd: NodeCommand) -> Result<(), HostError> {
+    match cmd {
+        NodeCommand::Add { config, code, name, json } => {
+            let node = Node::open(load(&config.config)?).await?;
+            let master_id = node.engine.identity().node_id;
+            let token = crate::auth::new_token(master_id)
+                .map_err(|_| HostError::Other("the system random generator failed".into()))?;
+            let rec = node
+                .engine
+                .add_node(&code, name.as_deref().unwrap_or(&code), &crate::auth::token_hash(&token))
+                .await?;
+            node.engine.store().close().await;
+            let text = format!(
+                "Registered node {code}\n  node id: {id}\n  token:   {token}\n\nThe token is shown only this once; the master keeps only its hash.\nOn the client machine:\n  hubsync init client --dir DIR --master https://<this master's listen address> --ca-cert <master>/tls/ca.pem --node-id {id} --token {token}\n",
+                id = rec.id
+            );
+            print(Output { json: json!({"node_id": rec.id, "code": rec.code, "token": token}), text }, json);
+        }
+        NodeCommand::List { config, json } => {
+            let node = Node::open(load(&config.config)?).await?;
+            let s = node.engine.status().await?;
+            node.engine.store().close().await;
+            let text = nodes_table(&s.nodes);
+            print(Output { json: serde_json::to_value(&s.nodes).unwrap_or_default(), text }, json);
+        }
+        NodeCommand::Revoke { config, code, json } => {
+            let node = Node::open(load(&config.config)?).await?;
+            let rec = node.engine.update_node_access(&code, true, None).await?;
+            node.engine.store().close().await;
+            tracing::warn!(event = "token_revoked", node = %code, "node revoked");
+            print(Output { json: json!({"node_id": rec.id, "code": rec.code, "revoked": true}), text: format!("node {code} revoked: its next request is refused\n") }, json);
+        }
+        NodeCommand::RotateToken { config, code, json } => {
+            let node = Node::open(load(&config.config)?).await?;
+            let token = crate::auth::new_token(node.engine.identity().node_id)
+                .map_err(|_| HostError::Other("the system random generator failed".into()))?;
+            let rec = node.engine.update_node_access(&code, false, Some(&crate::auth::token_hash(&token))).await?;
+            node.engine.store().close().await;
+            tracing::warn!(event = "token_rotated", node = %code, "node token rotated");
+            print(Output { json: json!({"node_id": rec.id, "code": rec.code, "token": token}), text: format!("new token for {code} (shown once; the old one no longer works):\n  {token}\n") }, json);
+        }
+    }
+    Ok(())
+}
+
+/// One sync session: run here while holding the node's lock, or — when a
+/// `hubsync serve` of the same node holds it — ask that process to run it,
+/// so two processes never sync one node at once.
+async fn sync_command(config: Config, show_progress: bool) -> Result<serde_json::Value, HostError> {
+    match crate::serve::try_lock(&config)? {
+        Some(_lock) => {
+            let node = Arc::new(Node::open(config).await?);
+            let bar = ProgressBar::new(show_progress);
+            let result = node.sync_now(&bar).await;
+            bar.finish();
+            node.engine.store().close().await;
+            Ok(serde_json::to_value(result?).unwrap_or_default())
+        }
+        None => crate::local_client::post_sync(config.api.addr).await,
+    }
+}
+
+/// A progress bar on a terminal (stderr), nothing otherwise.
+struct ProgressBar {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl ProgressBar {
+    fn new(show: bool) -> Self {
+        use std::io::IsTerminal;
+        let bar = (show && std::io::stderr().is_terminal()).then(|| {
+            let b = indicatif::ProgressBar::new(0);
+            b.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} sync [{bar:30}] {pos}/{len} sent · {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            b
+        });
+        ProgressBar { bar }
+    }
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+impl Progress for ProgressBar {
+    fn on_round(&self, p: &SyncProgress) {
+        if let Some(b) = &self.bar {
+            b.set_length(p.sent_changes + p.pending_changes.max(0) as u64);
+            b.set_position(p.sent_changes);
+            b.set_message(format!("{} received, round {}{}", p.received_changes, p.round, if p.more_from_master { ", more to come" } else { "" }));
+        }
+    }
+}
+
+impl Progress for &ProgressBar {
+    fn on_round(&self, p: &SyncProgress) {
+        (*self).on_round(p)
+    }
+}
+
+fn fmt_time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    t.map(hubsync_core::entity::format_ts).unwrap_or_else(|| "never".into())
+}
+
+fn nodes_table(nodes: &[hubsync_core::engine::PeerStatus]) -> String {
+    let mut s = format!("{:<20} {:<36} {:>8} {:>8} {:>6}  {:<27} {}\n", "CODE", "NODE ID", "RECV#", "SENT#", "LAG", "LAST SYNC IN", "STATE");
+    for n in nodes {
+        s.push_str(&format!(
+            "{:<20} {:<36} {:>8} {:>8} {:>6}  {:<27} {}\n",
+            n.code, n.node_id, n.received_packet_no, n.sent_packet_no, n.lag, fmt_time(n.last_sync_in),
+            if n.revoked { "revoked" } else { "active" }
+        ));
+    }
+    s
+}
+
+#[allow(dead_code)]
+fn _assert_progress_object_safe(_: &dyn Progress) {}
+
+#[allow(dead_code)]
+fn _no_progress() -> NoProgress {
+    NoProgress
+}

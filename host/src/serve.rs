@@ -1,0 +1,166 @@
+//! Running a node: the servers its mode needs and, on a client, the
+//! background sync loop. Used by `hubsync serve`, the demo and the
+//! end-to-end tests (which run real servers in-process).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hubsync_core::engine::NoProgress;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use warp::Filter;
+
+use crate::config::{Config, Mode};
+use crate::error::HostError;
+use crate::listener::{ServerHandle, serve_http, serve_https};
+use crate::node::Node;
+
+/// A node with its servers running.
+pub struct RunningNode {
+    pub node: Arc<Node>,
+    /// The local entity API (plain HTTP, loopback).
+    pub api_addr: SocketAddr,
+    /// Master only: the HTTPS sync endpoint.
+    pub sync_addr: Option<SocketAddr>,
+    servers: Vec<ServerHandle>,
+    sync_loop: Option<JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+}
+
+async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, HostError> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        HostError::Other(format!(
+            "could not listen on {addr} for the {what}: {e}; choose another address in the configuration or stop what uses it"
+        ))
+    })
+}
+
+impl RunningNode {
+    /// Opens the node and starts its servers.
+    pub async fn start(config: Config) -> Result<RunningNode, HostError> {
+        let node = Arc::new(Node::open(config).await?);
+        Self::start_node(node).await
+    }
+
+    /// Starts the servers of an opened node.
+    pub async fn start_node(node: Arc<Node>) -> Result<RunningNode, HostError> {
+        let config = &node.config;
+        let mut servers = Vec::new();
+        let api_listener = bind(config.api.addr, "local API").await?;
+        let api = crate::api::routes(node.clone())
+            .recover(crate::api::recover)
+            .unify();
+        let api_handle = serve_http(api_listener, api).await;
+        let api_addr = api_handle.local_addr;
+        servers.push(api_handle);
+        let mut sync_addr = None;
+        if config.mode == Mode::Master {
+            let listen = config.listen.as_ref().ok_or_else(|| {
+                HostError::Other("a master configuration needs a [listen] section".into())
+            })?;
+            let tls = crate::tls::server_config(&listen.cert, &listen.key)?;
+            let listener = bind(listen.addr, "sync protocol (HTTPS)").await?;
+            let routes = crate::exchange::route(node.clone())
+                .recover(crate::api::recover)
+                .unify();
+            let handle = serve_https(listener, tls, routes).await;
+            sync_addr = Some(handle.local_addr);
+            servers.push(handle);
+        }
+        let (stop, stop_rx) = watch::channel(false);
+        let sync_loop = (config.mode == Mode::Client && config.sync.interval_secs > 0).then(|| {
+            let node = node.clone();
+            let every = Duration::from_secs(config.sync.interval_secs);
+            tokio::spawn(sync_loop(node, every, stop_rx))
+        });
+        tracing::info!(mode = ?node.config.mode, node_id = %node.engine.identity().node_id, api = %api_addr, sync = ?sync_addr, "node running");
+        Ok(RunningNode {
+            node,
+            api_addr,
+            sync_addr,
+            servers,
+            sync_loop,
+            stop,
+        })
+    }
+
+    /// Stops the sync loop and the servers; in-flight requests get `grace`.
+    pub async fn shutdown(self, grace: Duration) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.sync_loop {
+            // A session in progress finishes its current exchange first.
+            let _ = tokio::time::timeout(grace, task).await;
+        }
+        for s in self.servers {
+            s.shutdown(grace).await;
+        }
+        self.node.engine.store().close().await;
+    }
+}
+
+/// Syncs every `every` until stopped; a failed session is logged and shown
+/// in the status, and the loop goes on.
+async fn sync_loop(node: Arc<Node>, every: Duration, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+        match node.sync_now(&NoProgress).await {
+            Ok(s) => tracing::info!(sent = s.sent_changes, received = s.received_changes, conflicts = s.conflicts.len(), "sync session done"),
+            Err(e) => tracing::warn!(error = %e, "sync session failed; will retry"),
+        }
+    }
+}
+
+/// Waits for SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The lock file that keeps one process syncing a node at a time.
+pub fn lock_path(config: &Config) -> std::path::PathBuf {
+    config.config_dir().join(".hubsync.lock")
+}
+
+/// Takes the node's process lock, or returns None when another process
+/// (a running `hubsync serve`) holds it.
+pub fn try_lock(config: &Config) -> Result<Option<std::fs::File>, HostError> {
+    let path = lock_path(config);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| HostError::io("could not open the lock file", &path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(HostError::io("could not lock", &path, e))
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! The schema, as an ordered list of versioned migrations applied at open.
+//!
+//! A database records the migrations applied to it in
+//! `hubsync_schema_migrations`. Opening applies the missing ones, each in
+//! its own `BEGIN IMMEDIATE` transaction (so two processes opening the same
+//! file at once cannot both apply one), and refuses a database whose version
+//! is newer than this code knows (`StoreError::TooNew`): an older binary
+//! must never write into a schema it does not understand.
+//!
+//! Never edit a released migration; append a new one.
+
+use hubsync_core::entity::now_utc;
+use hubsync_core::store::{StoreError, StoreResult};
+use sqlx::{Connection, SqliteConnection};
+
+use crate::codec::ts_text;
+
+pub(crate) struct Migration {
+    pub(crate) version: i64,
+    pub(crate) name: &'static str,
+    pub(crate) sql: &'static str,
+}
+
+pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "initial schema",
+    sql: V1_INITIAL,
+}];
+
+/// The schema version this code creates and understands.
+pub(crate) fn latest_version() -> i64 {
+    MIGRATIONS.last().map_or(0, |m| m.version)
+}
+
+const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS hubsync_schema_migrations (
+    version    INTEGER PRIMARY KEY,
+    applied_at TEXT NOT NULL
+)";
+
+const V1_INITIAL: &str = r#"
+CREATE TABLE hubsync_meta (
+    key   TEXT PRIMARY KEY NOT NULL,
+    value TEXT NOT NULL
+);
+
+-- Every synchronized entity, of every type. `data` is the business JSON;
+-- `rev` is the master revision of this version (master) or the one it is
+-- based on (client); `origin_node_id` the node whose write produced it.
+CREATE TABLE entities (
+    entity_type    TEXT NOT NULL,
+    uuid           TEXT NOT NULL,
+    updated_at     TEXT NOT NULL,
+    is_deleted     INTEGER NOT NULL CHECK (is_deleted IN (0, 1)),
+    data           TEXT NOT NULL,
+    rev            INTEGER,
+    origin_node_id TEXT,
+    PRIMARY KEY (entity_type, uuid)
+);
+
+CREATE TABLE sync_nodes (
+    id                 TEXT PRIMARY KEY NOT NULL,
+    code               TEXT NOT NULL UNIQUE,
+    name               TEXT NOT NULL,
+    role               TEXT NOT NULL CHECK (role IN ('master', 'client')),
+    is_self            INTEGER NOT NULL CHECK (is_self IN (0, 1)),
+    token_hash         TEXT,
+    revoked            INTEGER NOT NULL CHECK (revoked IN (0, 1)),
+    created_at         TEXT NOT NULL,
+    last_sync_in       TEXT,
+    last_sync_out      TEXT,
+    received_packet_no INTEGER NOT NULL,
+    sent_packet_no     INTEGER NOT NULL,
+    out_packet_no      INTEGER NOT NULL,
+    acked_rev          INTEGER NOT NULL,
+    out_up_to_rev      INTEGER NOT NULL,
+    last_results       TEXT,
+    schema_version     TEXT
+);
+-- Authentication looks a client up by the hash of its token.
+CREATE UNIQUE INDEX sync_nodes_token_hash ON sync_nodes (token_hash)
+    WHERE token_hash IS NOT NULL;
+-- A store describes exactly one node as itself.
+CREATE UNIQUE INDEX sync_nodes_one_self ON sync_nodes (is_self) WHERE is_self = 1;
+
+-- One table, two uses, told apart by `kind`:
+--  * 'queue': a client's outgoing queue. `node_id` is the target node,
+--    `packet_no` NULL until the row is sent; rows are deleted once their
+--    packet is acknowledged. `id` is the row's place in the queue.
+--  * 'log': the master's change log. `id` is the revision; `node_id` NULL
+--    for a revision every node must learn, or the one node it is addressed
+--    to. Only the latest revision per (entity, target) is kept.
+-- AUTOINCREMENT: ids (revisions) are never reused, even after the row with
+-- the highest id is deleted.
+CREATE TABLE sync_changes (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind           TEXT NOT NULL CHECK (kind IN ('queue', 'log')),
+    node_id        TEXT REFERENCES sync_nodes (id),
+    entity_type    TEXT NOT NULL,
+    entity_uuid    TEXT NOT NULL,
+    operation      TEXT NOT NULL CHECK (operation IN ('INSERT', 'UPDATE', 'DELETE')),
+    packet_no      INTEGER,
+    created_at     TEXT NOT NULL,
+    origin_node_id TEXT,
+    CHECK (kind = 'log' OR node_id IS NOT NULL),
+    CHECK (kind = 'queue' OR packet_no IS NULL)
+);
+-- Queue: at most one unsent row per (target, entity); queue_change finds it.
+CREATE UNIQUE INDEX sync_changes_queue_unsent
+    ON sync_changes (node_id, entity_type, entity_uuid)
+    WHERE kind = 'queue' AND packet_no IS NULL;
+-- Queue: has_queued (sent or not).
+CREATE INDEX sync_changes_queue_entity
+    ON sync_changes (node_id, entity_type, entity_uuid)
+    WHERE kind = 'queue';
+-- Queue: unsent rows in order (packet_no IS NULL), a packet's rows, the
+-- acknowledged prefix (packet_no <= ?), counts per target.
+CREATE INDEX sync_changes_queue_order
+    ON sync_changes (node_id, packet_no, id)
+    WHERE kind = 'queue';
+-- Log: the one revision per (entity, target); a NULL target is its own key.
+CREATE UNIQUE INDEX sync_changes_log_entity
+    ON sync_changes (entity_type, entity_uuid, ifnull(node_id, ''))
+    WHERE kind = 'log';
+-- revisions_after / count_revisions_after need no index of their own: they
+-- are a range scan of the primary key (id > ?), which is also revision order.
+
+CREATE TABLE object_version_history (
+    id                  TEXT PRIMARY KEY NOT NULL,
+    entity_uuid         TEXT NOT NULL,
+    entity_type         TEXT NOT NULL,
+    source_node_id      TEXT,
+    arrival_time        TEXT NOT NULL,
+    serialized_data     TEXT NOT NULL,
+    conflict_resolution TEXT NOT NULL,
+    audit_id            TEXT
+);
+CREATE INDEX object_version_history_entity
+    ON object_version_history (entity_uuid, arrival_time);
+
+CREATE TABLE conflict_audit (
+    id          TEXT PRIMARY KEY NOT NULL,
+    at          TEXT NOT NULL,
+    entity_type TEXT NOT NULL,
+    entity_uuid TEXT NOT NULL,
+    node_id     TEXT NOT NULL,
+    packet_no   INTEGER NOT NULL,
+    strategy    TEXT NOT NULL,
+    outcome     TEXT NOT NULL,
+    master_rev  INTEGER,
+    base_rev    INTEGER,
+    result_rev  INTEGER,
+    detail      TEXT NOT NULL
+);
+CREATE INDEX conflict_audit_entity ON conflict_audit (entity_uuid, at);
+CREATE INDEX conflict_audit_at ON conflict_audit (at);
+"#;
+
+/// Brings the database on `conn` to [`latest_version`]. `url` is for errors.
+pub(crate) async fn migrate(conn: &mut SqliteConnection, url: &str) -> StoreResult<()> {
+    let open_err = |what: &str, e: sqlx::Error| StoreError::Open {
+        url: url.to_string(),
+        reason: format!("{what}: {e}"),
+    };
+    sqlx::raw_sql(MIGRATIONS_TABLE)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| open_err("creating the migrations table", e))?;
+
+    let latest = latest_version();
+    // Outside a transaction first, so that opening an up-to-date database
+    // takes no write lock at all.
+    let found = current_version(&mut *conn)
+        .await
+        .map_err(|e| open_err("reading the schema version", e))?;
+    if found > latest {
+        return Err(StoreError::TooNew {
+            url: url.to_string(),
+            found,
+            supported: latest,
+        });
+    }
+    if found == latest {
+        return Ok(());
+    }
+    for migration in MIGRATIONS {
+        let mut tx = conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| open_err("starting a migration", e))?;
+        // Read inside the transaction: another process may have migrated
+        // since we last looked.
+        let found = current_version(&mut tx)
+            .await
+            .map_err(|e| open_err("reading the schema version", e))?;
+        if found > latest {
+            return Err(StoreError::TooNew {
+                url: url.to_string(),
+                found,
+                supported: latest,
+            });
+        }
+        if found >= migration.version {
+            continue; // dropping `tx` rolls the empty transaction back
+        }
+        sqlx::raw_sql(migration.sql)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| open_err("applying a schema migration", e))?;
+        sqlx::query("INSERT INTO hubsync_schema_migrations (version, applied_at) VALUES (?, ?)")
+            .bind(migration.version)
+            .bind(ts_text(now_utc()))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| open_err("recording a schema migration", e))?;
+        tx.commit()
+            .await
+            .map_err(|e| open_err("committing a schema migration", e))?;
+        tracing::info!(
+            version = migration.version,
+            name = migration.name,
+            "applied schema migration"
+        );
+    }
+    Ok(())
+}
+
+async fn current_version(conn: &mut SqliteConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT ifnull(max(version), 0) FROM hubsync_schema_migrations")
+        .fetch_one(conn)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migration_versions_are_consecutive_from_one() {
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version, i as i64 + 1, "migration {:?}", m.name);
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! [`SqliteStore`]: the `Store` read methods on the reader pool, and
+//! `begin()` on the single writer connection.
+
+use std::sync::Arc;
+
+use hubsync_core::entity::Entity;
+use hubsync_core::store::{
+    AuditRecord, HistoryRecord, NodeRecord, Page, Store, StoreError, StoreResult, StoreTx,
+};
+use sqlx::SqlitePool;
+use uuid::Uuid;
+
+use crate::codec::{RowReader, uuid_text};
+use crate::queries::{
+    self, audit_cols, audit_from_row, entity_cols, entity_from_row, history_cols, history_from_row,
+    node_cols, node_from_row,
+};
+use crate::tx::SqliteTx;
+
+/// A hubsync store in one SQLite file. Cheap to clone (the pools are shared).
+#[derive(Clone)]
+pub struct SqliteStore {
+    /// One connection: every write transaction.
+    pub(crate) writer: SqlitePool,
+    /// Read-only connections: the `Store` read methods.
+    pub(crate) reader: SqlitePool,
+    pub(crate) url: Arc<str>,
+    /// Keeps a `sqlite::memory:` store's scratch directory alive.
+    pub(crate) _scratch: Option<Arc<crate::open::ScratchDir>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) const LIST_ENTITIES: &str = concat!(
+    "SELECT ",
+    entity_cols!(),
+    " FROM entities WHERE entity_type = ? AND uuid > ? AND (? OR is_deleted = 0)
+              ORDER BY uuid LIMIT ?"
+);
+
+pub(crate) const COUNT_QUEUED: &str =
+    "SELECT count(*) AS n FROM sync_changes WHERE kind = 'queue' AND node_id = ?";
+
+pub(crate) const COUNT_REVISIONS_AFTER: &str = "SELECT count(*) AS n FROM sync_changes
+             WHERE kind = 'log' AND id > ? AND (node_id IS NULL OR node_id = ?)";
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn begin(&self) -> StoreResult<Box<dyn StoreTx>> {
+        // IMMEDIATE takes the write lock now rather than at the first write,
+        // so a transaction never fails half-way on a lock upgrade (another
+        // process holding the file, e.g. a backup tool).
+        let tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| StoreError::backend("starting a write transaction", e))?;
+        Ok(Box::new(SqliteTx::new(tx)))
+    }
+
+    async fn get_meta(&self, key: &str) -> StoreResult<Option<String>> {
+        queries::get_meta(&self.reader, key).await
+    }
+
+    async fn get_entity(&self, entity_type: &str, uuid: Uuid) -> StoreResult<Option<Entity>> {
+        queries::get_entity(&self.reader, entity_type, uuid).await
+    }
+
+    /// Ordered by uuid; `page.after` is exclusive; a `limit` of 0 returns
+    /// nothing.
+    async fn list_entities(&self, entity_type: &str, page: Page) -> StoreResult<Vec<Entity>> {
+        // '' sorts before every uuid text, so "no cursor" is just a cursor.
+        let after = page.after.map(uuid_text).unwrap_or_default();
+        let rows = sqlx::query(LIST_ENTITIES)
+            .bind(entity_type)
+            .bind(after)
+            .bind(page.include_deleted)
+            .bind(i64::from(page.limit))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(|e| StoreError::backend("listing entities", e))?;
+        rows.iter().map(entity_from_row).collect()
+    }
+
+    async fn dump_entities(&self) -> StoreResult<Vec<Entity>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            entity_cols!(),
+            " FROM entities ORDER BY entity_type, uuid"
+        ))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(|e| StoreError::backend("dumping entities", e))?;
+        rows.iter().map(entity_from_row).collect()
+    }
+
+    async fn get_node(&self, id: Uuid) -> StoreResult<Option<NodeRecord>> {
+        queries::get_node(&self.reader, id).await
+    }
+
+    async fn get_node_by_code(&self, code: &str) -> StoreResult<Option<NodeRecord>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            node_cols!(),
+            " FROM sync_nodes WHERE code = ?"
+        ))
+        .bind(code)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(|e| StoreError::backend("reading a node by code", e))?;
+        row.as_ref().map(node_from_row).transpose()
+    }
+
+    async fn get_node_by_token_hash(&self, token_hash: &str) -> StoreResult<Option<NodeRecord>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            node_cols!(),
+            " FROM sync_nodes WHERE token_hash = ?"
+        ))
+        .bind(token_hash)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(|e| StoreError::backend("reading a node by token", e))?;
+        row.as_ref().map(node_from_row).transpose()
+    }
+
+    /// Ordered by code.
+    async fn list_nodes(&self) -> StoreResult<Vec<NodeRecord>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            node_cols!(),
+            " FROM sync_nodes ORDER BY code"
+        ))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(|e| StoreError::backend("listing nodes", e))?;
+        rows.iter().map(node_from_row).collect()
+    }
+
+    /// Every queue row for `node`, sent (awaiting acknowledgement) or not.
+    async fn count_queued(&self, node: Uuid) -> StoreResult<i64> {
+        let row = sqlx::query(COUNT_QUEUED)
+            .bind(uuid_text(node))
+            .fetch_one(&self.reader)
+            .await
+            .map_err(|e| StoreError::backend("counting queued changes", e))?;
+        RowReader::new(&row, "sync_changes").i64("n")
+    }
+
+    /// Log rows above `rev` that `node` would be sent: those for every node
+    /// and those addressed to it (the same rows `revisions_after` returns,
+    /// including revisions that originated at `node`).
+    async fn count_revisions_after(&self, rev: i64, node: Uuid) -> StoreResult<i64> {
+        let row = sqlx::query(COUNT_REVISIONS_AFTER)
+            .bind(rev)
+            .bind(uuid_text(node))
+            .fetch_one(&self.reader)
+            .await
+            .map_err(|e| StoreError::backend("counting revisions", e))?;
+        RowReader::new(&row, "sync_changes").i64("n")
+    }
+
+    async fn history(&self, entity_uuid: Uuid) -> StoreResult<Vec<HistoryRecord>> {
+        // rowid breaks ties between versions that arrived in the same µs.
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            history_cols!(),
+            " FROM object_version_history WHERE entity_uuid = ? ORDER BY arrival_time, rowid"
+        ))
+        .bind(uuid_text(entity_uuid))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(|e| StoreError::backend("reading entity history", e))?;
+        rows.iter().map(history_from_row).collect()
+    }
+
+    /// The oldest `limit` records, oldest first (as the trait specifies).
+    async fn audit(&self, entity_uuid: Option<Uuid>, limit: u32) -> StoreResult<Vec<AuditRecord>> {
+        let rows = match entity_uuid {
+            Some(uuid) => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    audit_cols!(),
+                    " FROM conflict_audit WHERE entity_uuid = ? ORDER BY at, rowid LIMIT ?"
+                ))
+                .bind(uuid_text(uuid))
+                .bind(i64::from(limit))
+                .fetch_all(&self.reader)
+                .await
+            }
+            None => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    audit_cols!(),
+                    " FROM conflict_audit ORDER BY at, rowid LIMIT ?"
+                ))
+                .bind(i64::from(limit))
+                .fetch_all(&self.reader)
+                .await
+            }
+        }
+        .map_err(|e| StoreError::backend("reading the conflict audit", e))?;
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    /// Waits for connections in use (an open transaction) to be returned;
+    /// a transaction dropped meanwhile is rolled back.
+    async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+}

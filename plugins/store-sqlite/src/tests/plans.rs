@@ -1,0 +1,125 @@
+//! Query plans: the hot statements are index lookups or range scans, never
+//! a full table scan or a sort.
+
+use sqlx::Row;
+
+use super::memory_store;
+use crate::SqliteStore;
+use crate::store::{COUNT_QUEUED, COUNT_REVISIONS_AFTER, LIST_ENTITIES};
+use crate::tx::{
+    CHANGES_IN_PACKET, DELETE_ACKNOWLEDGED, HAS_QUEUED, LOG_DELETE_PREVIOUS, QUEUE_FIND_UNSENT,
+    REVISIONS_AFTER, UNSENT_CHANGES,
+};
+
+async fn plan(store: &SqliteStore, sql: &str, params: usize) -> Vec<String> {
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")));
+    for _ in 0..params {
+        query = query.bind(0_i64);
+    }
+    let rows = query.fetch_all(&store.writer).await.unwrap();
+    rows.iter().map(|r| r.get::<String, _>("detail")).collect()
+}
+
+/// `sql`'s plan uses each of `expected` and neither scans nor sorts.
+async fn check(store: &SqliteStore, name: &str, sql: &str, params: usize, expected: &[&str]) {
+    let plan = plan(store, sql, params).await;
+    println!("{name}: {plan:?}");
+    for step in &plan {
+        assert!(!step.starts_with("SCAN"), "{name} scans a table: {plan:?}");
+        assert!(!step.contains("TEMP B-TREE"), "{name} sorts: {plan:?}");
+    }
+    for want in expected {
+        assert!(
+            plan.iter().any(|s| s.contains(want)),
+            "{name} does not use {want}: {plan:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn hot_statements_use_indexes() {
+    let s = memory_store().await;
+    check(
+        &s,
+        "revisions_after",
+        REVISIONS_AFTER,
+        3,
+        &[
+            "SEARCH c USING INTEGER PRIMARY KEY (rowid>?)",
+            "SEARCH e USING INDEX sqlite_autoindex_entities_1 (entity_type=? AND uuid=?)",
+        ],
+    )
+    .await;
+    check(
+        &s,
+        "count_revisions_after",
+        COUNT_REVISIONS_AFTER,
+        2,
+        &["USING INTEGER PRIMARY KEY (rowid>?)"],
+    )
+    .await;
+    check(
+        &s,
+        "append_revision (replace)",
+        LOG_DELETE_PREVIOUS,
+        3,
+        &["sync_changes_log_entity"],
+    )
+    .await;
+    check(
+        &s,
+        "queue_change (find unsent)",
+        QUEUE_FIND_UNSENT,
+        3,
+        &["sync_changes_queue_unsent"],
+    )
+    .await;
+    check(
+        &s,
+        "unsent_changes",
+        UNSENT_CHANGES,
+        2,
+        &["sync_changes_queue_order (node_id=? AND packet_no=?)"],
+    )
+    .await;
+    check(
+        &s,
+        "changes_in_packet",
+        CHANGES_IN_PACKET,
+        2,
+        &["sync_changes_queue_order (node_id=? AND packet_no=?)"],
+    )
+    .await;
+    check(
+        &s,
+        "delete_acknowledged",
+        DELETE_ACKNOWLEDGED,
+        2,
+        &["sync_changes_queue_order (node_id=? AND packet_no>? AND packet_no<?)"],
+    )
+    .await;
+    check(
+        &s,
+        "has_queued",
+        HAS_QUEUED,
+        3,
+        &["USING COVERING INDEX sync_changes_queue_entity"],
+    )
+    .await;
+    check(
+        &s,
+        "count_queued",
+        COUNT_QUEUED,
+        1,
+        &["USING COVERING INDEX sync_changes_queue_"],
+    )
+    .await;
+    check(
+        &s,
+        "list_entities",
+        LIST_ENTITIES,
+        4,
+        &["sqlite_autoindex_entities_1 (entity_type=? AND uuid>?)"],
+    )
+    .await;
+}

@@ -1,0 +1,417 @@
+//! [`SqliteTx`]: one `BEGIN IMMEDIATE` transaction on the writer
+//! connection. Dropping it without `commit` rolls back (sqlx queues the
+//! ROLLBACK before the connection can be used again).
+
+use std::fmt::Write as _;
+
+use hubsync_core::entity::{Entity, Operation, now_utc};
+use hubsync_core::store::{
+    AuditRecord, HistoryRecord, NodeRecord, QueuedChange, Revision, StoreError, StoreResult,
+    StoreTx,
+};
+use sqlx::{Sqlite, Transaction};
+use uuid::Uuid;
+
+use crate::codec::{RowReader, json_text, opt_ts_text, opt_uuid_text, ts_text, uuid_text};
+use crate::queries::{self, queued_cols, queued_from_row, revision_from_row};
+
+pub(crate) struct SqliteTx {
+    tx: Transaction<'static, Sqlite>,
+}
+
+impl SqliteTx {
+    pub(crate) fn new(tx: Transaction<'static, Sqlite>) -> Self {
+        SqliteTx { tx }
+    }
+}
+
+/// The log rows `node` must learn above a revision, each with its entity.
+/// `id > ?` on the INTEGER PRIMARY KEY is a range scan of the table's own
+/// b-tree in revision order (no sort, stops at LIMIT); the entity is one
+/// primary-key lookup per row. LEFT JOIN so that a missing entity shows up
+/// (as corruption) instead of silently shortening the page.
+pub(crate) const REVISIONS_AFTER: &str = "
+    SELECT c.id AS rev, c.node_id AS target, c.entity_type, c.entity_uuid, c.operation,
+           c.origin_node_id, c.created_at,
+           e.updated_at AS e_updated_at, e.is_deleted AS e_is_deleted, e.data AS e_data,
+           e.rev AS e_rev, e.origin_node_id AS e_origin_node_id
+    FROM sync_changes AS c
+    LEFT JOIN entities AS e ON e.entity_type = c.entity_type AND e.uuid = c.entity_uuid
+    WHERE c.kind = 'log' AND c.id > ?1 AND (c.node_id IS NULL OR c.node_id = ?2)
+    ORDER BY c.id
+    LIMIT ?3";
+
+// Statements whose plans matter, named so that tests can EXPLAIN them.
+pub(crate) const QUEUE_FIND_UNSENT: &str = "SELECT id, operation FROM sync_changes
+             WHERE kind = 'queue' AND packet_no IS NULL
+               AND node_id = ? AND entity_type = ? AND entity_uuid = ?";
+
+pub(crate) const HAS_QUEUED: &str = "SELECT 1 FROM sync_changes
+             WHERE kind = 'queue' AND node_id = ? AND entity_type = ? AND entity_uuid = ?
+             LIMIT 1";
+
+pub(crate) const DELETE_ACKNOWLEDGED: &str = "DELETE FROM sync_changes
+             WHERE kind = 'queue' AND node_id = ? AND packet_no IS NOT NULL AND packet_no <= ?";
+
+pub(crate) const LOG_DELETE_PREVIOUS: &str = "DELETE FROM sync_changes
+             WHERE kind = 'log' AND entity_type = ? AND entity_uuid = ? AND ifnull(node_id, '') = ?";
+
+pub(crate) const UNSENT_CHANGES: &str = concat!(
+    "SELECT ",
+    queued_cols!(),
+    " FROM sync_changes
+      WHERE kind = 'queue' AND node_id = ? AND packet_no IS NULL
+      ORDER BY id LIMIT ?"
+);
+
+pub(crate) const CHANGES_IN_PACKET: &str = concat!(
+    "SELECT ",
+    queued_cols!(),
+    " FROM sync_changes
+      WHERE kind = 'queue' AND node_id = ? AND packet_no = ?
+      ORDER BY id"
+);
+
+#[async_trait::async_trait]
+impl StoreTx for SqliteTx {
+    async fn get_meta(&mut self, key: &str) -> StoreResult<Option<String>> {
+        queries::get_meta(&mut *self.tx, key).await
+    }
+
+    async fn set_meta(&mut self, key: &str, value: &str) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO hubsync_meta (key, value) VALUES (?, ?)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("writing metadata", e))?;
+        Ok(())
+    }
+
+    async fn get_entity(&mut self, entity_type: &str, uuid: Uuid) -> StoreResult<Option<Entity>> {
+        queries::get_entity(&mut *self.tx, entity_type, uuid).await
+    }
+
+    async fn put_entity(&mut self, entity: &Entity) -> StoreResult<()> {
+        // An upsert rather than INSERT OR REPLACE: REPLACE deletes and
+        // re-inserts, which moves the row and fires delete semantics.
+        sqlx::query(
+            "INSERT INTO entities (entity_type, uuid, updated_at, is_deleted, data, rev, origin_node_id)
+             VALUES (?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (entity_type, uuid) DO UPDATE SET
+                 updated_at = excluded.updated_at,
+                 is_deleted = excluded.is_deleted,
+                 data = excluded.data,
+                 rev = excluded.rev,
+                 origin_node_id = excluded.origin_node_id",
+        )
+        .bind(entity.entity_type.as_str())
+        .bind(uuid_text(entity.uuid))
+        .bind(ts_text(entity.updated_at))
+        .bind(entity.is_deleted)
+        .bind(json_text(&entity.data))
+        .bind(entity.rev)
+        .bind(opt_uuid_text(entity.origin))
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("writing an entity", e))?;
+        Ok(())
+    }
+
+    /// A coalesced row keeps its id (place in the queue) and its
+    /// `created_at` (when the change was first registered).
+    async fn queue_change(
+        &mut self,
+        node: Uuid,
+        entity_type: &str,
+        uuid: Uuid,
+        op: Operation,
+    ) -> StoreResult<()> {
+        let node = uuid_text(node);
+        let uuid = uuid_text(uuid);
+        let unsent = sqlx::query(QUEUE_FIND_UNSENT)
+            .bind(node.as_str())
+            .bind(entity_type)
+            .bind(uuid.as_str())
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(|e| StoreError::backend("reading the change queue", e))?;
+
+        match unsent {
+            Some(row) => {
+                let r = RowReader::new(&row, "sync_changes");
+                let (id, queued) = (r.i64("id")?, r.operation("operation")?);
+                let coalesced = Operation::coalesce(queued, op);
+                if coalesced != queued {
+                    sqlx::query("UPDATE sync_changes SET operation = ? WHERE id = ?")
+                        .bind(coalesced.as_str())
+                        .bind(id)
+                        .execute(&mut *self.tx)
+                        .await
+                        .map_err(|e| StoreError::backend("updating a queued change", e))?;
+                }
+            }
+            None => {
+                sqlx::query(
+                    "INSERT INTO sync_changes (kind, node_id, entity_type, entity_uuid, operation, created_at)
+                     VALUES ('queue', ?, ?, ?, ?, ?)",
+                )
+                .bind(node)
+                .bind(entity_type)
+                .bind(uuid)
+                .bind(op.as_str())
+                .bind(ts_text(now_utc()))
+                .execute(&mut *self.tx)
+                .await
+                .map_err(|e| StoreError::backend("queueing a change", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn has_queued(&mut self, node: Uuid, entity_type: &str, uuid: Uuid) -> StoreResult<bool> {
+        let row = sqlx::query(HAS_QUEUED)
+            .bind(uuid_text(node))
+            .bind(entity_type)
+            .bind(uuid_text(uuid))
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(|e| StoreError::backend("reading the change queue", e))?;
+        Ok(row.is_some())
+    }
+
+    async fn unsent_changes(&mut self, node: Uuid, limit: u32) -> StoreResult<Vec<QueuedChange>> {
+        let rows = sqlx::query(UNSENT_CHANGES)
+            .bind(uuid_text(node))
+            .bind(i64::from(limit))
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(|e| StoreError::backend("reading unsent changes", e))?;
+        rows.iter().map(queued_from_row).collect()
+    }
+
+    async fn changes_in_packet(
+        &mut self,
+        node: Uuid,
+        packet_no: i64,
+    ) -> StoreResult<Vec<QueuedChange>> {
+        let rows = sqlx::query(CHANGES_IN_PACKET)
+            .bind(uuid_text(node))
+            .bind(packet_no)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(|e| StoreError::backend("reading a packet's changes", e))?;
+        rows.iter().map(queued_from_row).collect()
+    }
+
+    /// One statement for the whole batch (ids passed as a JSON array). Every
+    /// id must be a queue row of `node`: anything else means the caller's
+    /// view of the queue and the stored queue disagree, reported as Corrupt
+    /// rather than silently sending a packet that does not match its rows.
+    async fn assign_packet(&mut self, node: Uuid, ids: &[i64], packet_no: i64) -> StoreResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut sorted = ids.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut json = String::with_capacity(2 + sorted.len() * 8);
+        json.push('[');
+        for (i, id) in sorted.iter().enumerate() {
+            if i > 0 {
+                json.push(',');
+            }
+            let _ = write!(json, "{id}"); // writing to a String cannot fail
+        }
+        json.push(']');
+
+        let done = sqlx::query(
+            "UPDATE sync_changes SET packet_no = ?
+             WHERE kind = 'queue' AND node_id = ? AND id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(packet_no)
+        .bind(uuid_text(node))
+        .bind(json)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("assigning changes to a packet", e))?;
+        if done.rows_affected() != sorted.len() as u64 {
+            return Err(StoreError::corrupt(format!(
+                "sync_changes: assigning {} queue rows to packet {packet_no} for node {node} matched only {}",
+                sorted.len(),
+                done.rows_affected()
+            )));
+        }
+        Ok(())
+    }
+
+    async fn delete_acknowledged(&mut self, node: Uuid, packet_no: i64) -> StoreResult<u64> {
+        let done = sqlx::query(DELETE_ACKNOWLEDGED)
+            .bind(uuid_text(node))
+            .bind(packet_no)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(|e| StoreError::backend("deleting acknowledged changes", e))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn append_revision(
+        &mut self,
+        target: Option<Uuid>,
+        entity_type: &str,
+        uuid: Uuid,
+        op: Operation,
+        origin: Option<Uuid>,
+    ) -> StoreResult<i64> {
+        let target = opt_uuid_text(target);
+        let uuid = uuid_text(uuid);
+        // `ifnull(node_id, '')` is the key of sync_changes_log_entity, so
+        // that a NULL target replaces a NULL target.
+        sqlx::query(LOG_DELETE_PREVIOUS)
+            .bind(entity_type)
+            .bind(uuid.as_str())
+            .bind(target.as_deref().unwrap_or(""))
+            .execute(&mut *self.tx)
+            .await
+            .map_err(|e| StoreError::backend("replacing the previous revision", e))?;
+        let done = sqlx::query(
+            "INSERT INTO sync_changes (kind, node_id, entity_type, entity_uuid, operation, created_at, origin_node_id)
+             VALUES ('log', ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(target)
+        .bind(entity_type)
+        .bind(uuid)
+        .bind(op.as_str())
+        .bind(ts_text(now_utc()))
+        .bind(opt_uuid_text(origin))
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("appending a revision", e))?;
+        Ok(done.last_insert_rowid())
+    }
+
+    async fn revisions_after(
+        &mut self,
+        node: Uuid,
+        after_rev: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<(Revision, Entity)>> {
+        let rows = sqlx::query(REVISIONS_AFTER)
+            .bind(after_rev)
+            .bind(uuid_text(node))
+            .bind(i64::from(limit))
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(|e| StoreError::backend("reading revisions", e))?;
+        rows.iter().map(revision_from_row).collect()
+    }
+
+    /// SQLite has a single writer, so the row is already "locked": this
+    /// transaction holds the database write lock until it ends.
+    async fn get_node(&mut self, id: Uuid) -> StoreResult<Option<NodeRecord>> {
+        queries::get_node(&mut *self.tx, id).await
+    }
+
+    async fn put_node(&mut self, node: &NodeRecord) -> StoreResult<()> {
+        // An upsert keyed by id: INSERT OR REPLACE would silently delete
+        // another node that has the same code; this fails instead.
+        sqlx::query(
+            "INSERT INTO sync_nodes (id, code, name, role, is_self, token_hash, revoked, created_at,
+                 last_sync_in, last_sync_out, received_packet_no, sent_packet_no, out_packet_no,
+                 acked_rev, out_up_to_rev, last_results, schema_version)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET
+                 code = excluded.code,
+                 name = excluded.name,
+                 role = excluded.role,
+                 is_self = excluded.is_self,
+                 token_hash = excluded.token_hash,
+                 revoked = excluded.revoked,
+                 created_at = excluded.created_at,
+                 last_sync_in = excluded.last_sync_in,
+                 last_sync_out = excluded.last_sync_out,
+                 received_packet_no = excluded.received_packet_no,
+                 sent_packet_no = excluded.sent_packet_no,
+                 out_packet_no = excluded.out_packet_no,
+                 acked_rev = excluded.acked_rev,
+                 out_up_to_rev = excluded.out_up_to_rev,
+                 last_results = excluded.last_results,
+                 schema_version = excluded.schema_version",
+        )
+        .bind(uuid_text(node.id))
+        .bind(node.code.as_str())
+        .bind(node.name.as_str())
+        .bind(node.role.as_str())
+        .bind(node.is_self)
+        .bind(node.token_hash.as_deref())
+        .bind(node.revoked)
+        .bind(ts_text(node.created_at))
+        .bind(opt_ts_text(node.last_sync_in))
+        .bind(opt_ts_text(node.last_sync_out))
+        .bind(node.received_packet_no)
+        .bind(node.sent_packet_no)
+        .bind(node.out_packet_no)
+        .bind(node.acked_rev)
+        .bind(node.out_up_to_rev)
+        .bind(node.last_results.as_ref().map(json_text))
+        .bind(node.schema_version.as_deref())
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("writing a node", e))?;
+        Ok(())
+    }
+
+    async fn add_history(&mut self, record: &HistoryRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO object_version_history (id, entity_uuid, entity_type, source_node_id,
+                 arrival_time, serialized_data, conflict_resolution, audit_id)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(uuid_text(record.id))
+        .bind(uuid_text(record.entity_uuid))
+        .bind(record.entity_type.as_str())
+        .bind(opt_uuid_text(record.source_node_id))
+        .bind(ts_text(record.arrival_time))
+        .bind(json_text(&record.serialized_data))
+        .bind(record.conflict_resolution.as_str())
+        .bind(opt_uuid_text(record.audit_id))
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("recording an entity version", e))?;
+        Ok(())
+    }
+
+    async fn add_audit(&mut self, record: &AuditRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO conflict_audit (id, at, entity_type, entity_uuid, node_id, packet_no,
+                 strategy, outcome, master_rev, base_rev, result_rev, detail)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(uuid_text(record.id))
+        .bind(ts_text(record.at))
+        .bind(record.entity_type.as_str())
+        .bind(uuid_text(record.entity_uuid))
+        .bind(uuid_text(record.node_id))
+        .bind(record.packet_no)
+        .bind(record.strategy.as_str())
+        .bind(record.outcome.as_str())
+        .bind(record.master_rev)
+        .bind(record.base_rev)
+        .bind(record.result_rev)
+        .bind(record.detail.as_str())
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("recording a conflict decision", e))?;
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> StoreResult<()> {
+        self.tx
+            .commit()
+            .await
+            .map_err(|e| StoreError::backend("committing", e))
+    }
+}

@@ -1,0 +1,330 @@
+//! Test kit for hubsync's end-to-end and property tests: a master and
+//! clients as real in-process servers over real HTTPS on loopback with real
+//! SQLite files, and in-memory engines for fast property tests.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hubsync::config::Config;
+use hubsync::serve::RunningNode;
+use hubsync_core::conflict::ConflictPolicy;
+use hubsync_core::engine::NoProgress;
+use hubsync_core::entity::{Entity, format_ts};
+use hubsync_core::protocol::{self, DecodeLimits, Envelope};
+use hubsync_core::schema::EntityRegistry;
+use hubsync_core::store::NodeRole;
+use hubsync_core::transport::{Transport, TransportError};
+use hubsync_core::{Engine, EngineOptions, InitParams};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// The example schema set of the repository.
+pub fn schemas_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas")
+}
+
+pub fn registry() -> EntityRegistry {
+    EntityRegistry::load_dir(&schemas_dir()).expect("example schema set loads")
+}
+
+/// Options for a test cluster.
+#[derive(Clone, Default)]
+pub struct ClusterOptions {
+    /// Lines appended to the master's hubsync.toml (e.g. a [conflicts.per_type] table).
+    pub master_toml: String,
+    /// Packet bound for clients and master.
+    pub max_packet_entities: Option<usize>,
+    /// Schema directory for clients (default: the example set).
+    pub client_schemas: Option<PathBuf>,
+}
+
+/// A master and clients, each a real node with its own directory, SQLite
+/// store and servers (HTTPS sync endpoint, HTTP local API) on loopback.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub master: RunningNode,
+    pub clients: Vec<RunningNode>,
+    pub tokens: Vec<String>,
+}
+
+impl Cluster {
+    pub async fn start(clients: usize, opts: ClusterOptions) -> anyhow::Result<Cluster> {
+        let dir = tempfile::tempdir()?;
+        let master_dir = dir.path().join("master");
+        hubsync::init::init_master(&hubsync::init::MasterInit {
+            dir: &master_dir,
+            listen: "127.0.0.1:0",
+            api: "127.0.0.1:0",
+            schemas: Some(&schemas_dir()),
+            storage: None,
+            code: "MASTER",
+        })
+        .await?;
+        let cfg_path = master_dir.join("hubsync.toml");
+        let mut text = std::fs::read_to_string(&cfg_path)?;
+        if let Some(n) = opts.max_packet_entities {
+            text.push_str(&format!("\n[sync]\nmax_packet_entities = {n}\n"));
+        }
+        text.push_str(&opts.master_toml);
+        std::fs::write(&cfg_path, text)?;
+        let master = RunningNode::start(Config::load_with_env(&cfg_path, &[])?).await?;
+        let sync_addr = master.sync_addr.expect("master has a sync address");
+        let mut cluster = Cluster {
+            dir,
+            master,
+            clients: Vec::new(),
+            tokens: Vec::new(),
+        };
+        for i in 0..clients {
+            cluster.add_client(&format!("DESKTOP-{}", i + 1), sync_addr, &opts).await?;
+        }
+        Ok(cluster)
+    }
+
+    async fn add_client(
+        &mut self,
+        code: &str,
+        sync_addr: std::net::SocketAddr,
+        opts: &ClusterOptions,
+    ) -> anyhow::Result<()> {
+        let engine = &self.master.node.engine;
+        let token = hubsync::auth::new_token(engine.identity().node_id)
+            .map_err(|_| anyhow::anyhow!("rng"))?;
+        let rec = engine
+            .add_node(code, code, &hubsync::auth::token_hash(&token))
+            .await?;
+        let dir = self.dir.path().join(code.to_lowercase());
+        let schemas = opts.client_schemas.clone().unwrap_or_else(schemas_dir);
+        hubsync::init::init_client(&hubsync::init::ClientInit {
+            dir: &dir,
+            master_url: &format!("https://{sync_addr}"),
+            ca_cert: &self.dir.path().join("master/tls/ca.pem"),
+            node_id: rec.id,
+            token: &token,
+            api: "127.0.0.1:0",
+            schemas: Some(&schemas),
+            sync_interval_secs: 0,
+        })
+        .await?;
+        let cfg_path = dir.join("hubsync.toml");
+        if let Some(n) = opts.max_packet_entities {
+            let mut text = std::fs::read_to_string(&cfg_path)?;
+            text = text.replace("[sync]\n", &format!("[sync]\nmax_packet_entities = {n}\n"));
+            std::fs::write(&cfg_path, text)?;
+        }
+        let node = RunningNode::start(Config::load_with_env(&cfg_path, &[])?).await?;
+        self.clients.push(node);
+        self.tokens.push(token);
+        Ok(())
+    }
+
+    pub fn client(&self, i: usize) -> &Engine {
+        &self.clients[i].node.engine
+    }
+
+    pub fn master(&self) -> &Engine {
+        &self.master.node.engine
+    }
+
+    /// One sync session of client `i` through its real HTTPS transport.
+    pub async fn sync(&self, i: usize) -> anyhow::Result<hubsync_core::engine::SyncSummary> {
+        Ok(self.clients[i].node.sync_now(&NoProgress).await?)
+    }
+
+    /// Syncs every client, twice round, so that everything reaches everyone.
+    pub async fn sync_all(&self) -> anyhow::Result<()> {
+        for _ in 0..2 {
+            for i in 0..self.clients.len() {
+                self.sync(i).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// An HTTPS transport of client `i`, for wrapping in fault layers.
+    pub fn transport(&self, i: usize) -> anyhow::Result<hubsync::transport::HttpsTransport> {
+        let cfg = &self.clients[i].node.config;
+        let link = cfg.master.as_ref().expect("client has [master]");
+        Ok(hubsync::transport::HttpsTransport::new(
+            hubsync::tls::client_config(&link.ca_cert)?,
+            &link.url,
+            self.tokens[i].clone(),
+            Duration::from_secs(30),
+        ))
+    }
+
+    pub async fn shutdown(self) {
+        for c in self.clients {
+            c.shutdown(Duration::from_secs(5)).await;
+        }
+        self.master.shutdown(Duration::from_secs(5)).await;
+    }
+}
+
+/// What must be identical on every node after convergence.
+pub type Dump = Vec<(String, Uuid, String, bool, Value)>;
+
+pub async fn dump(engine: &Engine) -> anyhow::Result<Dump> {
+    Ok(engine
+        .store()
+        .dump_entities()
+        .await?
+        .into_iter()
+        .map(|e: Entity| {
+            (
+                e.entity_type,
+                e.uuid,
+                format_ts(e.updated_at),
+                e.is_deleted,
+                e.data,
+            )
+        })
+        .collect())
+}
+
+/// A transport that hands envelopes straight to a master engine, through
+/// the real gzip codec: the protocol without sockets, for property tests.
+pub struct MemoryTransport {
+    pub master: Engine,
+    pub node_id: Uuid,
+}
+
+#[async_trait::async_trait]
+impl Transport for MemoryTransport {
+    async fn exchange(&self, request: &Envelope) -> Result<Envelope, TransportError> {
+        let wire = protocol::encode_envelope(request).map_err(|e| TransportError::Unreachable {
+            reason: e.to_string(),
+            transient: false,
+        })?;
+        let decoded = protocol::decode_envelope(&wire, DecodeLimits::default()).map_err(|e| {
+            TransportError::Unreachable {
+                reason: e.to_string(),
+                transient: false,
+            }
+        })?;
+        match self.master.handle_exchange(self.node_id, &decoded).await {
+            Ok(answer) => {
+                let wire = protocol::encode_envelope(&answer).map_err(|e| {
+                    TransportError::Unreachable {
+                        reason: e.to_string(),
+                        transient: false,
+                    }
+                })?;
+                protocol::decode_envelope(&wire, DecodeLimits::default()).map_err(|e| {
+                    TransportError::Unreachable {
+                        reason: e.to_string(),
+                        transient: false,
+                    }
+                })
+            }
+            Err(e) => Err(TransportError::Refused {
+                status: e.status(),
+                error: protocol::ErrorDetail {
+                    code: e.code().into(),
+                    message: e.to_string(),
+                    detail: e.detail(),
+                    hint: e.hint(),
+                },
+            }),
+        }
+    }
+}
+
+/// A master and clients as bare engines on SQLite files (no servers).
+pub struct EngineSet {
+    pub dir: tempfile::TempDir,
+    pub master: Engine,
+    pub clients: Vec<(Engine, MemoryTransport)>,
+}
+
+impl EngineSet {
+    pub async fn new(clients: usize, options: EngineOptions) -> anyhow::Result<EngineSet> {
+        let dir = tempfile::tempdir()?;
+        let reg = registry();
+        let open = |name: &str| {
+            let url = format!("sqlite://{}", dir.path().join(name).display());
+            async move { hubsync::storage::open_store(&url).await }
+        };
+        let master_store = open("master.db").await?;
+        let master_id = Uuid::now_v7();
+        Engine::initialize(
+            master_store.as_ref(),
+            &InitParams {
+                role: NodeRole::Master,
+                node_id: master_id,
+                code: "MASTER".into(),
+                name: "master".into(),
+                master_id: None,
+            },
+        )
+        .await?;
+        let master = Engine::open(
+            master_store,
+            reg.clone(),
+            ConflictPolicy::server_wins(),
+            options.clone(),
+        )
+        .await?;
+        let mut out = Vec::new();
+        for i in 0..clients {
+            let code = format!("C{i}");
+            let rec = master.add_node(&code, &code, &format!("hash-{i}")).await?;
+            let store = open(&format!("client{i}.db")).await?;
+            Engine::initialize(
+                store.as_ref(),
+                &InitParams {
+                    role: NodeRole::Client,
+                    node_id: rec.id,
+                    code: code.clone(),
+                    name: code.clone(),
+                    master_id: Some(master_id),
+                },
+            )
+            .await?;
+            let engine = Engine::open(
+                store,
+                reg.clone(),
+                ConflictPolicy::server_wins(),
+                options.clone(),
+            )
+            .await?;
+            out.push((
+                engine,
+                MemoryTransport {
+                    master: master.clone(),
+                    node_id: rec.id,
+                },
+            ));
+        }
+        Ok(EngineSet {
+            dir,
+            master,
+            clients: out,
+        })
+    }
+
+    pub async fn sync(&self, i: usize) -> anyhow::Result<hubsync_core::engine::SyncSummary> {
+        let (engine, transport) = &self.clients[i];
+        Ok(engine.sync_session(transport, &NoProgress).await?)
+    }
+
+    pub async fn close(self) {
+        for (c, _) in &self.clients {
+            c.store().close().await;
+        }
+        self.master.store().close().await;
+    }
+}
+
+/// Runs a future on a fresh current-thread runtime (for proptest bodies).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(f)
+}
+
+/// Keeps `Arc` in the public surface used by tests.
+pub type Shared<T> = Arc<T>;

@@ -256,9 +256,17 @@ mod tests {
         let check = |m: Version, i: Version, expected: Decision| {
             assert_eq!(LastWriterWins.resolve(&input(m, i)).unwrap(), expected)
         };
-        check(version(&a, 10, 1), version(&a, 11, 1), Decision::TakeIncoming);
+        check(
+            version(&a, 10, 1),
+            version(&a, 11, 1),
+            Decision::TakeIncoming,
+        );
         check(version(&a, 11, 1), version(&a, 10, 9), Decision::KeepMaster);
-        check(version(&a, 10, 1), version(&a, 10, 2), Decision::TakeIncoming);
+        check(
+            version(&a, 10, 1),
+            version(&a, 10, 2),
+            Decision::TakeIncoming,
+        );
         check(version(&a, 10, 2), version(&a, 10, 1), Decision::KeepMaster);
     }
 
@@ -274,9 +282,19 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(errs.len(), 3);
-        let text = errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n");
-        assert!(text.contains("'servr-wins' in [conflicts].default"), "{text}");
-        assert!(text.contains("for type DailyReport ([conflicts.per_type])"), "{text}");
+        let text = errs
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            text.contains("'servr-wins' in [conflicts].default"),
+            "{text}"
+        );
+        assert!(
+            text.contains("for type DailyReport ([conflicts.per_type])"),
+            "{text}"
+        );
         assert!(text.contains("last-writer-wins, server-wins"), "{text}");
     }
 

@@ -8,12 +8,12 @@
 //! The host translates HTTP to calls into this crate; a storage crate
 //! translates the `Store` trait to SQL.
 
-pub mod schema;
-pub mod entity;
-pub mod protocol;
-pub mod store;
 pub mod conflict;
 pub mod engine;
+pub mod entity;
+pub mod protocol;
+pub mod schema;
+pub mod store;
 pub mod transport;
 
 pub use engine::{Engine, EngineError, EngineOptions, InitParams, PacketLimits};

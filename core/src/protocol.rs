@@ -265,7 +265,10 @@ mod tests {
         let env = sample();
         let bytes = encode_envelope(&env).unwrap();
         assert_eq!(&bytes[..2], &[0x1f, 0x8b], "gzip magic");
-        assert_eq!(decode_envelope(&bytes, DecodeLimits::default()).unwrap(), env);
+        assert_eq!(
+            decode_envelope(&bytes, DecodeLimits::default()).unwrap(),
+            env
+        );
     }
 
     #[test]

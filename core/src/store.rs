@@ -36,7 +36,9 @@ pub enum StoreError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("stored data is corrupt ({what}); restore from a backup or run `hubsync status` for details")]
+    #[error(
+        "stored data is corrupt ({what}); restore from a backup or run `hubsync status` for details"
+    )]
     Corrupt { what: String },
     #[error("no storage backend for URL scheme '{scheme}' (compiled in: {available}); {hint}")]
     UnknownScheme {
@@ -276,7 +278,11 @@ pub trait StoreTx: Send {
     /// Up to `limit` unsent rows for `node`, in queue order.
     async fn unsent_changes(&mut self, node: Uuid, limit: u32) -> StoreResult<Vec<QueuedChange>>;
     /// The rows carried by packet `packet_no`, in queue order.
-    async fn changes_in_packet(&mut self, node: Uuid, packet_no: i64) -> StoreResult<Vec<QueuedChange>>;
+    async fn changes_in_packet(
+        &mut self,
+        node: Uuid,
+        packet_no: i64,
+    ) -> StoreResult<Vec<QueuedChange>>;
     /// Marks the given rows as carried by `packet_no`.
     async fn assign_packet(&mut self, node: Uuid, ids: &[i64], packet_no: i64) -> StoreResult<()>;
     /// Deletes the rows for `node` carried by packets up to `packet_no`;

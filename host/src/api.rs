@@ -36,18 +36,24 @@ pub fn routes(
     let health = warp::path!("health")
         .and(warp::get())
         .map(|| json_reply(StatusCode::OK, &json!({"status": "ok"})));
-    let metrics = warp::path!("metrics")
-        .and(warp::get())
-        .and(n())
-        .then(|node: Arc<Node>| async move {
-            let pending = node.engine.status().await.map(|s| s.pending_changes).unwrap_or(0);
-            let mut r = Response::new(node.metrics.render(pending).into());
-            r.headers_mut().insert(
-                "content-type",
-                warp::http::HeaderValue::from_static("text/plain; version=0.0.4"),
-            );
-            r
-        });
+    let metrics =
+        warp::path!("metrics")
+            .and(warp::get())
+            .and(n())
+            .then(|node: Arc<Node>| async move {
+                let pending = node
+                    .engine
+                    .status()
+                    .await
+                    .map(|s| s.pending_changes)
+                    .unwrap_or(0);
+                let mut r = Response::new(node.metrics.render(pending).into());
+                r.headers_mut().insert(
+                    "content-type",
+                    warp::http::HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                r
+            });
     let schemas = warp::path!("api" / "v1" / "schemas")
         .and(warp::get())
         .and(n())
@@ -65,7 +71,7 @@ pub fn routes(
         .then(|ty: String, node: Arc<Node>, body: Bytes| async move {
             let (uuid, data) = match parse_json(&body).map(split_create_body) {
                 Ok(Ok(v)) => v,
-                Ok(Err(r)) | Err(r) => return r,
+                Ok(Err(r)) | Err(r) => return r.reply(),
             };
             match node.engine.create(&ty, uuid, data).await {
                 Ok(e) => json_reply(StatusCode::CREATED, &e.to_api_json()),
@@ -76,28 +82,32 @@ pub fn routes(
         .and(warp::put())
         .and(n())
         .and(body())
-        .then(|ty: String, id: String, node: Arc<Node>, body: Bytes| async move {
-            let uuid = match parse_uuid(&id) {
-                Ok(u) => u,
-                Err(r) => return r,
-            };
-            let data = match parse_json(&body) {
-                Ok(v) => v,
-                Err(r) => return r,
-            };
-            match node.engine.put(&ty, uuid, data).await {
-                Ok((e, PutOutcome::Created)) => json_reply(StatusCode::CREATED, &e.to_api_json()),
-                Ok((e, PutOutcome::Updated)) => json_reply(StatusCode::OK, &e.to_api_json()),
-                Err(e) => engine_error(e),
-            }
-        });
+        .then(
+            |ty: String, id: String, node: Arc<Node>, body: Bytes| async move {
+                let uuid = match parse_uuid(&id) {
+                    Ok(u) => u,
+                    Err(r) => return r.reply(),
+                };
+                let data = match parse_json(&body) {
+                    Ok(v) => v,
+                    Err(r) => return r.reply(),
+                };
+                match node.engine.put(&ty, uuid, data).await {
+                    Ok((e, PutOutcome::Created)) => {
+                        json_reply(StatusCode::CREATED, &e.to_api_json())
+                    }
+                    Ok((e, PutOutcome::Updated)) => json_reply(StatusCode::OK, &e.to_api_json()),
+                    Err(e) => engine_error(e),
+                }
+            },
+        );
     let get = warp::path!("api" / "v1" / "entities" / String / String)
         .and(warp::get())
         .and(n())
         .then(|ty: String, id: String, node: Arc<Node>| async move {
             let uuid = match parse_uuid(&id) {
                 Ok(u) => u,
-                Err(r) => return r,
+                Err(r) => return r.reply(),
             };
             match node.engine.get(&ty, uuid).await {
                 Ok(e) => json_reply(StatusCode::OK, &e.to_api_json()),
@@ -110,7 +120,7 @@ pub fn routes(
         .then(|ty: String, id: String, node: Arc<Node>| async move {
             let uuid = match parse_uuid(&id) {
                 Ok(u) => u,
-                Err(r) => return r,
+                Err(r) => return r.reply(),
             };
             if let Err(e) = node.engine.get(&ty, uuid).await {
                 return engine_error(e);
@@ -148,7 +158,7 @@ pub fn routes(
         .then(|ty: String, id: String, node: Arc<Node>| async move {
             let uuid = match parse_uuid(&id) {
                 Ok(u) => u,
-                Err(r) => return r,
+                Err(r) => return r.reply(),
             };
             match node.engine.delete(&ty, uuid).await {
                 Ok(e) => json_reply(StatusCode::OK, &e.to_api_json()),
@@ -193,7 +203,10 @@ pub fn routes(
                 Ok(s) => {
                     let mut v = serde_json::to_value(&s).unwrap_or(Value::Null);
                     if let (Some(obj), Some(sync)) = (v.as_object_mut(), node.sync_state()) {
-                        obj.insert("sync".into(), serde_json::to_value(sync).unwrap_or(Value::Null));
+                        obj.insert(
+                            "sync".into(),
+                            serde_json::to_value(sync).unwrap_or(Value::Null),
+                        );
                     }
                     json_reply(StatusCode::OK, &v)
                 }
@@ -249,15 +262,35 @@ pub fn routes(
 /// Turns rejections (no route, wrong method, body too large) into JSON.
 pub async fn recover(r: warp::Rejection) -> Result<Response, Infallible> {
     let (status, code, message) = if r.is_not_found() {
-        (StatusCode::NOT_FOUND, "not_found", "no such route".to_string())
+        (
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such route".to_string(),
+        )
     } else if r.find::<warp::reject::PayloadTooLarge>().is_some() {
-        (StatusCode::PAYLOAD_TOO_LARGE, "too_large", "the request body is too large".to_string())
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "the request body is too large".to_string(),
+        )
     } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
-        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route".to_string())
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed on this route".to_string(),
+        )
     } else if let Some(e) = r.find::<warp::reject::InvalidQuery>() {
-        (StatusCode::BAD_REQUEST, "malformed", format!("invalid query string: {e}"))
+        (
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            format!("invalid query string: {e}"),
+        )
     } else if r.find::<warp::reject::LengthRequired>().is_some() {
-        (StatusCode::LENGTH_REQUIRED, "length_required", "a Content-Length header is required".to_string())
+        (
+            StatusCode::LENGTH_REQUIRED,
+            "length_required",
+            "a Content-Length header is required".to_string(),
+        )
     } else {
         (StatusCode::BAD_REQUEST, "malformed", format!("{r:?}"))
     };
@@ -289,7 +322,16 @@ struct BatchItem {
 }
 
 /// `POST` takes either the data itself or `{"uuid": …, "data": {…}}`.
-fn split_create_body(v: Value) -> Result<(Option<Uuid>, Value), Response> {
+/// A request the API cannot take, before it reaches the engine.
+struct BadRequest(String);
+
+impl BadRequest {
+    fn reply(self) -> Response {
+        error_reply(StatusCode::BAD_REQUEST, "malformed", self.0, vec![])
+    }
+}
+
+fn split_create_body(v: Value) -> Result<(Option<Uuid>, Value), BadRequest> {
     if let Value::Object(obj) = &v
         && obj.get("data").is_some_and(Value::is_object)
         && obj.keys().all(|k| k == "uuid" || k == "data")
@@ -297,9 +339,7 @@ fn split_create_body(v: Value) -> Result<(Option<Uuid>, Value), Response> {
         let uuid = match obj.get("uuid") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(parse_uuid(s)?),
-            Some(_) => {
-                return Err(error_reply(StatusCode::BAD_REQUEST, "malformed", "\"uuid\" must be a string".into(), vec![]));
-            }
+            Some(_) => return Err(BadRequest("\"uuid\" must be a string".into())),
         };
         let data = obj.get("data").cloned().unwrap_or(Value::Null);
         return Ok((uuid, data));
@@ -307,16 +347,12 @@ fn split_create_body(v: Value) -> Result<(Option<Uuid>, Value), Response> {
     Ok((None, v))
 }
 
-fn parse_json(body: &[u8]) -> Result<Value, Response> {
-    serde_json::from_slice(body).map_err(|e| {
-        error_reply(StatusCode::BAD_REQUEST, "malformed", format!("the body is not valid JSON: {e}"), vec![])
-    })
+fn parse_json(body: &[u8]) -> Result<Value, BadRequest> {
+    serde_json::from_slice(body).map_err(|e| BadRequest(format!("the body is not valid JSON: {e}")))
 }
 
-fn parse_uuid(s: &str) -> Result<Uuid, Response> {
-    Uuid::parse_str(s).map_err(|_| {
-        error_reply(StatusCode::BAD_REQUEST, "malformed", format!("'{s}' is not a uuid"), vec![])
-    })
+fn parse_uuid(s: &str) -> Result<Uuid, BadRequest> {
+    Uuid::parse_str(s).map_err(|_| BadRequest(format!("'{s}' is not a uuid")))
 }
 
 pub fn json_reply<T: serde::Serialize>(status: StatusCode, v: &T) -> Response {
@@ -333,12 +369,21 @@ fn error_reply(status: StatusCode, code: &str, message: String, details: Vec<Val
 
 fn engine_error(e: EngineError) -> Response {
     let details: Vec<Value> = match &e {
-        EngineError::Invalid(v) => v.issues.iter().map(|i| json!({"path": i.path, "message": i.message})).collect(),
-        EngineError::Batch(items) => items.iter().map(|i| json!({"index": i.index, "path": i.path, "message": i.message})).collect(),
+        EngineError::Invalid(v) => v
+            .issues
+            .iter()
+            .map(|i| json!({"path": i.path, "message": i.message}))
+            .collect(),
+        EngineError::Batch(items) => items
+            .iter()
+            .map(|i| json!({"index": i.index, "path": i.path, "message": i.message}))
+            .collect(),
         _ => vec![],
     };
     let status = match &e {
-        EngineError::UnknownType { .. } | EngineError::NotFound { .. } | EngineError::UnknownNode(_) => StatusCode::NOT_FOUND,
+        EngineError::UnknownType { .. }
+        | EngineError::NotFound { .. }
+        | EngineError::UnknownNode(_) => StatusCode::NOT_FOUND,
         EngineError::AlreadyExists { .. } | EngineError::DuplicateNode(_) => StatusCode::CONFLICT,
         EngineError::Invalid(_) | EngineError::Batch(_) => StatusCode::UNPROCESSABLE_ENTITY,
         EngineError::WrongRole { .. } => StatusCode::BAD_REQUEST,
@@ -354,6 +399,11 @@ fn engine_error(e: EngineError) -> Response {
 fn host_error(e: HostError) -> Response {
     match e {
         HostError::Engine(e) => engine_error(e),
-        other => error_reply(StatusCode::INTERNAL_SERVER_ERROR, "internal", other.to_string(), vec![]),
+        other => error_reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            other.to_string(),
+            vec![],
+        ),
     }
 }

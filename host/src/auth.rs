@@ -16,7 +16,11 @@ const TOKEN_PREFIX: &str = "hs1.";
 pub fn new_token(master_id: Uuid) -> Result<String, ring::error::Unspecified> {
     let mut bytes = [0u8; 32];
     SystemRandom::new().fill(&mut bytes)?;
-    Ok(format!("{TOKEN_PREFIX}{}.{}", master_id.simple(), hex(&bytes)))
+    Ok(format!(
+        "{TOKEN_PREFIX}{}.{}",
+        master_id.simple(),
+        hex(&bytes)
+    ))
 }
 
 /// The master node id a token was issued by.
@@ -34,10 +38,12 @@ pub fn token_hash(token: &str) -> String {
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 #[cfg(test)]

@@ -24,7 +24,12 @@ pub struct Cli {
 #[derive(Debug, Args, Clone)]
 pub struct ConfigArg {
     /// The node's configuration file.
-    #[arg(long, short = 'c', env = "HUBSYNC_CONFIG", default_value = "hubsync.toml")]
+    #[arg(
+        long,
+        short = 'c',
+        env = "HUBSYNC_CONFIG",
+        default_value = "hubsync.toml"
+    )]
     pub config: PathBuf,
 }
 
@@ -189,7 +194,10 @@ pub struct Output {
 
 fn print(out: Output, json: JsonArg) {
     if json.json {
-        println!("{}", serde_json::to_string_pretty(&out.json).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out.json).unwrap_or_default()
+        );
     } else {
         print!("{}", out.text);
     }
@@ -206,7 +214,14 @@ pub async fn run(cli: Cli) -> Result<(), HostError> {
             let out = crate::demo::run(dir.as_deref(), !json.json).await?;
             print(out, json);
         }
-        Command::Init(InitCommand::Master { dir, listen, api, schemas, storage, json }) => {
+        Command::Init(InitCommand::Master {
+            dir,
+            listen,
+            api,
+            schemas,
+            storage,
+            json,
+        }) => {
             let o = crate::init::init_master(&crate::init::MasterInit {
                 dir: &dir,
                 listen: &listen,
@@ -223,11 +238,31 @@ pub async fn run(cli: Cli) -> Result<(), HostError> {
                 dir = dir.display(),
                 store = o.storage_url,
                 schemas = o.schemas.display(),
-                ca = o.ca_cert.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
+                ca = o
+                    .ca_cert
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
             );
-            print(Output { json: serde_json::to_value(&o).unwrap_or_default(), text }, json);
+            print(
+                Output {
+                    json: serde_json::to_value(&o).unwrap_or_default(),
+                    text,
+                },
+                json,
+            );
         }
-        Command::Init(InitCommand::Client { dir, master, ca_cert, node_id, token, api, schemas, sync_interval, json }) => {
+        Command::Init(InitCommand::Client {
+            dir,
+            master,
+            ca_cert,
+            node_id,
+            token,
+            api,
+            schemas,
+            sync_interval,
+            json,
+        }) => {
             let o = crate::init::init_client(&crate::init::ClientInit {
                 dir: &dir,
                 master_url: &master,
@@ -246,7 +281,13 @@ pub async fn run(cli: Cli) -> Result<(), HostError> {
                 dir = dir.display(),
                 store = o.storage_url,
             );
-            print(Output { json: serde_json::to_value(&o).unwrap_or_default(), text }, json);
+            print(
+                Output {
+                    json: serde_json::to_value(&o).unwrap_or_default(),
+                    text,
+                },
+                json,
+            );
         }
         Command::Node(cmd) => node_command(cmd).await?,
         Command::Serve { config } => {
@@ -263,7 +304,10 @@ pub async fn run(cli: Cli) -> Result<(), HostError> {
                 running.node.config.mode,
                 running.node.engine.identity().node_id,
                 running.api_addr,
-                running.sync_addr.map(|a| format!(", sync https://{a}")).unwrap_or_default()
+                running
+                    .sync_addr
+                    .map(|a| format!(", sync https://{a}"))
+                    .unwrap_or_default()
             );
             crate::serve::shutdown_signal().await;
             eprintln!("stopping…");
@@ -274,24 +318,45 @@ pub async fn run(cli: Cli) -> Result<(), HostError> {
             let summary = sync_command(config, !json.json).await?;
             let text = format!(
                 "sync done: {} changes sent, {} received, {} conflicts, {} rounds\n",
-                summary["sent_changes"], summary["received_changes"],
-                summary["conflicts"].as_array().map_or(0, |a| a.len()), summary["rounds"]
+                summary["sent_changes"],
+                summary["received_changes"],
+                summary["conflicts"].as_array().map_or(0, |a| a.len()),
+                summary["rounds"]
             );
-            print(Output { json: summary, text }, json);
+            print(
+                Output {
+                    json: summary,
+                    text,
+                },
+                json,
+            );
         }
         Command::Status { config, json } => {
             let node = Node::open(load(&config.config)?).await?;
             let s = node.engine.status().await?;
             let mut text = format!(
                 "node {} ({}) mode {}\nschema set {}\npending changes {}\nlast sync in {}, out {}\npackets: received {}, sent (acknowledged) {}\n",
-                s.node_id, s.code, s.mode, s.schema_version, s.pending_changes,
-                fmt_time(s.last_sync_in), fmt_time(s.last_sync_out), s.received_packet_no, s.sent_packet_no
+                s.node_id,
+                s.code,
+                s.mode,
+                s.schema_version,
+                s.pending_changes,
+                fmt_time(s.last_sync_in),
+                fmt_time(s.last_sync_out),
+                s.received_packet_no,
+                s.sent_packet_no
             );
             if !s.nodes.is_empty() {
                 text.push_str(&nodes_table(&s.nodes));
             }
             node.engine.store().close().await;
-            print(Output { json: serde_json::to_value(&s).unwrap_or_default(), text }, json);
+            print(
+                Output {
+                    json: serde_json::to_value(&s).unwrap_or_default(),
+                    text,
+                },
+                json,
+            );
         }
         Command::History { config, uuid, json } => {
             let node = Node::open(load(&config.config)?).await?;
@@ -305,14 +370,22 @@ pub async fn run(cli: Cli) -> Result<(), HostError> {
                 text.push_str(&format!(
                     "- {} from node {} at {}: {}\n  {}\n",
                     r.id,
-                    r.source_node_id.map(|n| n.to_string()).unwrap_or_else(|| "?".into()),
+                    r.source_node_id
+                        .map(|n| n.to_string())
+                        .unwrap_or_else(|| "?".into()),
                     hubsync_core::entity::format_ts(r.arrival_time),
                     r.conflict_resolution,
                     r.serialized_data
                 ));
             }
             node.engine.store().close().await;
-            print(Output { json: serde_json::to_value(&h).unwrap_or_default(), text }, json);
+            print(
+                Output {
+                    json: serde_json::to_value(&h).unwrap_or_default(),
+                    text,
+                },
+                json,
+            );
         }
         Command::Schema(SchemaCommand::Check { dir, json }) => {
             match hubsync_core::schema::EntityRegistry::load_dir(&dir) {
@@ -320,14 +393,29 @@ pub async fn run(cli: Cli) -> Result<(), HostError> {
                     let types = reg.type_names();
                     let text = format!(
                         "schema set {} is valid: version {}, {} entity types: {}\n",
-                        dir.display(), reg.version(), types.len(), types.join(", ")
+                        dir.display(),
+                        reg.version(),
+                        types.len(),
+                        types.join(", ")
                     );
-                    print(Output { json: json!({"ok": true, "version": reg.version().to_string(), "types": types, "problems": []}), text }, json);
+                    print(
+                        Output {
+                            json: json!({"ok": true, "version": reg.version().to_string(), "types": types, "problems": []}),
+                            text,
+                        },
+                        json,
+                    );
                 }
                 Err(e) => {
                     if json.json {
                         let problems: Vec<_> = e.problems.iter().map(|p| json!({"file": p.file, "pointer": p.pointer, "message": p.message})).collect();
-                        println!("{}", serde_json::to_string_pretty(&json!({"ok": false, "problems": problems})).unwrap_or_default());
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(
+                                &json!({"ok": false, "problems": problems})
+                            )
+                            .unwrap_or_default()
+                        );
                     }
                     return Err(e.into());
                 }
@@ -339,44 +427,82 @@ pub async fn run(cli: Cli) -> Result<(), HostError> {
 
 async fn node_command(cmd: NodeCommand) -> Result<(), HostError> {
     match cmd {
-        NodeCommand::Add { config, code, name, json } => {
+        NodeCommand::Add {
+            config,
+            code,
+            name,
+            json,
+        } => {
             let node = Node::open(load(&config.config)?).await?;
             let master_id = node.engine.identity().node_id;
             let token = crate::auth::new_token(master_id)
                 .map_err(|_| HostError::Other("the system random generator failed".into()))?;
             let rec = node
                 .engine
-                .add_node(&code, name.as_deref().unwrap_or(&code), &crate::auth::token_hash(&token))
+                .add_node(
+                    &code,
+                    name.as_deref().unwrap_or(&code),
+                    &crate::auth::token_hash(&token),
+                )
                 .await?;
             node.engine.store().close().await;
             let text = format!(
                 "Registered node {code}\n  node id: {id}\n  token:   {token}\n\nThe token is shown only this once; the master keeps only its hash.\nOn the client machine:\n  hubsync init client --dir DIR --master https://<this master's listen address> --ca-cert <master>/tls/ca.pem --node-id {id} --token {token}\n",
                 id = rec.id
             );
-            print(Output { json: json!({"node_id": rec.id, "code": rec.code, "token": token}), text }, json);
+            print(
+                Output {
+                    json: json!({"node_id": rec.id, "code": rec.code, "token": token}),
+                    text,
+                },
+                json,
+            );
         }
         NodeCommand::List { config, json } => {
             let node = Node::open(load(&config.config)?).await?;
             let s = node.engine.status().await?;
             node.engine.store().close().await;
             let text = nodes_table(&s.nodes);
-            print(Output { json: serde_json::to_value(&s.nodes).unwrap_or_default(), text }, json);
+            print(
+                Output {
+                    json: serde_json::to_value(&s.nodes).unwrap_or_default(),
+                    text,
+                },
+                json,
+            );
         }
         NodeCommand::Revoke { config, code, json } => {
             let node = Node::open(load(&config.config)?).await?;
             let rec = node.engine.update_node_access(&code, true, None).await?;
             node.engine.store().close().await;
             tracing::warn!(event = "token_revoked", node = %code, "node revoked");
-            print(Output { json: json!({"node_id": rec.id, "code": rec.code, "revoked": true}), text: format!("node {code} revoked: its next request is refused\n") }, json);
+            print(
+                Output {
+                    json: json!({"node_id": rec.id, "code": rec.code, "revoked": true}),
+                    text: format!("node {code} revoked: its next request is refused\n"),
+                },
+                json,
+            );
         }
         NodeCommand::RotateToken { config, code, json } => {
             let node = Node::open(load(&config.config)?).await?;
             let token = crate::auth::new_token(node.engine.identity().node_id)
                 .map_err(|_| HostError::Other("the system random generator failed".into()))?;
-            let rec = node.engine.update_node_access(&code, false, Some(&crate::auth::token_hash(&token))).await?;
+            let rec = node
+                .engine
+                .update_node_access(&code, false, Some(&crate::auth::token_hash(&token)))
+                .await?;
             node.engine.store().close().await;
             tracing::warn!(event = "token_rotated", node = %code, "node token rotated");
-            print(Output { json: json!({"node_id": rec.id, "code": rec.code, "token": token}), text: format!("new token for {code} (shown once; the old one no longer works):\n  {token}\n") }, json);
+            print(
+                Output {
+                    json: json!({"node_id": rec.id, "code": rec.code, "token": token}),
+                    text: format!(
+                        "new token for {code} (shown once; the old one no longer works):\n  {token}\n"
+                    ),
+                },
+                json,
+            );
         }
     }
     Ok(())
@@ -410,8 +536,10 @@ impl ProgressBar {
         let bar = (show && std::io::stderr().is_terminal()).then(|| {
             let b = indicatif::ProgressBar::new(0);
             b.set_style(
-                indicatif::ProgressStyle::with_template("{spinner} sync [{bar:30}] {pos}/{len} sent · {msg}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} sync [{bar:30}] {pos}/{len} sent · {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
             b
         });
@@ -429,7 +557,16 @@ impl Progress for ProgressBar {
         if let Some(b) = &self.bar {
             b.set_length(p.sent_changes + p.pending_changes.max(0) as u64);
             b.set_position(p.sent_changes);
-            b.set_message(format!("{} received, round {}{}", p.received_changes, p.round, if p.more_from_master { ", more to come" } else { "" }));
+            b.set_message(format!(
+                "{} received, round {}{}",
+                p.received_changes,
+                p.round,
+                if p.more_from_master {
+                    ", more to come"
+                } else {
+                    ""
+                }
+            ));
         }
     }
 }
@@ -441,15 +578,24 @@ impl Progress for &ProgressBar {
 }
 
 fn fmt_time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
-    t.map(hubsync_core::entity::format_ts).unwrap_or_else(|| "never".into())
+    t.map(hubsync_core::entity::format_ts)
+        .unwrap_or_else(|| "never".into())
 }
 
 fn nodes_table(nodes: &[hubsync_core::engine::PeerStatus]) -> String {
-    let mut s = format!("{:<20} {:<36} {:>8} {:>8} {:>6}  {:<27} {}\n", "CODE", "NODE ID", "RECV#", "SENT#", "LAG", "LAST SYNC IN", "STATE");
+    let mut s = format!(
+        "{:<20} {:<36} {:>8} {:>8} {:>6}  {:<27} {}\n",
+        "CODE", "NODE ID", "RECV#", "SENT#", "LAG", "LAST SYNC IN", "STATE"
+    );
     for n in nodes {
         s.push_str(&format!(
             "{:<20} {:<36} {:>8} {:>8} {:>6}  {:<27} {}\n",
-            n.code, n.node_id, n.received_packet_no, n.sent_packet_no, n.lag, fmt_time(n.last_sync_in),
+            n.code,
+            n.node_id,
+            n.received_packet_no,
+            n.sent_packet_no,
+            n.lag,
+            fmt_time(n.last_sync_in),
             if n.revoked { "revoked" } else { "active" }
         ));
     }

@@ -42,11 +42,21 @@ pub async fn run(dir: Option<&Path>, verbose: bool) -> Result<Output, HostError>
     let root = match dir {
         Some(d) => d.to_path_buf(),
         None => {
-            temp = tempfile::tempdir().map_err(|e| HostError::io("could not create a temporary directory in", std::env::temp_dir(), e))?;
+            temp = tempfile::tempdir().map_err(|e| {
+                HostError::io(
+                    "could not create a temporary directory in",
+                    std::env::temp_dir(),
+                    e,
+                )
+            })?;
             temp.path().to_path_buf()
         }
     };
-    let mut t = Tour { verbose, started: Instant::now(), log: Vec::new() };
+    let mut t = Tour {
+        verbose,
+        started: Instant::now(),
+        log: Vec::new(),
+    };
     t.say(format!("hubsync demo in {}", root.display()));
 
     // A master on loopback, with a fresh CA and the example schema set.
@@ -62,8 +72,13 @@ pub async fn run(dir: Option<&Path>, verbose: bool) -> Result<Output, HostError>
     .await?;
     let mut master_cfg = load(&master_dir.join("hubsync.toml"))?;
     let master = RunningNode::start(master_cfg.clone()).await?;
-    let sync_addr = master.sync_addr.ok_or_else(|| HostError::Other("the master has no sync address".into()))?;
-    t.say(format!("master {} listening on https://{sync_addr} (TLS, own CA)", master.node.engine.identity().node_id));
+    let sync_addr = master
+        .sync_addr
+        .ok_or_else(|| HostError::Other("the master has no sync address".into()))?;
+    t.say(format!(
+        "master {} listening on https://{sync_addr} (TLS, own CA)",
+        master.node.engine.identity().node_id
+    ));
     if let Some(l) = master_cfg.listen.as_mut() {
         l.addr = sync_addr;
     }
@@ -73,7 +88,11 @@ pub async fn run(dir: Option<&Path>, verbose: bool) -> Result<Output, HostError>
     for code in ["DESKTOP-A", "DESKTOP-B"] {
         let token = crate::auth::new_token(master.node.engine.identity().node_id)
             .map_err(|_| HostError::Other("the system random generator failed".into()))?;
-        let rec = master.node.engine.add_node(code, code, &crate::auth::token_hash(&token)).await?;
+        let rec = master
+            .node
+            .engine
+            .add_node(code, code, &crate::auth::token_hash(&token))
+            .await?;
         let dir = root.join(code.to_lowercase());
         crate::init::init_client(&crate::init::ClientInit {
             dir: &dir,
@@ -87,7 +106,10 @@ pub async fn run(dir: Option<&Path>, verbose: bool) -> Result<Output, HostError>
         })
         .await?;
         let running = RunningNode::start(load(&dir.join("hubsync.toml"))?).await?;
-        t.say(format!("client {code} registered as {} (local API http://{})", rec.id, running.api_addr));
+        t.say(format!(
+            "client {code} registered as {} (local API http://{})",
+            rec.id, running.api_addr
+        ));
         clients.push(running);
     }
     let (a, b) = (clients[0].node.clone(), clients[1].node.clone());
@@ -95,11 +117,46 @@ pub async fn run(dir: Option<&Path>, verbose: bool) -> Result<Output, HostError>
     // The master goes away; the clients keep working.
     master.shutdown(Duration::from_secs(5)).await;
     t.say("master stopped: both clients are offline now");
-    let brigade = a.engine.create("Brigade", None, json!({"name": "North brigade", "foreman": "I. Petrov", "active": true})).await?;
-    let site = a.engine.create("Site", None, json!({"name": "Riverside", "address": "1 River St"})).await?;
-    let block = a.engine.create("Site", None, json!({"name": "Block A", "parent": site.uuid})).await?;
-    let e1 = a.engine.create("Employee", None, json!({"full_name": "Anna Smirnova", "brigade": brigade.uuid, "position": "mason"})).await?;
-    let e2 = a.engine.create("Employee", None, json!({"full_name": "Oleg Ivanov", "brigade": brigade.uuid, "position": "welder"})).await?;
+    let brigade = a
+        .engine
+        .create(
+            "Brigade",
+            None,
+            json!({"name": "North brigade", "foreman": "I. Petrov", "active": true}),
+        )
+        .await?;
+    let site = a
+        .engine
+        .create(
+            "Site",
+            None,
+            json!({"name": "Riverside", "address": "1 River St"}),
+        )
+        .await?;
+    let block = a
+        .engine
+        .create(
+            "Site",
+            None,
+            json!({"name": "Block A", "parent": site.uuid}),
+        )
+        .await?;
+    let e1 = a
+        .engine
+        .create(
+            "Employee",
+            None,
+            json!({"full_name": "Anna Smirnova", "brigade": brigade.uuid, "position": "mason"}),
+        )
+        .await?;
+    let e2 = a
+        .engine
+        .create(
+            "Employee",
+            None,
+            json!({"full_name": "Oleg Ivanov", "brigade": brigade.uuid, "position": "welder"}),
+        )
+        .await?;
     let report = a.engine.create("DailyReport", None, json!({
         "date": "2026-11-24", "brigade": brigade.uuid, "site": block.uuid, "status": "draft",
         "notes": "Foundation poured",
@@ -108,14 +165,29 @@ pub async fn run(dir: Option<&Path>, verbose: bool) -> Result<Output, HostError>
             {"employee": e2.uuid, "hours": 6.5, "task": "rebar welding"}
         ]
     })).await?;
-    let south = b.engine.create("Brigade", None, json!({"name": "South brigade", "active": true})).await?;
-    b.engine.create("Employee", None, json!({"full_name": "Pavel Orlov", "brigade": south.uuid})).await?;
+    let south = b
+        .engine
+        .create(
+            "Brigade",
+            None,
+            json!({"name": "South brigade", "active": true}),
+        )
+        .await?;
+    b.engine
+        .create(
+            "Employee",
+            None,
+            json!({"full_name": "Pavel Orlov", "brigade": south.uuid}),
+        )
+        .await?;
     let pending_a = a.engine.status().await?.pending_changes;
     let pending_b = b.engine.status().await?.pending_changes;
     t.say(format!("offline edits: DESKTOP-A wrote a site tree, a brigade, 2 employees and a report with 2 lines ({pending_a} changes queued); DESKTOP-B wrote a brigade and an employee ({pending_b} queued)"));
     match a.sync_now(&NoProgress).await {
         Ok(_) => t.say("unexpected: sync succeeded with the master down"),
-        Err(e) => t.say(format!("sync while offline fails clearly and loses nothing: {e}")),
+        Err(e) => t.say(format!(
+            "sync while offline fails clearly and loses nothing: {e}"
+        )),
     }
 
     // The master comes back on the same address.
@@ -124,7 +196,10 @@ pub async fn run(dir: Option<&Path>, verbose: bool) -> Result<Output, HostError>
     let mut sessions = Vec::new();
     for (name, node) in [("DESKTOP-A", &a), ("DESKTOP-B", &b), ("DESKTOP-A", &a)] {
         let s = node.sync_now(&NoProgress).await?;
-        t.say(format!("{name} synced: {} sent, {} received, {} round trips", s.sent_changes, s.received_changes, s.rounds));
+        t.say(format!(
+            "{name} synced: {} sent, {} received, {} round trips",
+            s.sent_changes, s.received_changes, s.rounds
+        ));
         sessions.push(json!({"node": name, "sent": s.sent_changes, "received": s.received_changes, "rounds": s.rounds}));
     }
 
@@ -141,7 +216,11 @@ pub async fn run(dir: Option<&Path>, verbose: bool) -> Result<Output, HostError>
     let sb = b.sync_now(&NoProgress).await?;
     let conflict = sb.conflicts.first().cloned();
     t.say(match &conflict {
-        Some(c) => format!("conflict on DailyReport {}: {} (server-wins, the default)", c.uuid, c.outcome.as_str()),
+        Some(c) => format!(
+            "conflict on DailyReport {}: {} (server-wins, the default)",
+            c.uuid,
+            c.outcome.as_str()
+        ),
         None => "no conflict was detected (unexpected)".into(),
     });
     a.sync_now(&NoProgress).await?;
@@ -170,7 +249,13 @@ pub async fn run(dir: Option<&Path>, verbose: bool) -> Result<Output, HostError>
         dm.len(),
         if converged { "yes" } else { "NO" }
     ));
-    let final_notes = master.node.engine.get("DailyReport", report.uuid).await?.data["notes"].clone();
+    let final_notes = master
+        .node
+        .engine
+        .get("DailyReport", report.uuid)
+        .await?
+        .data["notes"]
+        .clone();
     let elapsed = t.started.elapsed();
     for c in clients {
         c.shutdown(Duration::from_secs(5)).await;
@@ -191,18 +276,31 @@ pub async fn run(dir: Option<&Path>, verbose: bool) -> Result<Output, HostError>
         "seconds": elapsed.as_secs_f64(),
         "log": t.log,
     });
-    Ok(Output { json, text: String::new() })
+    Ok(Output {
+        json,
+        text: String::new(),
+    })
 }
 
 /// What must be identical on every node: type, uuid, timestamps, deletion
 /// and data.
-async fn dump(node: &Arc<crate::node::Node>) -> Result<Vec<(String, Uuid, String, bool, Value)>, HostError> {
+async fn dump(
+    node: &Arc<crate::node::Node>,
+) -> Result<Vec<(String, Uuid, String, bool, Value)>, HostError> {
     Ok(node
         .engine
         .store()
         .dump_entities()
         .await?
         .into_iter()
-        .map(|e: Entity| (e.entity_type, e.uuid, hubsync_core::entity::format_ts(e.updated_at), e.is_deleted, e.data))
+        .map(|e: Entity| {
+            (
+                e.entity_type,
+                e.uuid,
+                hubsync_core::entity::format_ts(e.updated_at),
+                e.is_deleted,
+                e.data,
+            )
+        })
         .collect())
 }

@@ -31,7 +31,11 @@ pub enum HostError {
 }
 
 impl HostError {
-    pub fn io(what: &'static str, path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+    pub fn io(
+        what: &'static str,
+        path: impl AsRef<std::path::Path>,
+        source: std::io::Error,
+    ) -> Self {
         HostError::Io {
             what,
             path: path.as_ref().display().to_string(),

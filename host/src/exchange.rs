@@ -21,7 +21,11 @@ pub fn route(
     node: Arc<Node>,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
     let limits = DecodeLimits {
-        max_compressed: node.config.listen.as_ref().map_or(16 << 20, |l| l.max_body_bytes),
+        max_compressed: node
+            .config
+            .listen
+            .as_ref()
+            .map_or(16 << 20, |l| l.max_body_bytes),
         max_decompressed: node
             .config
             .listen
@@ -33,7 +37,9 @@ pub fn route(
         .and(warp::header::optional::<String>("authorization"))
         .and(warp::header::optional::<String>("content-encoding"))
         .and(warp::ext::optional::<PeerAddr>())
-        .and(warp::body::content_length_limit(limits.max_compressed as u64))
+        .and(warp::body::content_length_limit(
+            limits.max_compressed as u64,
+        ))
         .and(warp::body::bytes())
         .then(move |auth, encoding, peer, body| {
             let node = node.clone();
@@ -63,7 +69,10 @@ async fn handle(
             "unauthenticated",
             "no bearer token".into(),
             None,
-            Some("send `Authorization: Bearer <token>` with the token `hubsync node add` printed".into()),
+            Some(
+                "send `Authorization: Bearer <token>` with the token `hubsync node add` printed"
+                    .into(),
+            ),
         );
     };
     let found = match node
@@ -75,14 +84,24 @@ async fn handle(
         Ok(found) => found,
         Err(e) => {
             tracing::error!(error = %e, "token lookup failed");
-            return refusal(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the master could not check the token".into(), None, Some("retry later".into()));
+            return refusal(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the master could not check the token".into(),
+                None,
+                Some("retry later".into()),
+            );
         }
     };
     let client = match found {
         Some(n) if !n.revoked && !n.is_self => n,
         other => {
             node.metrics.record_auth_failure();
-            let reason = if other.is_some() { "node revoked" } else { "unknown token" };
+            let reason = if other.is_some() {
+                "node revoked"
+            } else {
+                "unknown token"
+            };
             tracing::warn!(event = "auth_failure", peer = %peer, reason, node = other.as_ref().map(|n| n.code.as_str()).unwrap_or(""), "sync request refused");
             return refusal(
                 StatusCode::UNAUTHORIZED,
@@ -126,12 +145,19 @@ async fn handle(
             tracing::debug!(node = %client.code, packet_no = envelope.header.packet_no, received = envelope.body.entities.len(), sent = answer.body.entities.len(), "exchange");
             match protocol::encode_envelope(&answer) {
                 Ok(bytes) => gzip_response(StatusCode::OK, bytes),
-                Err(e) => refusal(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string(), None, None),
+                Err(e) => refusal(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    e.to_string(),
+                    None,
+                    None,
+                ),
             }
         }
         Err(e) => {
             node.metrics.record_exchange(false);
-            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let status =
+                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             if status.is_server_error() {
                 tracing::error!(node = %client.code, error = %e, "exchange failed");
             } else {
@@ -146,8 +172,14 @@ fn gzip_response(status: StatusCode, body: Vec<u8>) -> Response {
     let mut resp = Response::new(body.into());
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert("content-type", warp::http::HeaderValue::from_static("application/json"));
-    h.insert("content-encoding", warp::http::HeaderValue::from_static("gzip"));
+    h.insert(
+        "content-type",
+        warp::http::HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        "content-encoding",
+        warp::http::HeaderValue::from_static("gzip"),
+    );
     resp
 }
 

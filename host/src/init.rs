@@ -12,12 +12,27 @@ use crate::error::HostError;
 /// The example schema set, shipped inside the binary so that a new node
 /// works without a checkout.
 pub const EXAMPLE_SCHEMAS: &[(&str, &str)] = &[
-    ("schema-set.json", include_str!("../../schemas/schema-set.json")),
+    (
+        "schema-set.json",
+        include_str!("../../schemas/schema-set.json"),
+    ),
     ("common.json", include_str!("../../schemas/common.json")),
-    ("Brigade.schema.json", include_str!("../../schemas/Brigade.schema.json")),
-    ("Employee.schema.json", include_str!("../../schemas/Employee.schema.json")),
-    ("Site.schema.json", include_str!("../../schemas/Site.schema.json")),
-    ("DailyReport.schema.json", include_str!("../../schemas/DailyReport.schema.json")),
+    (
+        "Brigade.schema.json",
+        include_str!("../../schemas/Brigade.schema.json"),
+    ),
+    (
+        "Employee.schema.json",
+        include_str!("../../schemas/Employee.schema.json"),
+    ),
+    (
+        "Site.schema.json",
+        include_str!("../../schemas/Site.schema.json"),
+    ),
+    (
+        "DailyReport.schema.json",
+        include_str!("../../schemas/DailyReport.schema.json"),
+    ),
 ];
 
 pub struct MasterInit<'a> {
@@ -66,7 +81,8 @@ fn create_dir(dir: &Path) -> Result<(), HostError> {
 /// path), else the example set copied into `dir/schemas`.
 fn schema_dir(dir: &Path, given: Option<&Path>) -> Result<PathBuf, HostError> {
     if let Some(given) = given {
-        let abs = std::path::absolute(given).map_err(|e| HostError::io("could not resolve", given, e))?;
+        let abs =
+            std::path::absolute(given).map_err(|e| HostError::io("could not resolve", given, e))?;
         hubsync_core::schema::EntityRegistry::load_dir(&abs)?;
         return Ok(abs);
     }
@@ -178,9 +194,11 @@ pub async fn init_client(p: &ClientInit<'_>) -> Result<InitOutcome, HostError> {
     create_dir(p.dir)?;
     let schemas = schema_dir(p.dir, p.schemas)?;
     let tls_dir = p.dir.join("tls");
-    std::fs::create_dir_all(&tls_dir).map_err(|e| HostError::io("could not create", &tls_dir, e))?;
+    std::fs::create_dir_all(&tls_dir)
+        .map_err(|e| HostError::io("could not create", &tls_dir, e))?;
     let ca = tls_dir.join("ca.pem");
-    std::fs::copy(p.ca_cert, &ca).map_err(|e| HostError::io("could not copy the master's CA certificate", p.ca_cert, e))?;
+    std::fs::copy(p.ca_cert, &ca)
+        .map_err(|e| HostError::io("could not copy the master's CA certificate", p.ca_cert, e))?;
     let text = format!(
         r#"# hubsync client node — created by `hubsync init client`.
 mode = "client"

@@ -44,7 +44,10 @@ pub async fn request(
         .await
         .map_err(|e| io_err(&e))?
         .to_bytes();
-    Ok((status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null)))
+    Ok((
+        status,
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+    ))
 }
 
 /// `POST /api/v1/sync` on the node's local API; returns the summary.
@@ -61,7 +64,9 @@ pub async fn post_sync(api_addr: SocketAddr) -> Result<serde_json::Value, HostEr
     } else {
         Err(HostError::Other(format!(
             "the running node's sync failed: {}",
-            value["error"]["message"].as_str().unwrap_or("unknown error")
+            value["error"]["message"]
+                .as_str()
+                .unwrap_or("unknown error")
         )))
     }
 }

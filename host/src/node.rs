@@ -50,7 +50,10 @@ pub fn load_registry(dir: &Path) -> Result<EntityRegistry, HostError> {
 }
 
 /// Builds the conflict policy from the configuration and the schemas.
-pub fn build_policy(config: &Config, registry: &EntityRegistry) -> Result<ConflictPolicy, HostError> {
+pub fn build_policy(
+    config: &Config,
+    registry: &EntityRegistry,
+) -> Result<ConflictPolicy, HostError> {
     let schema_choices: Vec<(String, String)> = registry
         .types()
         .filter_map(|t| t.conflict.clone().map(|c| (t.name.clone(), c)))
@@ -86,10 +89,7 @@ impl Node {
                     HostError::Other("a client configuration needs a [master] section".into())
                 })?;
                 let configured: uuid::Uuid = link.node_id.parse().map_err(|_| {
-                    HostError::Other(format!(
-                        "[master].node_id '{}' is not a uuid",
-                        link.node_id
-                    ))
+                    HostError::Other(format!("[master].node_id '{}' is not a uuid", link.node_id))
                 })?;
                 if configured != engine.identity().node_id {
                     return Err(hubsync_core::EngineError::IdentityMismatch {
@@ -134,10 +134,13 @@ impl Node {
 
     /// Runs one sync session now, waiting for a running one to finish first.
     pub async fn sync_now(&self, progress: &dyn Progress) -> Result<SyncSummary, HostError> {
-        let sync = self.sync.as_ref().ok_or(hubsync_core::EngineError::WrongRole {
-            needed: "client",
-            actual: "master",
-        })?;
+        let sync = self
+            .sync
+            .as_ref()
+            .ok_or(hubsync_core::EngineError::WrongRole {
+                needed: "client",
+                actual: "master",
+            })?;
         let _guard = sync.lock.lock().await;
         set_state(sync, |s| {
             s.running = true;
@@ -161,7 +164,8 @@ impl Node {
             }
         });
         if let Ok(summary) = &result {
-            self.metrics.record_conflicts(summary.conflicts.len() as u64);
+            self.metrics
+                .record_conflicts(summary.conflicts.len() as u64);
         }
         Ok(result?)
     }

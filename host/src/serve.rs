@@ -112,7 +112,12 @@ async fn sync_loop(node: Arc<Node>, every: Duration, mut stop: watch::Receiver<b
             return;
         }
         match node.sync_now(&NoProgress).await {
-            Ok(s) => tracing::info!(sent = s.sent_changes, received = s.received_changes, conflicts = s.conflicts.len(), "sync session done"),
+            Ok(s) => tracing::info!(
+                sent = s.sent_changes,
+                received = s.received_changes,
+                conflicts = s.conflicts.len(),
+                "sync session done"
+            ),
             Err(e) => tracing::warn!(error = %e, "sync session failed; will retry"),
         }
     }
@@ -159,8 +164,6 @@ pub fn try_lock(config: &Config) -> Result<Option<std::fs::File>, HostError> {
     match file.try_lock() {
         Ok(()) => Ok(Some(file)),
         Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(HostError::io("could not lock", &path, e))
-        }
+        Err(std::fs::TryLockError::Error(e)) => Err(HostError::io("could not lock", &path, e)),
     }
 }

@@ -19,7 +19,11 @@ const BACKENDS: &[(&str, &[&str], bool, &str)] = &[
 
 /// Opens (and migrates) the store at `url`.
 pub async fn open_store(url: &str) -> Result<Arc<dyn Store>, StoreError> {
-    let scheme = url.split(':').next().unwrap_or_default().to_ascii_lowercase();
+    let scheme = url
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     let available = BACKENDS
         .iter()
         .filter(|b| b.2)

@@ -77,7 +77,9 @@ impl Cluster {
             tokens: Vec::new(),
         };
         for i in 0..clients {
-            cluster.add_client(&format!("DESKTOP-{}", i + 1), sync_addr, &opts).await?;
+            cluster
+                .add_client(&format!("DESKTOP-{}", i + 1), sync_addr, &opts)
+                .await?;
         }
         Ok(cluster)
     }

@@ -60,7 +60,9 @@ impl Engine {
                 uuid,
             });
         }
-        let (entity, _) = self.write_in(tx.as_mut(), entity_type, uuid, Some(data)).await?;
+        let (entity, _) = self
+            .write_in(tx.as_mut(), entity_type, uuid, Some(data))
+            .await?;
         tx.commit().await?;
         Ok(entity)
     }
@@ -74,7 +76,9 @@ impl Engine {
     ) -> Result<(Entity, PutOutcome), EngineError> {
         self.validate(entity_type, &data)?;
         let mut tx = self.store.begin().await?;
-        let written = self.write_in(tx.as_mut(), entity_type, uuid, Some(data)).await?;
+        let written = self
+            .write_in(tx.as_mut(), entity_type, uuid, Some(data))
+            .await?;
         tx.commit().await?;
         Ok(written)
     }

@@ -31,9 +31,7 @@ use super::client::approx_size;
 pub enum ExchangeError {
     #[error("{message}")]
     Forbidden { message: String },
-    #[error(
-        "schema version mismatch: this node has schema set {client}, the master has {master}"
-    )]
+    #[error("schema version mismatch: this node has schema set {client}, the master has {master}")]
     SchemaMismatch { client: String, master: String },
     #[error("corrupt packet: {0}")]
     Corrupt(String),
@@ -436,10 +434,15 @@ impl Engine {
         let (outcome, rev) = match &decision {
             Decision::KeepMaster | Decision::Defer { .. } => {
                 losers.push((incoming_json, Some(node.id)));
-                // The node holds the losing version: address the master's
-                // version to it so it converges.
-                let rev = tx
-                    .append_revision(
+                // The node holds the losing version and must receive the
+                // master's. If the master's revision is above the node's
+                // acknowledged cursor it is on its way already; otherwise
+                // (the node received it before but kept its own pending
+                // edit) address it to the node again.
+                let on_its_way = master.rev.is_some_and(|r| r > node.acked_rev)
+                    && master.origin != Some(node.id);
+                if !on_its_way {
+                    tx.append_revision(
                         Some(node.id),
                         &c.entity_type,
                         c.uuid,
@@ -447,7 +450,7 @@ impl Engine {
                         master.origin,
                     )
                     .await?;
-                let _ = rev;
+                }
                 let outcome = if matches!(decision, Decision::Defer { .. }) {
                     Outcome::ConflictDeferred
                 } else {

@@ -91,7 +91,9 @@ pub enum EngineError {
     Invalid(crate::schema::ValidationError),
     #[error("the batch was not applied: {} of its operations are invalid", .0.len())]
     Batch(Vec<BatchItemError>),
-    #[error("this store is not initialized; run `hubsync init master` or `hubsync init client` first")]
+    #[error(
+        "this store is not initialized; run `hubsync init master` or `hubsync init client` first"
+    )]
     NotInitialized,
     #[error("this operation needs a {needed} node, but this node is a {actual}")]
     WrongRole {

@@ -156,14 +156,14 @@ impl SqliteStore {
                 .acquire()
                 .await
                 .map_err(|e| open_err("connecting", &e))?;
-            {
-                let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
-                    .fetch_one(&mut *conn)
-                    .await
-                    .map_err(|e| open_err("reading the journal mode", &e))?;
-                if !mode.eq_ignore_ascii_case("wal") {
-                    tracing::warn!(url, journal_mode = %mode, "SQLite did not switch to WAL (unsupported file system?); readers will block writers");
-                }
+            // Some file systems (network mounts) cannot do WAL; SQLite then
+            // silently keeps its rollback journal.
+            let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(|e| open_err("reading the journal mode", &e))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                tracing::warn!(url, journal_mode = %mode, "SQLite did not switch to WAL; reads will wait for writes");
             }
             migrations::migrate(&mut conn, url).await?;
         }

@@ -330,3 +330,121 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
 
 /// Keeps `Arc` in the public surface used by tests.
 pub type Shared<T> = Arc<T>;
+
+/// Upper bound of any single wait in the end-to-end tests: a sync session,
+/// a cluster start, an API request. Generous, so that it only fires on a
+/// hang, never on a slow machine.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// Runs `fut`, failing the test (naming `what`) if it does not finish
+/// within [`WAIT`].
+pub async fn bounded<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(WAIT, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what} did not finish within {WAIT:?}"),
+    }
+}
+
+impl Cluster {
+    /// Syncs every client, pass after pass, until one whole pass moves
+    /// nothing (no change sent or received, no conflict); returns the
+    /// number of passes. Fails after `max_passes` passes that all moved
+    /// something.
+    pub async fn sync_until_quiet(&self, max_passes: usize) -> anyhow::Result<usize> {
+        for pass in 1..=max_passes {
+            let mut moved = false;
+            for i in 0..self.clients.len() {
+                let s = self.sync(i).await?;
+                moved |= s.sent_changes > 0
+                    || s.received_changes > 0
+                    || s.kept_local > 0
+                    || !s.conflicts.is_empty();
+            }
+            if !moved {
+                return Ok(pass);
+            }
+        }
+        anyhow::bail!("the cluster was still moving changes after {max_passes} sync passes")
+    }
+
+    /// An HTTPS transport that presents `token` as client `i` (to test
+    /// authentication).
+    pub fn transport_with_token(
+        &self,
+        i: usize,
+        token: &str,
+    ) -> anyhow::Result<hubsync::transport::HttpsTransport> {
+        let cfg = &self.clients[i].node.config;
+        let link = cfg.master.as_ref().expect("client has [master]");
+        Ok(hubsync::transport::HttpsTransport::new(
+            hubsync::tls::client_config(&link.ca_cert)?,
+            &link.url,
+            token.to_string(),
+            Duration::from_secs(30),
+        ))
+    }
+
+    /// Shuts the master down (servers stopped, store closed); the clients
+    /// keep running. [`MasterDown::restart_master`] brings it back on the
+    /// same sync address.
+    pub async fn stop_master(self) -> MasterDown {
+        let Cluster {
+            dir,
+            master,
+            clients,
+            tokens,
+        } = self;
+        let master_config = master.node.config.clone();
+        let master_sync_addr = master.sync_addr.expect("master has a sync address");
+        master.shutdown(Duration::from_secs(5)).await;
+        MasterDown {
+            dir,
+            clients,
+            tokens,
+            master_config,
+            master_sync_addr,
+        }
+    }
+}
+
+/// A cluster whose master is shut down.
+pub struct MasterDown {
+    pub dir: tempfile::TempDir,
+    pub clients: Vec<RunningNode>,
+    pub tokens: Vec<String>,
+    pub master_config: Config,
+    pub master_sync_addr: std::net::SocketAddr,
+}
+
+impl MasterDown {
+    pub fn client(&self, i: usize) -> &Engine {
+        &self.clients[i].node.engine
+    }
+
+    /// One sync session of client `i` (through its real HTTPS transport).
+    pub async fn sync(&self, i: usize) -> anyhow::Result<hubsync_core::engine::SyncSummary> {
+        Ok(self.clients[i].node.sync_now(&NoProgress).await?)
+    }
+
+    /// Starts the master again from its configuration and store, listening
+    /// on the sync address the clients know.
+    pub async fn restart_master(self) -> anyhow::Result<Cluster> {
+        let mut config = self.master_config;
+        if let Some(listen) = config.listen.as_mut() {
+            listen.addr = self.master_sync_addr;
+        }
+        let master = RunningNode::start(config).await?;
+        Ok(Cluster {
+            dir: self.dir,
+            master,
+            clients: self.clients,
+            tokens: self.tokens,
+        })
+    }
+
+    pub async fn shutdown(self) {
+        for c in self.clients {
+            c.shutdown(Duration::from_secs(5)).await;
+        }
+    }
+}

@@ -140,7 +140,8 @@ fn wait_for_exit(child: &mut Child, deadline: Duration) -> Option<ExitStatus> {
         if Instant::now() >= until {
             return None;
         }
-        thread::sleep(POLL);
+        // Fine-grained, so that the elapsed times the tests print are exact.
+        thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -161,7 +162,6 @@ struct Served {
     name: &'static str,
     child: Guard,
     log: PathBuf,
-    api: SocketAddr,
 }
 
 impl Served {
@@ -177,12 +177,7 @@ impl Served {
                 .spawn()
                 .expect("start hubsync serve"),
         );
-        let mut served = Served {
-            name,
-            child,
-            log,
-            api,
-        };
+        let mut served = Served { name, child, log };
         let until = Instant::now() + READY_DEADLINE;
         loop {
             if let Some(status) = served.child.0.try_wait().expect("try_wait") {
@@ -409,7 +404,11 @@ fn database_bytes(data_dir: &Path) -> Vec<u8> {
             all.extend(std::fs::read(&path).expect("read database file"));
         }
     }
-    assert!(!all.is_empty(), "no hubsync.db* under {}", data_dir.display());
+    assert!(
+        !all.is_empty(),
+        "no hubsync.db* under {}",
+        data_dir.display()
+    );
     all
 }
 
@@ -495,6 +494,19 @@ fn operator_path_master_and_client_processes_sync_over_https() {
 
     // init client with what node add printed.
     let client = init_client(root, "client", &master, &desktop);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&client.config)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "the client config holds the token: only its owner may read it (mode {mode:o})"
+        );
+    }
 
     // Both nodes served as separate processes.
     let master_serve = Served::start("master", &master.config, master.api);
@@ -538,6 +550,40 @@ fn operator_path_master_and_client_processes_sync_over_https() {
     assert_eq!(st["mode"], "client", "status: {st}");
     assert_eq!(st["pending_changes"], 0, "status: {st}");
     assert_eq!(st["node_id"], desktop.node_id.as_str(), "status: {st}");
+
+    // A second serve of the same node is refused: one process per node.
+    let out = run(root, &["serve", "--config", path_str(&client.config)]).failed();
+    assert_one_paragraph(&out);
+    assert!(
+        out.stderr.contains("already serving"),
+        "a second serve should say the node is already served:\n{}",
+        out.stderr
+    );
+
+    // Revoking the node (beside the running master) stops it at once.
+    let revoked = run(
+        root,
+        &[
+            "node",
+            "revoke",
+            "--config",
+            path_str(&master.config),
+            "DESKTOP-1",
+            "--json",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(revoked["revoked"], true, "{revoked}");
+    let out = run(root, &["sync", "--config", path_str(&client.config)]).failed();
+    assert_one_paragraph(&out);
+    // (The master answers a revoked node like an unknown token, on purpose:
+    // it tells a caller nothing about which tokens once existed.)
+    assert!(
+        out.stderr.contains("unauthenticated") && out.stderr.contains("token"),
+        "sync of a revoked node should say its token was refused:\n{}",
+        out.stderr
+    );
 
     // SIGTERM stops both cleanly.
     client_serve.terminate();
@@ -592,7 +638,10 @@ fn history_shows_stored_versions() {
     // Both edit it offline; A syncs first, so B's edit meets a conflict.
     let edit = |api, name: &str| {
         let (status, body) = http(api, "PUT", &path, Some(&json!({"name": name})));
-        assert!(status == 200 || status == 201, "PUT {name}: {status} {body}");
+        assert!(
+            status == 200 || status == 201,
+            "PUT {name}: {status} {body}"
+        );
     };
     edit(a.api, "North (A)");
     edit(b.api, "North (B)");
@@ -600,7 +649,9 @@ fn history_shows_stored_versions() {
     let b_sync = sync(root, &b.config);
     assert_eq!(b_sync["sent_changes"], 1, "{b_sync}");
     assert!(
-        b_sync["conflicts"].as_array().is_some_and(|c| !c.is_empty()),
+        b_sync["conflicts"]
+            .as_array()
+            .is_some_and(|c| !c.is_empty()),
         "B's stale edit should be reported as a conflict: {b_sync}"
     );
 
@@ -632,9 +683,10 @@ fn history_shows_stored_versions() {
         }
     }
     assert!(
-        versions.iter().any(|v| v["source_node_id"]
-            == reg_b.node_id.as_str()
-            && v["serialized_data"]["data"]["name"] == "North (B)"),
+        versions
+            .iter()
+            .any(|v| v["source_node_id"] == reg_b.node_id.as_str()
+                && v["serialized_data"]["data"]["name"] == "North (B)"),
         "history should keep B's losing version: {history}"
     );
     // The human form says the same.
@@ -788,11 +840,7 @@ fn errors_are_one_clear_paragraph() {
     let root = tmp.path();
 
     // A missing configuration file: the message names it.
-    let out = run(
-        root,
-        &["status", "--config", "/nonexistent/hubsync.toml"],
-    )
-    .failed();
+    let out = run(root, &["status", "--config", "/nonexistent/hubsync.toml"]).failed();
     assert_one_paragraph(&out);
     assert!(
         out.stderr.contains("/nonexistent/hubsync.toml"),

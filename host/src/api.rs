@@ -273,12 +273,6 @@ pub async fn recover(r: warp::Rejection) -> Result<Response, Infallible> {
             "too_large",
             "the request body is too large".to_string(),
         )
-    } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
-        (
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "method not allowed on this route".to_string(),
-        )
     } else if let Some(e) = r.find::<warp::reject::InvalidQuery>() {
         (
             StatusCode::BAD_REQUEST,
@@ -290,6 +284,15 @@ pub async fn recover(r: warp::Rejection) -> Result<Response, Infallible> {
             StatusCode::LENGTH_REQUIRED,
             "length_required",
             "a Content-Length header is required".to_string(),
+        )
+    } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
+        // Checked after the rejections above: a route with the same path but
+        // another method always adds one, and must not hide why the route
+        // that did match refused (e.g. a bad query string on a list).
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed on this route".to_string(),
         )
     } else {
         (StatusCode::BAD_REQUEST, "malformed", format!("{r:?}"))

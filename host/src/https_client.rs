@@ -73,14 +73,16 @@ pub enum HttpClientError {
     #[error("header `{name}` cannot be sent: {reason}")]
     InvalidHeader { name: String, reason: String },
 
-    #[error("cannot connect to {url}: {reason}; is the master running and reachable? will retry")]
+    #[error(
+        "cannot connect to {url}: {reason}; is the master running and reachable at that address? Nothing was lost: the changes stay queued and are sent by the next sync"
+    )]
     Connect { url: String, reason: String },
 
     #[error("TLS with {url} failed: {reason}")]
     Tls { url: String, reason: String },
 
     #[error(
-        "no complete response from {url} within {after:?}; the master may be overloaded or the network slow; will retry"
+        "no complete response from {url} within {after:?}; the master may be overloaded or the network slow; the changes stay queued and the next sync sends them again"
     )]
     Timeout { url: String, after: Duration },
 
@@ -90,7 +92,9 @@ pub enum HttpClientError {
     )]
     TooLarge { url: String, limit: usize },
 
-    #[error("the exchange with {url} broke off: {reason}; will retry")]
+    #[error(
+        "the exchange with {url} broke off: {reason}; the changes stay queued and the next sync sends them again"
+    )]
     Io { url: String, reason: String },
 }
 

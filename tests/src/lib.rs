@@ -448,3 +448,70 @@ impl MasterDown {
         }
     }
 }
+
+/// A raw HTTP/1.1 exchange with a local API, for what
+/// `hubsync::local_client::request` cannot send or read: a body that is not
+/// JSON, an answer that is not JSON (`/metrics`). Returns the status, the
+/// lower-cased header lines and the body text. Bounded by [`WAIT`].
+pub async fn raw_http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> anyhow::Result<(u16, Vec<String>, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body).await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        anyhow::Ok(raw)
+    };
+    let raw = tokio::time::timeout(WAIT, exchange)
+        .await
+        .map_err(|_| anyhow::anyhow!("{method} {path}: no answer within {WAIT:?}"))??;
+    let text = String::from_utf8(raw)?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("{method} {path}: no end of headers in {text:?}"))?;
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("{method} {path}: no status line in {head:?}"))?;
+    let headers: Vec<String> = lines.map(str::to_ascii_lowercase).collect();
+    let body = if headers
+        .iter()
+        .any(|h| h.starts_with("transfer-encoding:") && h.contains("chunked"))
+    {
+        dechunk(body)?
+    } else {
+        body.to_string()
+    };
+    Ok((status, headers, body))
+}
+
+/// Decodes an HTTP/1.1 chunked body.
+fn dechunk(mut rest: &str) -> anyhow::Result<String> {
+    let mut out = String::new();
+    loop {
+        let (size, after) = rest
+            .split_once("\r\n")
+            .ok_or_else(|| anyhow::anyhow!("truncated chunked body"))?;
+        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)?;
+        if size == 0 {
+            return Ok(out);
+        }
+        let chunk = after
+            .get(..size)
+            .ok_or_else(|| anyhow::anyhow!("truncated chunk"))?;
+        out.push_str(chunk);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+}

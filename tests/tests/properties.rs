@@ -321,7 +321,7 @@ proptest! {
             // Client → master: once the master acknowledged packet N (in an
             // answer that arrived), no later request carries a version
             // that packet N carried.
-            let log = t.log.lock().unwrap();
+            let log = std::mem::take(&mut *t.log.lock().unwrap());
             let mut acked_up_to = 0i64;
             let mut by_packet: BTreeMap<i64, HashSet<(Uuid, String)>> = BTreeMap::new();
             // Master → client: once the client acknowledged master packet M,
@@ -359,7 +359,6 @@ proptest! {
                     }
                 }
             }
-            drop(log);
             set.close().await;
         });
     }

@@ -332,15 +332,10 @@ impl Engine {
                     self.resolve_conflict(tx, node, packet_no, c, m, now)
                         .await?
                 }
-                Some(m) if c.base_rev != m.rev => {
-                    // Same content arrived by two paths: nothing to decide.
-                    ChangeResult {
-                        entity_type: c.entity_type.clone(),
-                        uuid: c.uuid,
-                        outcome: Outcome::Applied,
-                        rev: m.rev.unwrap_or(0),
-                    }
-                }
+                // No conflict: the base is current, the entity is new, or
+                // the same content arrived by two paths. Applied as usual,
+                // so the sender's copy (its updated_at included) becomes
+                // the master's and reaches every other node.
                 _ => {
                     let rev = self.store_incoming(tx, node.id, c, c.operation).await?;
                     ChangeResult {

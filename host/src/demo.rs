@@ -3,13 +3,10 @@
 //! offline, sync, meet a conflict, and converge.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hubsync_core::engine::NoProgress;
-use hubsync_core::entity::Entity;
-use serde_json::{Value, json};
-use uuid::Uuid;
+use serde_json::json;
 
 use crate::cli::Output;
 use crate::config::Config;
@@ -240,9 +237,9 @@ pub async fn run(dir: Option<&Path>, verbose: bool) -> Result<Output, HostError>
     a.sync_now(&NoProgress).await?;
     t.say("DESKTOP-B soft-deleted an employee; synced everywhere");
 
-    let dm = dump(&master.node).await?;
-    let da = dump(&a).await?;
-    let db = dump(&b).await?;
+    let dm = master.node.engine.replica_state().await?;
+    let da = a.engine.replica_state().await?;
+    let db = b.engine.replica_state().await?;
     let converged = dm == da && dm == db;
     t.say(format!(
         "all three nodes hold {} entities; identical: {}",
@@ -280,27 +277,4 @@ pub async fn run(dir: Option<&Path>, verbose: bool) -> Result<Output, HostError>
         json,
         text: String::new(),
     })
-}
-
-/// What must be identical on every node: type, uuid, timestamps, deletion
-/// and data.
-async fn dump(
-    node: &Arc<crate::node::Node>,
-) -> Result<Vec<(String, Uuid, String, bool, Value)>, HostError> {
-    Ok(node
-        .engine
-        .store()
-        .dump_entities()
-        .await?
-        .into_iter()
-        .map(|e: Entity| {
-            (
-                e.entity_type,
-                e.uuid,
-                hubsync_core::entity::format_ts(e.updated_at),
-                e.is_deleted,
-                e.data,
-            )
-        })
-        .collect())
 }

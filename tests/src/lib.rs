@@ -10,13 +10,11 @@ use hubsync::config::Config;
 use hubsync::serve::RunningNode;
 use hubsync_core::conflict::ConflictPolicy;
 use hubsync_core::engine::NoProgress;
-use hubsync_core::entity::{Entity, format_ts};
 use hubsync_core::protocol::{self, DecodeLimits, Envelope};
 use hubsync_core::schema::EntityRegistry;
 use hubsync_core::store::NodeRole;
 use hubsync_core::transport::{Transport, TransportError};
 use hubsync_core::{Engine, EngineOptions, InitParams};
-use serde_json::Value;
 use uuid::Uuid;
 
 /// The example schema set of the repository.
@@ -165,24 +163,10 @@ impl Cluster {
 }
 
 /// What must be identical on every node after convergence.
-pub type Dump = Vec<(String, Uuid, String, bool, Value)>;
+pub type Dump = hubsync_core::engine::ReplicaState;
 
 pub async fn dump(engine: &Engine) -> anyhow::Result<Dump> {
-    Ok(engine
-        .store()
-        .dump_entities()
-        .await?
-        .into_iter()
-        .map(|e: Entity| {
-            (
-                e.entity_type,
-                e.uuid,
-                format_ts(e.updated_at),
-                e.is_deleted,
-                e.data,
-            )
-        })
-        .collect())
+    Ok(engine.replica_state().await?)
 }
 
 /// A transport that hands envelopes straight to a master engine, through

@@ -68,6 +68,9 @@ impl Default for EngineOptions {
     }
 }
 
+/// See [`Engine::replica_state`].
+pub type ReplicaState = Vec<(String, Uuid, String, bool, serde_json::Value)>;
+
 /// Who this node is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Identity {
@@ -333,6 +336,28 @@ impl Engine {
     pub async fn list(&self, entity_type: &str, page: Page) -> Result<Vec<Entity>, EngineError> {
         self.check_type(entity_type)?;
         Ok(self.store.list_entities(entity_type, page).await?)
+    }
+
+    /// What must be identical on every node once all have synced with no
+    /// new writes (convergence, contract §7.6): each entity's type, uuid,
+    /// `updated_at` (canonical text), deletion flag and data, ordered by
+    /// (type, uuid). Revision bookkeeping is left out: it is per node.
+    pub async fn replica_state(&self) -> Result<ReplicaState, EngineError> {
+        Ok(self
+            .store
+            .dump_entities()
+            .await?
+            .into_iter()
+            .map(|e| {
+                (
+                    e.entity_type,
+                    e.uuid,
+                    crate::entity::format_ts(e.updated_at),
+                    e.is_deleted,
+                    e.data,
+                )
+            })
+            .collect())
     }
 
     pub async fn status(&self) -> Result<NodeStatus, EngineError> {

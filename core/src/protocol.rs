@@ -132,6 +132,12 @@ pub struct ChangeResult {
     pub outcome: Outcome,
     /// The master revision of the entity after the change was handled.
     pub rev: i64,
+    /// The `updated_at` of the version the master now holds when it took
+    /// the client's (`applied`, `conflict_incoming_won`). A client whose
+    /// copy still has that `updated_at` knows the master holds exactly its
+    /// state, even when the packet was a resend rebuilt after a later edit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<DateTime<Utc>>,
 }
 
 /// A refusal, as the JSON body of a non-2xx protocol response.

@@ -7,7 +7,11 @@
 //! [`StoreTx::commit`] rolls back.
 //!
 //! Backends must serialize write transactions that touch the same node's
-//! packet state (SQLite does so by having a single writer).
+//! packet state, and transactions that read an entity to decide a write
+//! (SQLite does so by having a single writer; PostgreSQL with a row lock on
+//! the node and a transaction-scoped advisory lock, see
+//! `hubsync-store-postgres`). Every backend runs the same conformance suite,
+//! `hubsync-store-testkit`.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -62,6 +66,35 @@ impl StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Connection-pool settings, from `[storage]` in the host's configuration.
+/// Each backend uses what applies to it and documents what it ignores
+/// (SQLite keeps one writer connection and a few readers whatever is set
+/// here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolOptions {
+    /// Most connections the pool opens.
+    pub max_connections: u32,
+    /// Connections kept open even when idle.
+    pub min_connections: u32,
+    /// How long `begin()` or a read waits for a free connection before it
+    /// fails.
+    pub acquire_timeout: std::time::Duration,
+    /// An idle connection above `min_connections` is closed after this long;
+    /// `None` keeps it.
+    pub idle_timeout: Option<std::time::Duration>,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        PoolOptions {
+            max_connections: 10,
+            min_connections: 0,
+            acquire_timeout: std::time::Duration::from_secs(30),
+            idle_timeout: Some(std::time::Duration::from_secs(600)),
+        }
+    }
+}
 
 /// The role a node row plays in this store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -257,6 +290,11 @@ pub trait StoreTx: Send {
     async fn get_meta(&mut self, key: &str) -> StoreResult<Option<String>>;
     async fn set_meta(&mut self, key: &str, value: &str) -> StoreResult<()>;
 
+    /// Reads an entity to decide a write on it (a conflict decision, a
+    /// coalesced change). Backends with concurrent writers make every other
+    /// transaction that reads or writes entities wait until this one ends,
+    /// so that no decision is taken on a version another transaction is
+    /// replacing (a lost update).
     async fn get_entity(&mut self, entity_type: &str, uuid: Uuid) -> StoreResult<Option<Entity>>;
     /// Inserts or replaces the entity keyed by (type, uuid).
     async fn put_entity(&mut self, entity: &Entity) -> StoreResult<()>;
@@ -277,6 +315,23 @@ pub trait StoreTx: Send {
     async fn has_queued(&mut self, node: Uuid, entity_type: &str, uuid: Uuid) -> StoreResult<bool>;
     /// Up to `limit` unsent rows for `node`, in queue order.
     async fn unsent_changes(&mut self, node: Uuid, limit: u32) -> StoreResult<Vec<QueuedChange>>;
+    /// The unsent row for the entity queued for `node`, if any.
+    ///
+    /// The default scans the unsent rows; backends override it with an
+    /// index lookup (it runs once per acknowledged change that was edited
+    /// again while its packet was in flight).
+    async fn unsent_change_for(
+        &mut self,
+        node: Uuid,
+        entity_type: &str,
+        uuid: Uuid,
+    ) -> StoreResult<Option<QueuedChange>> {
+        Ok(self
+            .unsent_changes(node, u32::MAX)
+            .await?
+            .into_iter()
+            .find(|c| c.entity_type == entity_type && c.entity_uuid == uuid))
+    }
     /// The rows carried by packet `packet_no`, in queue order.
     async fn changes_in_packet(
         &mut self,
@@ -292,7 +347,10 @@ pub trait StoreTx: Send {
     // --- master change log --------------------------------------------------
 
     /// Appends a revision of the entity and returns its number, which is
-    /// greater than every revision before it. A previous revision of the same
+    /// greater than every revision before it. Revisions become visible to
+    /// readers in revision order: once a reader has seen revision N, no
+    /// revision below N can appear later (backends with concurrent writers
+    /// serialize allocation and commit). A previous revision of the same
     /// entity with the same target is removed (the log keeps the latest).
     async fn append_revision(
         &mut self,
@@ -314,8 +372,10 @@ pub trait StoreTx: Send {
 
     // --- nodes, history, audit ---------------------------------------------
 
-    /// Reads a node row for update (backends with concurrent writers lock it
-    /// until commit).
+    /// Reads a node row for update: backends with concurrent writers lock it
+    /// until this transaction ends, and a second transaction's `get_node` of
+    /// the same row waits and then sees this one's committed changes (so two
+    /// exchanges of one node never both apply its packet).
     async fn get_node(&mut self, id: Uuid) -> StoreResult<Option<NodeRecord>>;
     /// Inserts or replaces a node row (keyed by id; `code` is unique).
     async fn put_node(&mut self, node: &NodeRecord) -> StoreResult<()>;

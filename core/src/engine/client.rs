@@ -210,22 +210,37 @@ impl Engine {
             )));
         }
         if h.ack_packet_no > peer.sent_packet_no {
-            tx.delete_acknowledged(master, h.ack_packet_no).await?;
-            peer.sent_packet_no = h.ack_packet_no;
+            let mut redundant = Vec::new();
             for r in &response.body.results {
                 if r.outcome.client_version_taken()
                     && let Some(mut e) = tx.get_entity(&r.entity_type, r.uuid).await?
-                    && e.rev.is_none_or(|rev| rev < r.rev)
                 {
-                    // Our version is the master's at r.rev: later local edits
-                    // are based on it (no false conflict, contract §7.4).
-                    e.rev = Some(r.rev);
-                    tx.put_entity(&e).await?;
+                    if e.rev.is_none_or(|rev| rev < r.rev) {
+                        // Our version is the master's at r.rev: later local
+                        // edits are based on it (no false conflict, §7.4).
+                        e.rev = Some(r.rev);
+                        tx.put_entity(&e).await?;
+                    }
+                    // A packet resent after an edit carried the edited state;
+                    // if that is what the master took, the edit's own queue
+                    // row has nothing left to send (Property 24).
+                    if r.updated_at == Some(e.updated_at)
+                        && let Some(row) =
+                            tx.unsent_change_for(master, &r.entity_type, r.uuid).await?
+                    {
+                        redundant.push(row.id);
+                    }
                 }
                 if r.outcome.is_conflict() {
                     summary.conflicts.push(r.clone());
                 }
             }
+            if !redundant.is_empty() {
+                tx.assign_packet(master, &redundant, h.ack_packet_no)
+                    .await?;
+            }
+            tx.delete_acknowledged(master, h.ack_packet_no).await?;
+            peer.sent_packet_no = h.ack_packet_no;
             peer.last_sync_out = Some(now_utc());
         }
         let m = h.packet_no;

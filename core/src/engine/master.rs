@@ -343,6 +343,7 @@ impl Engine {
                         uuid: c.uuid,
                         outcome: Outcome::Applied,
                         rev,
+                        updated_at: Some(c.updated_at),
                     }
                 }
             };
@@ -536,6 +537,7 @@ impl Engine {
             uuid: c.uuid,
             outcome,
             rev,
+            updated_at: (outcome == Outcome::ConflictIncomingWon).then_some(c.updated_at),
         })
     }
 }

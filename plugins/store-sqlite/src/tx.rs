@@ -64,6 +64,14 @@ pub(crate) const UNSENT_CHANGES: &str = concat!(
       ORDER BY id LIMIT ?"
 );
 
+pub(crate) const UNSENT_CHANGE_FOR: &str = concat!(
+    "SELECT ",
+    queued_cols!(),
+    " FROM sync_changes
+      WHERE kind = 'queue' AND packet_no IS NULL
+        AND node_id = ? AND entity_type = ? AND entity_uuid = ?"
+);
+
 pub(crate) const CHANGES_IN_PACKET: &str = concat!(
     "SELECT ",
     queued_cols!(),
@@ -191,6 +199,22 @@ impl StoreTx for SqliteTx {
             .await
             .map_err(|e| StoreError::backend("reading unsent changes", e))?;
         rows.iter().map(queued_from_row).collect()
+    }
+
+    async fn unsent_change_for(
+        &mut self,
+        node: Uuid,
+        entity_type: &str,
+        uuid: Uuid,
+    ) -> StoreResult<Option<QueuedChange>> {
+        let row = sqlx::query(UNSENT_CHANGE_FOR)
+            .bind(uuid_text(node))
+            .bind(entity_type)
+            .bind(uuid_text(uuid))
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(|e| StoreError::backend("reading the change queue", e))?;
+        row.as_ref().map(queued_from_row).transpose()
     }
 
     async fn changes_in_packet(

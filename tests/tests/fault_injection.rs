@@ -487,11 +487,19 @@ async fn check(seed: u64, w: &World) {
     let master_state = w.master.replica_state().await.expect("master state");
     let master_id = w.master.identity().node_id;
     for (id, _, e) in &w.clients {
-        assert_eq!(
-            e.replica_state().await.expect("client state"),
-            master_state,
-            "seed {seed}: client {id} did not converge"
-        );
+        let state = e.replica_state().await.expect("client state");
+        if state != master_state {
+            let m: HashSet<_> = master_state.iter().collect();
+            let c: HashSet<_> = state.iter().collect();
+            for x in c.difference(&m) {
+                eprintln!("client only: {x:?}");
+            }
+            for x in m.difference(&c) {
+                eprintln!("master only: {x:?}");
+                trace(w, *id, x.1);
+            }
+            panic!("seed {seed}: client {id} did not converge");
+        }
         assert_eq!(
             e.store().count_queued(master_id).await.expect("queue"),
             0,
@@ -618,6 +626,29 @@ async fn check(seed: u64, w: &World) {
                 o.as_str()
             );
         }
+    }
+}
+
+/// Prints every exchange of `node` that touched `uuid` (failure diagnosis).
+fn trace(w: &World, node: Uuid, uuid: Uuid) {
+    let short = |e: &Envelope| {
+        format!(
+            "pkt {} ack {} ents {:?} results {:?} more {}",
+            e.header.packet_no,
+            e.header.ack_packet_no,
+            e.body.entities.iter().map(|c| (c.uuid.to_string()[..8].to_string(), c.updated_at.format("%S%.6f").to_string(), c.is_deleted, c.base_rev, c.rev)).collect::<Vec<_>>(),
+            e.body.results.iter().map(|r| (r.uuid.to_string()[..8].to_string(), r.outcome.as_str(), r.rev)).collect::<Vec<_>>(),
+            e.body.more
+        )
+    };
+    let touches = |e: &Envelope| e.body.entities.iter().any(|c| c.uuid == uuid) || e.body.results.iter().any(|r| r.uuid == uuid);
+    for d in &w.deliveries {
+        if d.node == node || touches(&d.request) {
+            eprintln!("DELIVERY node {} applied {:?}\n   req {}\n   ans {}", &d.node.to_string()[..8], d.applied, short(&d.request), short(&d.answer));
+        }
+    }
+    for s in w.sends.iter().filter(|s| s.node == node) {
+        eprintln!("SEND req {}\n   ans {}", short(&s.request), s.answer.as_ref().map(short).unwrap_or_else(|| "LOST".into()));
     }
 }
 

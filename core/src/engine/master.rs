@@ -175,17 +175,26 @@ impl Engine {
             )));
         };
 
-        // 3. Our next packet: resent under the same number if unacknowledged.
+        // 3. Our next packet. One built before and not acknowledged is built
+        // again under the same number over exactly the same revision range:
+        // the node may hold it already (a late or duplicated request cannot
+        // tell us), and its acknowledgement will mean that range. Within
+        // the range only rows replaced by newer revisions can be missing,
+        // and those newer revisions lie beyond it.
         let limits = self.options.limits;
+        let resend_to = (node.out_packet_no > node.sent_packet_no).then_some(node.out_up_to_rev);
         let rows = tx
             .revisions_after(node.id, node.acked_rev, limits.max_entities)
             .await?;
-        let scanned_all = rows.len() < limits.max_entities as usize;
+        let mut more = rows.len() >= limits.max_entities as usize;
         let mut entities = Vec::new();
         let mut up_to = node.acked_rev;
         let mut bytes = 0usize;
-        let mut cut = false;
         for (rev, e) in rows {
+            if resend_to.is_some_and(|end| rev.rev > end) {
+                more = true;
+                break;
+            }
             // A node never gets back its own version, unless addressed to it.
             if rev.target.is_some() || e.origin != Some(node.id) {
                 let change = WireChange {
@@ -200,8 +209,8 @@ impl Engine {
                     origin_node_id: e.origin,
                 };
                 let size = approx_size(std::slice::from_ref(&change));
-                if !entities.is_empty() && bytes + size > limits.max_bytes {
-                    cut = true;
+                if resend_to.is_none() && !entities.is_empty() && bytes + size > limits.max_bytes {
+                    more = true;
                     break;
                 }
                 bytes += size;
@@ -209,18 +218,18 @@ impl Engine {
             }
             up_to = rev.rev;
         }
-        let packet_no = if up_to > node.acked_rev {
-            let m = if node.out_packet_no > node.sent_packet_no {
+        let packet_no = match resend_to {
+            Some(_) => {
+                node.last_sync_out = Some(now);
                 node.out_packet_no
-            } else {
-                node.out_packet_no + 1
-            };
-            node.out_packet_no = m;
-            node.out_up_to_rev = up_to;
-            node.last_sync_out = Some(now);
-            m
-        } else {
-            node.sent_packet_no
+            }
+            None if up_to > node.acked_rev => {
+                node.out_packet_no += 1;
+                node.out_up_to_rev = up_to;
+                node.last_sync_out = Some(now);
+                node.out_packet_no
+            }
+            None => node.sent_packet_no,
         };
         node.schema_version = Some(h.schema_version.clone());
         tx.put_node(&node).await?;
@@ -239,7 +248,7 @@ impl Engine {
             body: Body {
                 entities,
                 results,
-                more: cut || !scanned_all,
+                more,
             },
         })
     }

@@ -636,19 +636,53 @@ fn trace(w: &World, node: Uuid, uuid: Uuid) {
             "pkt {} ack {} ents {:?} results {:?} more {}",
             e.header.packet_no,
             e.header.ack_packet_no,
-            e.body.entities.iter().map(|c| (c.uuid.to_string()[..8].to_string(), c.updated_at.format("%S%.6f").to_string(), c.is_deleted, c.base_rev, c.rev)).collect::<Vec<_>>(),
-            e.body.results.iter().map(|r| (r.uuid.to_string()[..8].to_string(), r.outcome.as_str(), r.rev)).collect::<Vec<_>>(),
+            e.body
+                .entities
+                .iter()
+                .map(|c| (
+                    c.uuid.to_string()[..8].to_string(),
+                    c.updated_at.format("%S%.6f").to_string(),
+                    c.is_deleted,
+                    c.base_rev,
+                    c.rev
+                ))
+                .collect::<Vec<_>>(),
+            e.body
+                .results
+                .iter()
+                .map(|r| (
+                    r.uuid.to_string()[..8].to_string(),
+                    r.outcome.as_str(),
+                    r.rev
+                ))
+                .collect::<Vec<_>>(),
             e.body.more
         )
     };
-    let touches = |e: &Envelope| e.body.entities.iter().any(|c| c.uuid == uuid) || e.body.results.iter().any(|r| r.uuid == uuid);
+    let touches = |e: &Envelope| {
+        e.body.entities.iter().any(|c| c.uuid == uuid)
+            || e.body.results.iter().any(|r| r.uuid == uuid)
+    };
     for d in &w.deliveries {
         if d.node == node || touches(&d.request) {
-            eprintln!("DELIVERY node {} applied {:?}\n   req {}\n   ans {}", &d.node.to_string()[..8], d.applied, short(&d.request), short(&d.answer));
+            eprintln!(
+                "DELIVERY node {} applied {:?}\n   req {}\n   ans {}",
+                &d.node.to_string()[..8],
+                d.applied,
+                short(&d.request),
+                short(&d.answer)
+            );
         }
     }
     for s in w.sends.iter().filter(|s| s.node == node) {
-        eprintln!("SEND req {}\n   ans {}", short(&s.request), s.answer.as_ref().map(short).unwrap_or_else(|| "LOST".into()));
+        eprintln!(
+            "SEND req {}\n   ans {}",
+            short(&s.request),
+            s.answer
+                .as_ref()
+                .map(short)
+                .unwrap_or_else(|| "LOST".into())
+        );
     }
 }
 
@@ -656,6 +690,10 @@ fn seeds() -> Vec<u64> {
     if let Ok(s) = std::env::var("HUBSYNC_FAULT_SEED") {
         return vec![s.parse().expect("HUBSYNC_FAULT_SEED is a number")];
     }
+    // Seeds that once found a bug run every time.
+    const REGRESSIONS: &[u64] = &[
+        854_253_646_711_855_313, // a late duplicate request widened an in-flight master packet
+    ];
     let n: u64 = std::env::var("HUBSYNC_FAULT_SEEDS")
         .ok()
         .and_then(|v| v.parse().ok())

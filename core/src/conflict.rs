@@ -1,10 +1,15 @@
-//! Conflict resolution: the in-process resolver trait, the built-in
-//! strategies, and the per-type selection policy.
+//! Conflict resolution: the resolver trait the engine calls, and the
+//! per-type selection policy.
 //!
 //! Conflicts are *detected* by the master engine (see `engine::master`); this
 //! module only *decides*. A resolver sees the master's version, the incoming
 //! one and metadata, and returns a [`Decision`]. Resolvers must be
 //! deterministic and must not panic.
+//!
+//! The strategies themselves are not here: the host offers the built-in
+//! strategy crates (`plugins/resolvers/*`) and loaded plugins through an
+//! adapter to [`ConflictResolver`] (host `plugins.rs`). Only a minimal
+//! [`ServerWins`] stays, for engines run without a host.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -32,6 +37,8 @@ pub struct ConflictInput<'a> {
     pub incoming: Version<'a>,
     /// The version both sides started from, when the master still has it.
     pub base: Option<Version<'a>>,
+    /// The entity type's JSON Schema, for resolvers that need it.
+    pub schema: Option<&'a Value>,
 }
 
 /// What a resolver decided.
@@ -67,44 +74,32 @@ pub struct ResolveError {
 }
 
 /// A conflict resolution strategy.
+///
+/// Async so that a host can run an untrusted resolver off the runtime with
+/// a timeout. The engine awaits it inside the master's exchange
+/// transaction: implementations must be fast and bounded.
+#[async_trait::async_trait]
 pub trait ConflictResolver: Send + Sync {
     /// The name it is selected by in schemas and configuration.
     fn name(&self) -> &str;
-    fn resolve(&self, input: &ConflictInput<'_>) -> Result<Decision, ResolveError>;
+    async fn resolve(&self, input: &ConflictInput<'_>) -> Result<Decision, ResolveError>;
 }
 
-/// `server-wins`: the master's version always stands (the default,
-/// Property 10).
+/// The minimal `server-wins` behind [`ConflictPolicy::server_wins`]: the
+/// master's version always stands. The strategies a host offers (the
+/// built-in crates under `plugins/resolvers/` and loaded plugins) live
+/// outside the core; this one exists so that an engine can run without a
+/// host (tests, embedding).
 #[derive(Debug, Default)]
 pub struct ServerWins;
 
+#[async_trait::async_trait]
 impl ConflictResolver for ServerWins {
     fn name(&self) -> &str {
-        "server-wins"
+        DEFAULT_STRATEGY
     }
-    fn resolve(&self, _input: &ConflictInput<'_>) -> Result<Decision, ResolveError> {
+    async fn resolve(&self, _input: &ConflictInput<'_>) -> Result<Decision, ResolveError> {
         Ok(Decision::KeepMaster)
-    }
-}
-
-/// `last-writer-wins`: the version with the later UTC `updated_at` wins; on
-/// a tie the larger originating node id wins, so every master decides the
-/// same way whatever the arrival order (Property 11).
-#[derive(Debug, Default)]
-pub struct LastWriterWins;
-
-impl ConflictResolver for LastWriterWins {
-    fn name(&self) -> &str {
-        "last-writer-wins"
-    }
-    fn resolve(&self, input: &ConflictInput<'_>) -> Result<Decision, ResolveError> {
-        let m = (input.master.updated_at, input.master.node_id);
-        let i = (input.incoming.updated_at, input.incoming.node_id);
-        Ok(if i > m {
-            Decision::TakeIncoming
-        } else {
-            Decision::KeepMaster
-        })
     }
 }
 
@@ -146,11 +141,6 @@ impl std::fmt::Debug for ConflictPolicy {
             )
             .finish()
     }
-}
-
-/// The built-in resolvers, by name.
-pub fn builtin_resolvers() -> Vec<Arc<dyn ConflictResolver>> {
-    vec![Arc::new(ServerWins), Arc::new(LastWriterWins)]
 }
 
 impl ConflictPolicy {
@@ -229,45 +219,26 @@ impl ConflictPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone;
 
-    fn version(data: &Value, secs: i64, node: u128) -> Version<'_> {
-        Version {
-            data,
-            is_deleted: false,
-            updated_at: Utc.timestamp_opt(secs, 0).single().unwrap(),
-            node_id: Some(Uuid::from_u128(node)),
+    /// A resolver that answers to any name (selection is all these tests
+    /// look at).
+    struct Named(&'static str);
+
+    #[async_trait::async_trait]
+    impl ConflictResolver for Named {
+        fn name(&self) -> &str {
+            self.0
+        }
+        async fn resolve(&self, _input: &ConflictInput<'_>) -> Result<Decision, ResolveError> {
+            Ok(Decision::KeepMaster)
         }
     }
 
-    fn input<'a>(m: Version<'a>, i: Version<'a>) -> ConflictInput<'a> {
-        ConflictInput {
-            entity_type: "T",
-            entity_uuid: Uuid::nil(),
-            master: m,
-            incoming: i,
-            base: None,
-        }
-    }
-
-    #[test]
-    fn last_writer_wins_takes_the_later_timestamp_then_the_larger_node() {
-        let a = serde_json::json!({"a": 1});
-        let check = |m: Version, i: Version, expected: Decision| {
-            assert_eq!(LastWriterWins.resolve(&input(m, i)).unwrap(), expected)
-        };
-        check(
-            version(&a, 10, 1),
-            version(&a, 11, 1),
-            Decision::TakeIncoming,
-        );
-        check(version(&a, 11, 1), version(&a, 10, 9), Decision::KeepMaster);
-        check(
-            version(&a, 10, 1),
-            version(&a, 10, 2),
-            Decision::TakeIncoming,
-        );
-        check(version(&a, 10, 2), version(&a, 10, 1), Decision::KeepMaster);
+    fn resolvers() -> Vec<Arc<dyn ConflictResolver>> {
+        vec![
+            Arc::new(Named("server-wins")),
+            Arc::new(Named("last-writer-wins")),
+        ]
     }
 
     #[test]
@@ -275,7 +246,7 @@ mod tests {
         let per_type: BTreeMap<String, String> =
             [("DailyReport".to_string(), "newest".to_string())].into();
         let errs = ConflictPolicy::build(
-            builtin_resolvers(),
+            resolvers(),
             "servr-wins",
             &[("Site".into(), "bogus".into())],
             &per_type,
@@ -303,7 +274,7 @@ mod tests {
         let per_type: BTreeMap<String, String> =
             [("A".to_string(), "server-wins".to_string())].into();
         let p = ConflictPolicy::build(
-            builtin_resolvers(),
+            resolvers(),
             "server-wins",
             &[
                 ("A".into(), "last-writer-wins".into()),

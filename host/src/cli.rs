@@ -87,6 +87,20 @@ pub enum Command {
     /// Schema set tools.
     #[command(subcommand)]
     Schema(SchemaCommand),
+    /// Resolver plugin tools.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Load a resolver plugin through the master's own loader, check its ABI, print its name, version and manifest.
+    Check {
+        /// The plugin library (lib<name>.so).
+        path: PathBuf,
+        #[command(flatten)]
+        json: JsonArg,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -387,6 +401,7 @@ pub async fn run(cli: Cli) -> Result<(), HostError> {
                 json,
             );
         }
+        Command::Plugin(PluginCommand::Check { path, json }) => plugin_check(&path, json)?,
         Command::Schema(SchemaCommand::Check { dir, json }) => {
             match hubsync_core::schema::EntityRegistry::load_dir(&dir) {
                 Ok(reg) => {
@@ -423,6 +438,82 @@ pub async fn run(cli: Cli) -> Result<(), HostError> {
         }
     }
     Ok(())
+}
+
+/// `hubsync plugin check PATH`: the same checks a master makes at start
+/// (including that the name is not a built-in strategy's).
+fn plugin_check(path: &Path, json: JsonArg) -> Result<(), HostError> {
+    let taken: Vec<(String, String)> = crate::plugins::builtin_strategies()
+        .iter()
+        .map(|b| (b.manifest().name, "a built-in strategy".to_string()))
+        .collect();
+    match hubsync_resolver_host::load_all(&[path.to_path_buf()], &taken) {
+        Ok(plugins) => {
+            let Some(p) = plugins.first() else {
+                return Err(HostError::Other(format!(
+                    "cannot check {}: the loader returned nothing",
+                    path.display()
+                )));
+            };
+            let m = p.manifest();
+            let mut text = format!(
+                "{} is a hubsync resolver plugin (ABI version {})\n  name:        {}\n  version:     {}\n  description: {}\n  symmetric:   {}\n",
+                path.display(),
+                p.abi_version(),
+                m.name,
+                m.version,
+                m.description,
+                m.symmetric
+            );
+            for o in &m.options {
+                text.push_str(&format!(
+                    "  option {} (default {}): {}\n",
+                    o.name, o.default, o.description
+                ));
+            }
+            text.push_str(&format!(
+                "Use it with [[plugins]] path = {:?} and name \"{}\" in [conflicts].\n",
+                path.display().to_string(),
+                m.name
+            ));
+            print(
+                Output {
+                    json: json!({
+                        "ok": true,
+                        "path": path.display().to_string(),
+                        "name": m.name,
+                        "version": m.version,
+                        "abi_version": p.abi_version(),
+                        "manifest": m,
+                    }),
+                    text,
+                },
+                json,
+            );
+            Ok(())
+        }
+        Err(errors) => {
+            let message = errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n");
+            if json.json {
+                let list: Vec<_> = errors
+                    .iter()
+                    .map(|e| json!({"kind": e.kind(), "message": e.to_string()}))
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &json!({"ok": false, "path": path.display().to_string(), "errors": list})
+                    )
+                    .unwrap_or_default()
+                );
+            }
+            Err(HostError::Other(message))
+        }
+    }
 }
 
 async fn node_command(cmd: NodeCommand) -> Result<(), HostError> {

@@ -226,6 +226,12 @@ pub struct ConflictsConfig {
     pub per_type: BTreeMap<String, String>,
     /// Keep losing versions in the version history.
     pub versioning: bool,
+    /// The bound on one call into a resolver plugin; past it the conflict
+    /// is deferred to a person.
+    pub plugin_timeout_ms: u64,
+    /// Options per resolver name (`[conflicts.options.field-merge]`),
+    /// checked at start against each resolver's declared options.
+    pub options: BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Default for ConflictsConfig {
@@ -234,11 +240,18 @@ impl Default for ConflictsConfig {
             default: "server-wins".into(),
             per_type: BTreeMap::new(),
             versioning: true,
+            plugin_timeout_ms: 2000,
+            options: BTreeMap::new(),
         }
     }
 }
 
 impl ConflictsConfig {
+    /// The bound on one call into a resolver plugin.
+    pub fn plugin_timeout(&self) -> Duration {
+        Duration::from_millis(self.plugin_timeout_ms)
+    }
+
     /// The resolver configured for `entity_type`.
     pub fn resolver_for(&self, entity_type: &str) -> &str {
         self.per_type
@@ -601,6 +614,10 @@ impl Config {
             ),
             ("sync.max_packet_bytes", self.sync.max_packet_bytes as u64),
             ("sync.request_timeout_secs", self.sync.request_timeout_secs),
+            (
+                "conflicts.plugin_timeout_ms",
+                self.conflicts.plugin_timeout_ms,
+            ),
         ] {
             if value == 0 {
                 problems.push(ConfigProblem::new(key, "must be greater than 0"));
@@ -770,6 +787,15 @@ impl Config {
             "# Keep the losing version of every resolved conflict in the version history."
         );
         let _ = writeln!(w, "versioning = {}", self.conflicts.versioning);
+        let _ = writeln!(
+            w,
+            "# The bound on one call into a resolver plugin; past it the conflict waits for a person."
+        );
+        let _ = writeln!(
+            w,
+            "plugin_timeout_ms = {}",
+            self.conflicts.plugin_timeout_ms
+        );
         let _ = writeln!(w);
         let _ = writeln!(
             w,

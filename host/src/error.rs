@@ -1,8 +1,8 @@
 //! The host's error type: what failed, why, and what to do.
 
+use hubsync_core::EngineError;
 use hubsync_core::schema::SchemaSetError;
 use hubsync_core::store::StoreError;
-use hubsync_core::{EngineError, conflict::UnknownStrategy};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -18,7 +18,7 @@ pub enum HostError {
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
     #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
-    Strategies(Vec<UnknownStrategy>),
+    Strategies(Vec<crate::plugins::StrategyError>),
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,

@@ -17,6 +17,7 @@ pub mod listener;
 pub mod local_client;
 pub mod metrics;
 pub mod node;
+pub mod plugins;
 pub mod serve;
 pub mod storage;
 pub mod tls;

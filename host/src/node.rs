@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use hubsync_core::conflict::{ConflictPolicy, builtin_resolvers};
+use hubsync_core::conflict::ConflictPolicy;
 use hubsync_core::engine::{Progress, SyncProgress, SyncSummary};
 use hubsync_core::schema::EntityRegistry;
 use hubsync_core::{Engine, EngineOptions, PacketLimits};
@@ -49,22 +49,32 @@ pub fn load_registry(dir: &Path) -> Result<EntityRegistry, HostError> {
     Ok(EntityRegistry::load_dir(dir)?)
 }
 
-/// Builds the conflict policy from the configuration and the schemas.
+/// Builds the conflict policy from the configuration and the schemas: the
+/// built-in strategies plus the `[[plugins]]` (loaded here, once per
+/// process), then the per-type selection. Every problem — a refused
+/// plugin, a bad option, an unknown strategy name — is reported at once.
 pub fn build_policy(
     config: &Config,
     registry: &EntityRegistry,
 ) -> Result<ConflictPolicy, HostError> {
+    let paths: Vec<_> = config.plugins.iter().map(|p| p.path.clone()).collect();
+    let resolvers = crate::plugins::offered_strategies(
+        &paths,
+        config.conflicts.plugin_timeout(),
+        &config.conflicts.options,
+    )
+    .map_err(HostError::Strategies)?;
     let schema_choices: Vec<(String, String)> = registry
         .types()
         .filter_map(|t| t.conflict.clone().map(|c| (t.name.clone(), c)))
         .collect();
     ConflictPolicy::build(
-        builtin_resolvers(),
+        resolvers,
         &config.conflicts.default,
         &schema_choices,
         &config.conflicts.per_type,
     )
-    .map_err(HostError::Strategies)
+    .map_err(|errs| HostError::Strategies(errs.into_iter().map(Into::into).collect()))
 }
 
 impl Node {

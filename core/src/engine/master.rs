@@ -411,8 +411,9 @@ impl Engine {
                 node_id: Some(node.id),
             },
             base: None,
+            schema: self.registry.get(&c.entity_type).map(|t| &t.schema),
         };
-        let decision = match resolver.resolve(&input) {
+        let decision = match resolver.resolve(&input).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(entity_type = %c.entity_type, uuid = %c.uuid, node = %node.code, error = %e, "conflict resolver failed; the conflict waits for a person");

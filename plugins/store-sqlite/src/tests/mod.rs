@@ -1,14 +1,16 @@
-//! The store's behaviour, scenario by scenario. Each test opens its own
-//! database (a temp file, or `sqlite::memory:` where durability is beside
-//! the point).
+//! What only the SQLite backend does, scenario by scenario: opening (WAL,
+//! pragmas, migrations, URLs), query plans, its JSON text and its writer.
+//! Each test opens its own database (a temp file, or `sqlite::memory:`
+//! where durability is beside the point).
+//!
+//! The behaviour every backend shares — entities, queue, change log, nodes,
+//! history, audit, atomicity, concurrency — is the conformance suite of
+//! hubsync-store-testkit, run in `tests/conformance.rs`.
 
-mod changelog;
 mod entities;
-mod nodes;
 mod open;
 mod plans;
 mod property;
-mod queue;
 mod transactions;
 
 use chrono::{DateTime, TimeZone, Utc};

@@ -1,0 +1,200 @@
+//! Column lists, reads shared by the `Store` (pool) and `StoreTx`
+//! (transaction) sides, and the decoding of each table's rows.
+
+use hubsync_core::entity::Entity;
+use hubsync_core::store::{
+    AuditRecord, HistoryRecord, NodeRecord, NodeRole, QueuedChange, Revision, StoreError,
+    StoreResult,
+};
+use sqlx::postgres::PgRow;
+use sqlx::{Executor, Postgres};
+use uuid::Uuid;
+
+use crate::codec::RowReader;
+
+/// Column lists, as macros so that `concat!` builds `&'static str` SQL
+/// (static SQL is what sqlx prepares once per connection and caches).
+macro_rules! entity_cols {
+    () => {
+        "entity_type, uuid, updated_at, is_deleted, data, rev, origin_node_id"
+    };
+}
+macro_rules! node_cols {
+    () => {
+        "id, code, name, role, is_self, token_hash, revoked, created_at, last_sync_in, last_sync_out, \
+         received_packet_no, sent_packet_no, out_packet_no, acked_rev, out_up_to_rev, last_results, \
+         schema_version"
+    };
+}
+macro_rules! queued_cols {
+    () => {
+        "id, node_id, entity_type, entity_uuid, operation, packet_no, created_at"
+    };
+}
+macro_rules! history_cols {
+    () => {
+        "id, entity_uuid, entity_type, source_node_id, arrival_time, serialized_data, \
+         conflict_resolution, audit_id"
+    };
+}
+macro_rules! audit_cols {
+    () => {
+        "id, at, entity_type, entity_uuid, node_id, packet_no, strategy, outcome, master_rev, \
+         base_rev, result_rev, detail"
+    };
+}
+pub(crate) use {audit_cols, entity_cols, history_cols, node_cols, queued_cols};
+
+pub(crate) async fn get_meta<'e>(
+    ex: impl Executor<'e, Database = Postgres>,
+    key: &str,
+) -> StoreResult<Option<String>> {
+    let row = sqlx::query("SELECT value FROM hubsync_meta WHERE key = $1")
+        .bind(key)
+        .fetch_optional(ex)
+        .await
+        .map_err(|e| StoreError::backend("reading metadata", e))?;
+    row.map(|row| RowReader::new(&row, "hubsync_meta").text("value"))
+        .transpose()
+}
+
+pub(crate) const GET_ENTITY: &str = concat!(
+    "SELECT ",
+    entity_cols!(),
+    " FROM entities WHERE entity_type = $1 AND uuid = $2"
+);
+
+pub(crate) async fn get_entity<'e>(
+    ex: impl Executor<'e, Database = Postgres>,
+    entity_type: &str,
+    uuid: Uuid,
+) -> StoreResult<Option<Entity>> {
+    let row = sqlx::query(GET_ENTITY)
+        .bind(entity_type)
+        .bind(uuid)
+        .fetch_optional(ex)
+        .await
+        .map_err(|e| StoreError::backend("reading an entity", e))?;
+    row.as_ref().map(entity_from_row).transpose()
+}
+
+/// An `entities` row selected with [`entity_cols!`].
+pub(crate) fn entity_from_row(row: &PgRow) -> StoreResult<Entity> {
+    let r = RowReader::new(row, "entities");
+    Ok(Entity {
+        entity_type: r.text("entity_type")?,
+        uuid: r.uuid("uuid")?,
+        updated_at: r.ts("updated_at")?,
+        is_deleted: r.bool("is_deleted")?,
+        data: r.json("data")?,
+        rev: r.opt_i64("rev")?,
+        origin: r.opt_uuid("origin_node_id")?,
+    })
+}
+
+/// A `sync_nodes` row selected with [`node_cols!`].
+pub(crate) fn node_from_row(row: &PgRow) -> StoreResult<NodeRecord> {
+    let r = RowReader::new(row, "sync_nodes");
+    let role = r.text("role")?;
+    Ok(NodeRecord {
+        id: r.uuid("id")?,
+        code: r.text("code")?,
+        name: r.text("name")?,
+        role: NodeRole::parse(&role).ok_or_else(|| {
+            StoreError::corrupt(format!("sync_nodes.role: {role:?} is not master or client"))
+        })?,
+        is_self: r.bool("is_self")?,
+        token_hash: r.opt_text("token_hash")?,
+        revoked: r.bool("revoked")?,
+        created_at: r.ts("created_at")?,
+        last_sync_in: r.opt_ts("last_sync_in")?,
+        last_sync_out: r.opt_ts("last_sync_out")?,
+        received_packet_no: r.i64("received_packet_no")?,
+        sent_packet_no: r.i64("sent_packet_no")?,
+        out_packet_no: r.i64("out_packet_no")?,
+        acked_rev: r.i64("acked_rev")?,
+        out_up_to_rev: r.i64("out_up_to_rev")?,
+        last_results: r.opt_json("last_results")?,
+        schema_version: r.opt_text("schema_version")?,
+    })
+}
+
+/// A queue row of `sync_changes` selected with [`queued_cols!`].
+pub(crate) fn queued_from_row(row: &PgRow) -> StoreResult<QueuedChange> {
+    let r = RowReader::new(row, "sync_changes");
+    Ok(QueuedChange {
+        id: r.i64("id")?,
+        node_id: r.uuid("node_id")?,
+        entity_type: r.text("entity_type")?,
+        entity_uuid: r.uuid("entity_uuid")?,
+        operation: r.operation("operation")?,
+        packet_no: r.opt_i64("packet_no")?,
+        created_at: r.ts("created_at")?,
+    })
+}
+
+/// A log row of `sync_changes` joined (LEFT) to its entity; the columns are
+/// those of `tx::REVISIONS_AFTER`.
+pub(crate) fn revision_from_row(row: &PgRow) -> StoreResult<(Revision, Entity)> {
+    let c = RowReader::new(row, "sync_changes");
+    let revision = Revision {
+        rev: c.i64("rev")?,
+        target: c.opt_uuid("target")?,
+        entity_type: c.text("entity_type")?,
+        entity_uuid: c.uuid("entity_uuid")?,
+        operation: c.operation("operation")?,
+        origin: c.opt_uuid("origin_node_id")?,
+        created_at: c.ts("created_at")?,
+    };
+    let e = RowReader::new(row, "entities");
+    let Some(updated_at) = e.opt_ts("e_updated_at")? else {
+        return Err(StoreError::corrupt(format!(
+            "sync_changes: revision {} refers to entity {}/{}, which is not in entities",
+            revision.rev, revision.entity_type, revision.entity_uuid
+        )));
+    };
+    let entity = Entity {
+        entity_type: revision.entity_type.clone(),
+        uuid: revision.entity_uuid,
+        updated_at,
+        is_deleted: e.bool("e_is_deleted")?,
+        data: e.json("e_data")?,
+        rev: e.opt_i64("e_rev")?,
+        origin: e.opt_uuid("e_origin_node_id")?,
+    };
+    Ok((revision, entity))
+}
+
+/// An `object_version_history` row selected with [`history_cols!`].
+pub(crate) fn history_from_row(row: &PgRow) -> StoreResult<HistoryRecord> {
+    let r = RowReader::new(row, "object_version_history");
+    Ok(HistoryRecord {
+        id: r.uuid("id")?,
+        entity_uuid: r.uuid("entity_uuid")?,
+        entity_type: r.text("entity_type")?,
+        source_node_id: r.opt_uuid("source_node_id")?,
+        arrival_time: r.ts("arrival_time")?,
+        serialized_data: r.json("serialized_data")?,
+        conflict_resolution: r.text("conflict_resolution")?,
+        audit_id: r.opt_uuid("audit_id")?,
+    })
+}
+
+/// A `conflict_audit` row selected with [`audit_cols!`].
+pub(crate) fn audit_from_row(row: &PgRow) -> StoreResult<AuditRecord> {
+    let r = RowReader::new(row, "conflict_audit");
+    Ok(AuditRecord {
+        id: r.uuid("id")?,
+        at: r.ts("at")?,
+        entity_type: r.text("entity_type")?,
+        entity_uuid: r.uuid("entity_uuid")?,
+        node_id: r.uuid("node_id")?,
+        packet_no: r.i64("packet_no")?,
+        strategy: r.text("strategy")?,
+        outcome: r.text("outcome")?,
+        master_rev: r.opt_i64("master_rev")?,
+        base_rev: r.opt_i64("base_rev")?,
+        result_rev: r.opt_i64("result_rev")?,
+        detail: r.text("detail")?,
+    })
+}

@@ -1,0 +1,302 @@
+//! [`PostgresStore`]: opening (pool, migrations) and the `Store` read
+//! methods, each on a connection of the pool; `begin()` hands out a
+//! [`PgTx`](crate::tx::PgTx).
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hubsync_core::entity::Entity;
+use hubsync_core::store::{
+    AuditRecord, HistoryRecord, NodeRecord, Page, PoolOptions, Store, StoreError, StoreResult,
+    StoreTx,
+};
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use uuid::Uuid;
+
+use crate::codec::RowReader;
+use crate::rows::{
+    self, audit_cols, audit_from_row, entity_cols, entity_from_row, history_cols, history_from_row,
+    node_cols, node_from_row,
+};
+use crate::tx::PgTx;
+
+/// Bound on waiting for a row or advisory lock: a host that died inside a
+/// transaction is cut off by the server, but a live one stuck on a lock
+/// fails here rather than hanging an exchange forever.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(120);
+/// A session idle inside a transaction this long is ended by the server,
+/// releasing its locks (hubsync never waits on anything but the database
+/// while a transaction is open).
+const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A hubsync store in one PostgreSQL database. Cheap to clone (the pool is
+/// shared). Several processes may open the same database: see the crate
+/// docs for why that is correct.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pub(crate) pool: PgPool,
+    /// The URL without its password, for messages.
+    pub(crate) url: Arc<str>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` (`postgres://user[:password]@host[:port]/db`,
+    /// `postgresql://…`, with the usual libpq parameters such as
+    /// `sslmode=require`) with a pool sized by `options`, and brings its
+    /// schema up to date.
+    ///
+    /// The database must exist; hubsync creates its tables in the
+    /// connection's default schema (`search_path`).
+    ///
+    /// Fails with `StoreError::TooNew` when the database was migrated by a
+    /// newer hubsync, and `StoreError::Open` when it cannot be reached.
+    pub async fn open(url: &str, options: &PoolOptions) -> StoreResult<PostgresStore> {
+        let shown = crate::redact_url(url);
+        let open_err = |what: &str, e: &dyn std::fmt::Display| StoreError::Open {
+            url: shown.clone(),
+            reason: format!("{what}: {e}"),
+        };
+        let connect = PgConnectOptions::from_str(url)
+            .map_err(|e| open_err("the URL is not a valid PostgreSQL URL", &e))?
+            .application_name("hubsync")
+            .options([
+                ("lock_timeout", format!("{}", LOCK_TIMEOUT.as_millis())),
+                (
+                    "idle_in_transaction_session_timeout",
+                    format!("{}", IDLE_IN_TRANSACTION_TIMEOUT.as_millis()),
+                ),
+            ]);
+        let max = options.max_connections.max(1);
+        let pool = PgPoolOptions::new()
+            .max_connections(max)
+            .min_connections(options.min_connections.min(max))
+            .acquire_timeout(options.acquire_timeout)
+            .idle_timeout(options.idle_timeout)
+            .connect_with(connect)
+            .await
+            .map_err(|e| {
+                open_err(
+                    "connecting (is the server running, the database created and the user allowed?)",
+                    &e,
+                )
+            })?;
+        crate::migrations::migrate(&pool, &shown).await?;
+        tracing::debug!(url = %shown, max_connections = max, "opened postgres store");
+        Ok(PostgresStore {
+            pool,
+            url: Arc::from(shown),
+        })
+    }
+
+    /// The pool, for tests and tools that inspect the database directly.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+pub(crate) const LIST_ENTITIES_FIRST: &str = concat!(
+    "SELECT ",
+    entity_cols!(),
+    " FROM entities WHERE entity_type = $1 AND ($2 OR NOT is_deleted)
+      ORDER BY uuid LIMIT $3"
+);
+
+pub(crate) const LIST_ENTITIES_AFTER: &str = concat!(
+    "SELECT ",
+    entity_cols!(),
+    " FROM entities WHERE entity_type = $1 AND ($2 OR NOT is_deleted) AND uuid > $4
+      ORDER BY uuid LIMIT $3"
+);
+
+#[async_trait::async_trait]
+impl Store for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    /// READ COMMITTED: every statement sees what was committed before it
+    /// started, which is what the locks in locks.rs rely on.
+    async fn begin(&self) -> StoreResult<Box<dyn StoreTx>> {
+        let tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| StoreError::backend("starting a write transaction", e))?;
+        Ok(Box::new(PgTx::new(tx)))
+    }
+
+    async fn get_meta(&self, key: &str) -> StoreResult<Option<String>> {
+        rows::get_meta(&self.pool, key).await
+    }
+
+    async fn get_entity(&self, entity_type: &str, uuid: Uuid) -> StoreResult<Option<Entity>> {
+        rows::get_entity(&self.pool, entity_type, uuid).await
+    }
+
+    /// Ordered by uuid (PostgreSQL compares UUIDs bytewise, as `Uuid`'s
+    /// `Ord` does); `page.after` is exclusive; a `limit` of 0 returns
+    /// nothing.
+    async fn list_entities(&self, entity_type: &str, page: Page) -> StoreResult<Vec<Entity>> {
+        let query = match page.after {
+            None => sqlx::query(LIST_ENTITIES_FIRST),
+            Some(_) => sqlx::query(LIST_ENTITIES_AFTER),
+        };
+        let mut query = query
+            .bind(entity_type)
+            .bind(page.include_deleted)
+            .bind(i64::from(page.limit));
+        if let Some(after) = page.after {
+            query = query.bind(after);
+        }
+        let rows = query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| StoreError::backend("listing entities", e))?;
+        rows.iter().map(entity_from_row).collect()
+    }
+
+    /// Ordered by (type, uuid). `COLLATE "C"`: bytewise, like SQLite, so
+    /// that the order does not depend on the database's locale.
+    async fn dump_entities(&self) -> StoreResult<Vec<Entity>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            entity_cols!(),
+            " FROM entities ORDER BY entity_type COLLATE \"C\", uuid"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| StoreError::backend("dumping entities", e))?;
+        rows.iter().map(entity_from_row).collect()
+    }
+
+    async fn get_node(&self, id: Uuid) -> StoreResult<Option<NodeRecord>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            node_cols!(),
+            " FROM sync_nodes WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| StoreError::backend("reading a node", e))?;
+        row.as_ref().map(node_from_row).transpose()
+    }
+
+    async fn get_node_by_code(&self, code: &str) -> StoreResult<Option<NodeRecord>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            node_cols!(),
+            " FROM sync_nodes WHERE code = $1"
+        ))
+        .bind(code)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| StoreError::backend("reading a node by code", e))?;
+        row.as_ref().map(node_from_row).transpose()
+    }
+
+    async fn get_node_by_token_hash(&self, token_hash: &str) -> StoreResult<Option<NodeRecord>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            node_cols!(),
+            " FROM sync_nodes WHERE token_hash = $1"
+        ))
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| StoreError::backend("reading a node by token", e))?;
+        row.as_ref().map(node_from_row).transpose()
+    }
+
+    /// Ordered by code (bytewise).
+    async fn list_nodes(&self) -> StoreResult<Vec<NodeRecord>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            node_cols!(),
+            " FROM sync_nodes ORDER BY code COLLATE \"C\""
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| StoreError::backend("listing nodes", e))?;
+        rows.iter().map(node_from_row).collect()
+    }
+
+    async fn count_queued(&self, node: Uuid) -> StoreResult<i64> {
+        let row = sqlx::query(
+            "SELECT count(*) AS n FROM sync_changes WHERE kind = 'queue' AND node_id = $1",
+        )
+        .bind(node)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| StoreError::backend("counting queued changes", e))?;
+        RowReader::new(&row, "sync_changes").i64("n")
+    }
+
+    async fn count_revisions_after(&self, rev: i64, node: Uuid) -> StoreResult<i64> {
+        let row = sqlx::query(
+            "SELECT count(*) AS n FROM sync_changes
+             WHERE kind = 'log' AND id > $1 AND (node_id IS NULL OR node_id = $2)",
+        )
+        .bind(rev)
+        .bind(node)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| StoreError::backend("counting revisions", e))?;
+        RowReader::new(&row, "sync_changes").i64("n")
+    }
+
+    async fn history(&self, entity_uuid: Uuid) -> StoreResult<Vec<HistoryRecord>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            history_cols!(),
+            " FROM object_version_history WHERE entity_uuid = $1 ORDER BY arrival_time, seq"
+        ))
+        .bind(entity_uuid)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| StoreError::backend("reading entity history", e))?;
+        rows.iter().map(history_from_row).collect()
+    }
+
+    async fn audit(&self, entity_uuid: Option<Uuid>, limit: u32) -> StoreResult<Vec<AuditRecord>> {
+        let rows = match entity_uuid {
+            Some(uuid) => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    audit_cols!(),
+                    " FROM conflict_audit WHERE entity_uuid = $1 ORDER BY at, seq LIMIT $2"
+                ))
+                .bind(uuid)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+            }
+            None => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    audit_cols!(),
+                    " FROM conflict_audit ORDER BY at, seq LIMIT $1"
+                ))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+            }
+        }
+        .map_err(|e| StoreError::backend("reading the conflict audit", e))?;
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}

@@ -1,0 +1,472 @@
+//! [`PgTx`]: one READ COMMITTED transaction on a pooled connection.
+//! Dropping it without `commit` rolls back (sqlx issues the ROLLBACK before
+//! the connection is used again).
+
+use hubsync_core::entity::{Entity, Operation, now_utc};
+use hubsync_core::store::{
+    AuditRecord, HistoryRecord, NodeRecord, QueuedChange, Revision, StoreError, StoreResult,
+    StoreTx,
+};
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::codec::{RowReader, jsonb};
+use crate::locks::WRITE_LOCK;
+use crate::rows::{
+    self, node_cols, node_from_row, queued_cols, queued_from_row, revision_from_row,
+};
+
+pub(crate) struct PgTx {
+    tx: Transaction<'static, Postgres>,
+    /// Whether this transaction holds the write lock (locks.rs) already.
+    write_locked: bool,
+}
+
+impl PgTx {
+    pub(crate) fn new(tx: Transaction<'static, Postgres>) -> Self {
+        PgTx {
+            tx,
+            write_locked: false,
+        }
+    }
+
+    /// Takes the write lock, once; it is released when the transaction
+    /// ends.
+    async fn lock_writes(&mut self) -> StoreResult<()> {
+        if !self.write_locked {
+            sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+                .bind(WRITE_LOCK.0)
+                .bind(WRITE_LOCK.1)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(|e| StoreError::backend("waiting for the write lock", e))?;
+            self.write_locked = true;
+        }
+        Ok(())
+    }
+}
+
+/// The log rows `node` must learn above a revision, each with its entity
+/// (LEFT JOIN, so that a missing entity shows up as corruption instead of
+/// silently shortening the page).
+pub(crate) const REVISIONS_AFTER: &str = "
+    SELECT c.id AS rev, c.node_id AS target, c.entity_type, c.entity_uuid, c.operation,
+           c.origin_node_id, c.created_at,
+           e.updated_at AS e_updated_at, e.is_deleted AS e_is_deleted, e.data AS e_data,
+           e.rev AS e_rev, e.origin_node_id AS e_origin_node_id
+    FROM sync_changes AS c
+    LEFT JOIN entities AS e ON e.entity_type = c.entity_type AND e.uuid = c.entity_uuid
+    WHERE c.kind = 'log' AND c.id > $1 AND (c.node_id IS NULL OR c.node_id = $2)
+    ORDER BY c.id
+    LIMIT $3";
+
+/// Removes the previous revision of an entity for the same target. The
+/// coalesce matches the key of sync_changes_log_entity (a NULL target is
+/// the nil uuid there), so this is an index lookup.
+const LOG_DELETE_PREVIOUS: &str = "DELETE FROM sync_changes
+    WHERE kind = 'log' AND entity_type = $1 AND entity_uuid = $2
+      AND coalesce(node_id, '00000000-0000-0000-0000-000000000000'::uuid)
+        = coalesce($3, '00000000-0000-0000-0000-000000000000'::uuid)";
+
+#[async_trait::async_trait]
+impl StoreTx for PgTx {
+    async fn get_meta(&mut self, key: &str) -> StoreResult<Option<String>> {
+        rows::get_meta(&mut *self.tx, key).await
+    }
+
+    async fn set_meta(&mut self, key: &str, value: &str) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO hubsync_meta (key, value) VALUES ($1, $2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("writing metadata", e))?;
+        Ok(())
+    }
+
+    /// Takes the write lock first: the caller decides a write on what it
+    /// reads (see locks.rs).
+    async fn get_entity(&mut self, entity_type: &str, uuid: Uuid) -> StoreResult<Option<Entity>> {
+        self.lock_writes().await?;
+        rows::get_entity(&mut *self.tx, entity_type, uuid).await
+    }
+
+    async fn put_entity(&mut self, entity: &Entity) -> StoreResult<()> {
+        let data = jsonb("writing an entity", "the entity's data", &entity.data)?;
+        self.lock_writes().await?;
+        sqlx::query(
+            "INSERT INTO entities (entity_type, uuid, updated_at, is_deleted, data, rev, origin_node_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (entity_type, uuid) DO UPDATE SET
+                 updated_at = excluded.updated_at,
+                 is_deleted = excluded.is_deleted,
+                 data = excluded.data,
+                 rev = excluded.rev,
+                 origin_node_id = excluded.origin_node_id",
+        )
+        .bind(entity.entity_type.as_str())
+        .bind(entity.uuid)
+        .bind(entity.updated_at)
+        .bind(entity.is_deleted)
+        .bind(data)
+        .bind(entity.rev)
+        .bind(entity.origin)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("writing an entity", e))?;
+        Ok(())
+    }
+
+    /// A coalesced row keeps its id (place in the queue) and its
+    /// `created_at`.
+    async fn queue_change(
+        &mut self,
+        node: Uuid,
+        entity_type: &str,
+        uuid: Uuid,
+        op: Operation,
+    ) -> StoreResult<()> {
+        self.lock_writes().await?;
+        let unsent = sqlx::query(
+            "SELECT id, operation FROM sync_changes
+             WHERE kind = 'queue' AND packet_no IS NULL
+               AND node_id = $1 AND entity_type = $2 AND entity_uuid = $3",
+        )
+        .bind(node)
+        .bind(entity_type)
+        .bind(uuid)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("reading the change queue", e))?;
+        match unsent {
+            Some(row) => {
+                let r = RowReader::new(&row, "sync_changes");
+                let (id, queued) = (r.i64("id")?, r.operation("operation")?);
+                let coalesced = Operation::coalesce(queued, op);
+                if coalesced != queued {
+                    sqlx::query("UPDATE sync_changes SET operation = $1 WHERE id = $2")
+                        .bind(coalesced.as_str())
+                        .bind(id)
+                        .execute(&mut *self.tx)
+                        .await
+                        .map_err(|e| StoreError::backend("updating a queued change", e))?;
+                }
+            }
+            None => {
+                sqlx::query(
+                    "INSERT INTO sync_changes (kind, node_id, entity_type, entity_uuid, operation, created_at)
+                     VALUES ('queue', $1, $2, $3, $4, $5)",
+                )
+                .bind(node)
+                .bind(entity_type)
+                .bind(uuid)
+                .bind(op.as_str())
+                .bind(now_utc())
+                .execute(&mut *self.tx)
+                .await
+                .map_err(|e| StoreError::backend("queueing a change", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn has_queued(&mut self, node: Uuid, entity_type: &str, uuid: Uuid) -> StoreResult<bool> {
+        let row = sqlx::query(
+            "SELECT 1 FROM sync_changes
+             WHERE kind = 'queue' AND node_id = $1 AND entity_type = $2 AND entity_uuid = $3
+             LIMIT 1",
+        )
+        .bind(node)
+        .bind(entity_type)
+        .bind(uuid)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("reading the change queue", e))?;
+        Ok(row.is_some())
+    }
+
+    /// An index lookup (sync_changes_queue_unsent).
+    async fn unsent_change_for(
+        &mut self,
+        node: Uuid,
+        entity_type: &str,
+        uuid: Uuid,
+    ) -> StoreResult<Option<QueuedChange>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            queued_cols!(),
+            " FROM sync_changes
+              WHERE kind = 'queue' AND packet_no IS NULL
+                AND node_id = $1 AND entity_type = $2 AND entity_uuid = $3"
+        ))
+        .bind(node)
+        .bind(entity_type)
+        .bind(uuid)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("reading the change queue", e))?;
+        row.as_ref().map(queued_from_row).transpose()
+    }
+
+    async fn unsent_changes(&mut self, node: Uuid, limit: u32) -> StoreResult<Vec<QueuedChange>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            queued_cols!(),
+            " FROM sync_changes
+              WHERE kind = 'queue' AND node_id = $1 AND packet_no IS NULL
+              ORDER BY id LIMIT $2"
+        ))
+        .bind(node)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("reading unsent changes", e))?;
+        rows.iter().map(queued_from_row).collect()
+    }
+
+    async fn changes_in_packet(
+        &mut self,
+        node: Uuid,
+        packet_no: i64,
+    ) -> StoreResult<Vec<QueuedChange>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            queued_cols!(),
+            " FROM sync_changes
+              WHERE kind = 'queue' AND node_id = $1 AND packet_no = $2
+              ORDER BY id"
+        ))
+        .bind(node)
+        .bind(packet_no)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("reading a packet's changes", e))?;
+        rows.iter().map(queued_from_row).collect()
+    }
+
+    /// One statement for the whole batch. Every id must be a queue row of
+    /// `node`: anything else is reported as Corrupt (the caller's view of
+    /// the queue and the stored queue disagree).
+    async fn assign_packet(&mut self, node: Uuid, ids: &[i64], packet_no: i64) -> StoreResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut sorted = ids.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let done = sqlx::query(
+            "UPDATE sync_changes SET packet_no = $1
+             WHERE kind = 'queue' AND node_id = $2 AND id = ANY($3)",
+        )
+        .bind(packet_no)
+        .bind(node)
+        .bind(&sorted)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("assigning changes to a packet", e))?;
+        if done.rows_affected() != sorted.len() as u64 {
+            return Err(StoreError::corrupt(format!(
+                "sync_changes: assigning {} queue rows to packet {packet_no} for node {node} matched only {}",
+                sorted.len(),
+                done.rows_affected()
+            )));
+        }
+        Ok(())
+    }
+
+    async fn delete_acknowledged(&mut self, node: Uuid, packet_no: i64) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "DELETE FROM sync_changes
+             WHERE kind = 'queue' AND node_id = $1 AND packet_no IS NOT NULL AND packet_no <= $2",
+        )
+        .bind(node)
+        .bind(packet_no)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("deleting acknowledged changes", e))?;
+        Ok(done.rows_affected())
+    }
+
+    /// Under the write lock: the revision is allocated and committed in one
+    /// serialized section, so revisions become visible in revision order
+    /// even with several hosts on one database (locks.rs).
+    async fn append_revision(
+        &mut self,
+        target: Option<Uuid>,
+        entity_type: &str,
+        uuid: Uuid,
+        op: Operation,
+        origin: Option<Uuid>,
+    ) -> StoreResult<i64> {
+        self.lock_writes().await?;
+        sqlx::query(LOG_DELETE_PREVIOUS)
+            .bind(entity_type)
+            .bind(uuid)
+            .bind(target)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(|e| StoreError::backend("replacing the previous revision", e))?;
+        let row = sqlx::query(
+            "INSERT INTO sync_changes (kind, node_id, entity_type, entity_uuid, operation, created_at, origin_node_id)
+             VALUES ('log', $1, $2, $3, $4, $5, $6)
+             RETURNING id",
+        )
+        .bind(target)
+        .bind(entity_type)
+        .bind(uuid)
+        .bind(op.as_str())
+        .bind(now_utc())
+        .bind(origin)
+        .fetch_one(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("appending a revision", e))?;
+        RowReader::new(&row, "sync_changes").i64("id")
+    }
+
+    async fn revisions_after(
+        &mut self,
+        node: Uuid,
+        after_rev: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<(Revision, Entity)>> {
+        let rows = sqlx::query(REVISIONS_AFTER)
+            .bind(after_rev)
+            .bind(node)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(|e| StoreError::backend("reading revisions", e))?;
+        rows.iter().map(revision_from_row).collect()
+    }
+
+    /// `FOR UPDATE`: the row stays locked until this transaction ends. A
+    /// concurrent transaction (another host handling the same node) waits
+    /// here and, READ COMMITTED, then reads the row as committed — with the
+    /// packet numbers this one wrote — so it replays instead of applying
+    /// the same packet again.
+    async fn get_node(&mut self, id: Uuid) -> StoreResult<Option<NodeRecord>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            node_cols!(),
+            " FROM sync_nodes WHERE id = $1 FOR UPDATE"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("reading a node for update", e))?;
+        row.as_ref().map(node_from_row).transpose()
+    }
+
+    async fn put_node(&mut self, node: &NodeRecord) -> StoreResult<()> {
+        let results = node
+            .last_results
+            .as_ref()
+            .map(|v| jsonb("writing a node", "the node's last results", v))
+            .transpose()?;
+        // An upsert keyed by id: a node with the same code under another id
+        // violates the unique constraint instead of being replaced.
+        sqlx::query(
+            "INSERT INTO sync_nodes (id, code, name, role, is_self, token_hash, revoked, created_at,
+                 last_sync_in, last_sync_out, received_packet_no, sent_packet_no, out_packet_no,
+                 acked_rev, out_up_to_rev, last_results, schema_version)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+             ON CONFLICT (id) DO UPDATE SET
+                 code = excluded.code,
+                 name = excluded.name,
+                 role = excluded.role,
+                 is_self = excluded.is_self,
+                 token_hash = excluded.token_hash,
+                 revoked = excluded.revoked,
+                 created_at = excluded.created_at,
+                 last_sync_in = excluded.last_sync_in,
+                 last_sync_out = excluded.last_sync_out,
+                 received_packet_no = excluded.received_packet_no,
+                 sent_packet_no = excluded.sent_packet_no,
+                 out_packet_no = excluded.out_packet_no,
+                 acked_rev = excluded.acked_rev,
+                 out_up_to_rev = excluded.out_up_to_rev,
+                 last_results = excluded.last_results,
+                 schema_version = excluded.schema_version",
+        )
+        .bind(node.id)
+        .bind(node.code.as_str())
+        .bind(node.name.as_str())
+        .bind(node.role.as_str())
+        .bind(node.is_self)
+        .bind(node.token_hash.as_deref())
+        .bind(node.revoked)
+        .bind(node.created_at)
+        .bind(node.last_sync_in)
+        .bind(node.last_sync_out)
+        .bind(node.received_packet_no)
+        .bind(node.sent_packet_no)
+        .bind(node.out_packet_no)
+        .bind(node.acked_rev)
+        .bind(node.out_up_to_rev)
+        .bind(results)
+        .bind(node.schema_version.as_deref())
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("writing a node", e))?;
+        Ok(())
+    }
+
+    async fn add_history(&mut self, record: &HistoryRecord) -> StoreResult<()> {
+        let data = jsonb(
+            "recording an entity version",
+            "the stored version",
+            &record.serialized_data,
+        )?;
+        sqlx::query(
+            "INSERT INTO object_version_history (id, entity_uuid, entity_type, source_node_id,
+                 arrival_time, serialized_data, conflict_resolution, audit_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(record.id)
+        .bind(record.entity_uuid)
+        .bind(record.entity_type.as_str())
+        .bind(record.source_node_id)
+        .bind(record.arrival_time)
+        .bind(data)
+        .bind(record.conflict_resolution.as_str())
+        .bind(record.audit_id)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("recording an entity version", e))?;
+        Ok(())
+    }
+
+    async fn add_audit(&mut self, record: &AuditRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO conflict_audit (id, at, entity_type, entity_uuid, node_id, packet_no,
+                 strategy, outcome, master_rev, base_rev, result_rev, detail)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(record.id)
+        .bind(record.at)
+        .bind(record.entity_type.as_str())
+        .bind(record.entity_uuid)
+        .bind(record.node_id)
+        .bind(record.packet_no)
+        .bind(record.strategy.as_str())
+        .bind(record.outcome.as_str())
+        .bind(record.master_rev)
+        .bind(record.base_rev)
+        .bind(record.result_rev)
+        .bind(record.detail.as_str())
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("recording a conflict decision", e))?;
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> StoreResult<()> {
+        self.tx
+            .commit()
+            .await
+            .map_err(|e| StoreError::backend("committing", e))
+    }
+}

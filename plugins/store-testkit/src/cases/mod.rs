@@ -1,0 +1,17 @@
+//! The conformance cases, by concern. Each takes a fresh [`Subject`]
+//! (crate::Subject) and panics, naming what differs, when the backend breaks
+//! the `Store` contract.
+
+mod changelog;
+mod concurrency;
+mod entities;
+mod nodes;
+mod queue;
+mod transactions;
+
+pub use changelog::*;
+pub use concurrency::*;
+pub use entities::*;
+pub use nodes::*;
+pub use queue::*;
+pub use transactions::*;

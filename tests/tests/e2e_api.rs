@@ -176,7 +176,17 @@ async fn create_read_update_and_soft_delete_entities() {
         201,
     );
     check_entity(&created, "Site", &site, false);
-    let child = json!({"name": "Building 7", "address": "7 Main St", "parent": put_id});
+    let district = check(
+        call(
+            api,
+            "POST",
+            &entities("Site"),
+            Some(json!({"name": "District"})),
+        )
+        .await,
+        201,
+    );
+    let child = json!({"name": "Building 7", "address": "7 Main St", "parent": uuid_of(&district)});
     let updated = check(
         call(api, "PUT", &entity("Site", put_id), Some(child.clone())).await,
         200,

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::{Engine, EngineError};
 use crate::entity::{Entity, Operation, next_updated_at};
-use crate::schema::ValidateError;
+use crate::schema::{Issue, ValidateError, ValidationError};
 use crate::store::{NodeRole, StoreTx};
 
 /// One operation of a batch.
@@ -142,6 +142,19 @@ impl Engine {
             };
             match res {
                 Ok((e, _)) => out.push(e),
+                Err(EngineError::Invalid(v)) => {
+                    // Dropping `tx` rolls back everything written so far.
+                    return Err(EngineError::Batch(
+                        v.issues
+                            .into_iter()
+                            .map(|i| BatchItemError {
+                                index,
+                                path: format!("/data{}", i.path),
+                                message: i.message,
+                            })
+                            .collect(),
+                    ));
+                }
                 Err(EngineError::NotFound { entity_type, uuid }) => {
                     // Dropping `tx` rolls back everything written so far.
                     return Err(EngineError::Batch(vec![BatchItemError {
@@ -174,6 +187,9 @@ impl Engine {
         uuid: Uuid,
         data: Option<Value>,
     ) -> Result<(Entity, PutOutcome), EngineError> {
+        if let Some(d) = &data {
+            self.check_references(tx, entity_type, uuid, d).await?;
+        }
         let current = tx.get_entity(entity_type, uuid).await?;
         let (op, outcome) = match (&current, &data) {
             (None, None) => {
@@ -223,5 +239,101 @@ impl Engine {
         }
         tx.put_entity(&entity).await?;
         Ok((entity, outcome))
+    }
+
+    /// Referential integrity of a local write (contract §7.8): every
+    /// reference names an entity this node holds and that is not deleted,
+    /// and a parent chain never leads back to the entity itself. Every
+    /// problem is reported, with the JSON pointer of the field.
+    async fn check_references(
+        &self,
+        tx: &mut dyn StoreTx,
+        entity_type: &str,
+        uuid: Uuid,
+        data: &Value,
+    ) -> Result<(), EngineError> {
+        let Some(ty) = self.registry.get(entity_type) else {
+            return Ok(());
+        };
+        let mut issues = Vec::new();
+        for reference in &ty.references {
+            for (path, target) in reference.locate(data) {
+                if reference.is_parent && target == uuid && reference.target == entity_type {
+                    issues.push(Issue {
+                        path,
+                        message: format!("{entity_type} {uuid} cannot be its own parent"),
+                    });
+                    continue;
+                }
+                match tx.get_entity(&reference.target, target).await? {
+                    None => issues.push(Issue {
+                        path,
+                        message: format!(
+                            "references {} {target}, which does not exist on this node; create it first (or sync to receive it)",
+                            reference.target
+                        ),
+                    }),
+                    Some(t) if t.is_deleted => issues.push(Issue {
+                        path,
+                        message: format!("references {} {target}, which is deleted", reference.target),
+                    }),
+                    Some(t) if reference.is_parent && reference.target == entity_type => {
+                        if let Some(cycle) = self.parent_cycle(tx, ty, &t, uuid).await? {
+                            issues.push(Issue {
+                                path,
+                                message: format!(
+                                    "making {target} the parent of {uuid} would create a cycle ({cycle}); move the subtree elsewhere first"
+                                ),
+                            });
+                        }
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        if issues.is_empty() {
+            Ok(())
+        } else {
+            Err(EngineError::Invalid(ValidationError {
+                entity_type: entity_type.to_string(),
+                issues,
+            }))
+        }
+    }
+
+    /// Walks up from `start`'s parent chain; returns the chain as text when
+    /// it reaches `uuid` (the entity being moved), None at a root.
+    async fn parent_cycle(
+        &self,
+        tx: &mut dyn StoreTx,
+        ty: &crate::schema::EntityType,
+        start: &Entity,
+        uuid: Uuid,
+    ) -> Result<Option<String>, EngineError> {
+        let Some(parent_ref) = ty.parent() else {
+            return Ok(None);
+        };
+        let mut chain = vec![start.uuid];
+        let mut current = start.clone();
+        // Bounded: a corrupt store with a cycle already must not hang us.
+        for _ in 0..1_000_000 {
+            if current.uuid == uuid {
+                let text = chain
+                    .iter()
+                    .map(|u| u.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" → ");
+                return Ok(Some(text));
+            }
+            let Some(next) = parent_ref.values(&current.data).into_iter().next() else {
+                return Ok(None);
+            };
+            chain.push(next);
+            match tx.get_entity(&parent_ref.target, next).await? {
+                Some(e) => current = e,
+                None => return Ok(None),
+            }
+        }
+        Ok(None)
     }
 }

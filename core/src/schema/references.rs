@@ -58,6 +58,38 @@ impl Reference {
     }
 }
 
+impl Reference {
+    /// Every uuid at this reference's location in `data`, with the concrete
+    /// JSON pointer where it sits (`/lines/2/employee`), for error messages.
+    pub fn locate(&self, data: &Value) -> Vec<(String, Uuid)> {
+        let mut out = Vec::new();
+        locate_leaves(data, &self.path, String::new(), &mut out);
+        out
+    }
+}
+
+fn locate_leaves(value: &Value, path: &[PathSegment], at: String, out: &mut Vec<(String, Uuid)>) {
+    let Some((first, rest)) = path.split_first() else {
+        if let Some(u) = value.as_str().and_then(|s| Uuid::try_parse(s).ok()) {
+            out.push((at, u));
+        }
+        return;
+    };
+    match (first, value) {
+        (PathSegment::Field(name), Value::Object(object)) => {
+            if let Some(member) = object.get(name) {
+                locate_leaves(member, rest, push_token(&at, name), out);
+            }
+        }
+        (PathSegment::AnyIndex, Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                locate_leaves(item, rest, format!("{at}/{i}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
 fn collect_leaves<'d>(value: &'d Value, path: &[PathSegment], out: &mut Vec<&'d Value>) {
     let Some((first, rest)) = path.split_first() else {
         out.push(value);

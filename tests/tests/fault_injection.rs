@@ -382,7 +382,6 @@ async fn session(world: &mut World, rng: &mut Rng, i: usize, faulty: bool) -> bo
         faulty,
     };
     let ok = engine.sync_session(&link, &NoProgress).await.is_ok();
-    drop(link);
     if !ok {
         world.faults.failed_sessions += 1;
     }
@@ -394,7 +393,7 @@ const TYPES: &[&str] = &["Brigade", "Site"];
 fn data(ty: &str, rng: &mut Rng) -> serde_json::Value {
     let n = rng.next() % 1000;
     match ty {
-        "Brigade" => json!({"name": format!("brigade {n}"), "active": n % 2 == 0}),
+        "Brigade" => json!({"name": format!("brigade {n}"), "active": n.is_multiple_of(2)}),
         _ => json!({"name": format!("site {n}"), "address": format!("{n} Main St")}),
     }
 }
@@ -698,8 +697,10 @@ fn seeds() -> Vec<u64> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(50);
-    (1..=n)
-        .map(|i| i.wrapping_mul(0x2545_F491_4F6C_DD1D))
+    REGRESSIONS
+        .iter()
+        .copied()
+        .chain((1..=n).map(|i| i.wrapping_mul(0x2545_F491_4F6C_DD1D)))
         .collect()
 }
 

@@ -118,8 +118,10 @@ pub enum InitCommand {
         /// Use this schema set (default: copy the example set into DIR/schemas).
         #[arg(long)]
         schemas: Option<PathBuf>,
-        /// Storage URL (default: sqlite://data/hubsync.db inside DIR).
-        #[arg(long)]
+        /// Storage URL (default: sqlite://data/hubsync.db inside DIR), or
+        /// postgres://user@host/db for a PostgreSQL database that exists
+        /// (its tables are created here).
+        #[arg(long, env = "HUBSYNC_STORAGE__URL")]
         storage: Option<String>,
         #[command(flatten)]
         json: JsonArg,

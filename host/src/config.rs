@@ -82,24 +82,63 @@ pub struct Config {
     config_dir: PathBuf,
 }
 
-/// `[storage]`: where the node keeps its data.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// `[storage]`: where the node keeps its data, and the connection pool of
+/// backends that have one (PostgreSQL). SQLite ignores the pool settings:
+/// it always keeps one writer connection and a few readers.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     /// `sqlite://relative/or/absolute.db`, `sqlite:///abs/path.db`, or
     /// `postgres://user@host/db`.
     pub url: String,
+    /// Most connections one host opens to the database.
+    pub max_connections: u32,
+    /// Connections kept open while idle.
+    pub min_connections: u32,
+    /// Seconds a request waits for a free connection before it fails.
+    pub acquire_timeout_secs: u64,
+    /// Seconds before an idle connection (above `min_connections`) is
+    /// closed; 0 = never.
+    pub idle_timeout_secs: u64,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             url: "sqlite://data/hubsync.db".into(),
+            max_connections: 10,
+            min_connections: 0,
+            acquire_timeout_secs: 30,
+            idle_timeout_secs: 600,
         }
     }
 }
 
+/// A PostgreSQL URL may hold a password: never shown.
+impl fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StorageConfig")
+            .field("url", &crate::storage::display_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("min_connections", &self.min_connections)
+            .field("acquire_timeout_secs", &self.acquire_timeout_secs)
+            .field("idle_timeout_secs", &self.idle_timeout_secs)
+            .finish()
+    }
+}
+
 impl StorageConfig {
+    /// The pool settings handed to the storage backend.
+    pub fn pool_options(&self) -> hubsync_core::store::PoolOptions {
+        hubsync_core::store::PoolOptions {
+            max_connections: self.max_connections,
+            min_connections: self.min_connections,
+            acquire_timeout: Duration::from_secs(self.acquire_timeout_secs),
+            idle_timeout: (self.idle_timeout_secs > 0)
+                .then(|| Duration::from_secs(self.idle_timeout_secs)),
+        }
+    }
+
     /// The URL scheme (`sqlite`, `postgres`, …), lowercased; empty if none.
     pub fn scheme(&self) -> String {
         self.url
@@ -546,7 +585,20 @@ impl Config {
                     );
                 }
             }
-            "postgres" | "postgresql" => {}
+            "postgres" | "postgresql" => {
+                if !self.storage.url.contains("://") {
+                    problems.push(
+                        ConfigProblem::new(
+                            "storage.url",
+                            format!(
+                                "`{}` is not a PostgreSQL URL",
+                                crate::storage::display_url(&self.storage.url)
+                            ),
+                        )
+                        .hint("write postgres://user[:password]@host[:port]/database"),
+                    );
+                }
+            }
             _ => problems.push(
                 ConfigProblem::new(
                     "storage.url",
@@ -622,6 +674,27 @@ impl Config {
             if value == 0 {
                 problems.push(ConfigProblem::new(key, "must be greater than 0"));
             }
+        }
+        if self.storage.max_connections == 0 {
+            problems.push(
+                ConfigProblem::new("storage.max_connections", "must be greater than 0")
+                    .hint("for example 10; see docs/operations.md for sizing"),
+            );
+        }
+        if self.storage.min_connections > self.storage.max_connections {
+            problems.push(ConfigProblem::new(
+                "storage.min_connections",
+                format!(
+                    "{} is more than storage.max_connections ({})",
+                    self.storage.min_connections, self.storage.max_connections
+                ),
+            ));
+        }
+        if self.storage.acquire_timeout_secs == 0 {
+            problems.push(ConfigProblem::new(
+                "storage.acquire_timeout_secs",
+                "must be greater than 0",
+            ));
         }
         if self.conflicts.default.trim().is_empty() {
             problems.push(
@@ -708,6 +781,19 @@ impl Config {
             "# sqlite://relative/path.db, sqlite:///absolute/path.db or postgres://user@host/db"
         );
         let _ = writeln!(w, "url = {}", toml_string(&self.storage_url_for_file()));
+        let _ = writeln!(
+            w,
+            "# Connection pool of a PostgreSQL store (SQLite ignores these)."
+        );
+        let _ = writeln!(w, "max_connections = {}", self.storage.max_connections);
+        let _ = writeln!(w, "min_connections = {}", self.storage.min_connections);
+        let _ = writeln!(
+            w,
+            "acquire_timeout_secs = {}",
+            self.storage.acquire_timeout_secs
+        );
+        let _ = writeln!(w, "# 0 = idle connections are never closed.");
+        let _ = writeln!(w, "idle_timeout_secs = {}", self.storage.idle_timeout_secs);
         if let Some(listen) = &self.listen {
             let _ = writeln!(w);
             let _ = writeln!(w, "# The sync protocol endpoint (HTTPS only).");
@@ -1386,6 +1472,47 @@ max_packet_entities = 0
         let master = Config::new(Mode::Master, dir.path());
         std::fs::write(&path, master.to_toml()).expect("write");
         assert_eq!(Config::load_with_env(&path, &[]).expect("reload"), master);
+    }
+
+    #[test]
+    fn storage_pool_settings_have_defaults_validation_and_env_overrides() {
+        let (_dir, result) = load_text(MASTER, &[]);
+        let pool = result.expect("valid").storage.pool_options();
+        assert_eq!(pool, hubsync_core::store::PoolOptions::default());
+
+        let env = [
+            (
+                "HUBSYNC_STORAGE__URL",
+                "postgres://sync:pw@db.example.org/hub",
+            ),
+            ("HUBSYNC_STORAGE__MAX_CONNECTIONS", "32"),
+            ("HUBSYNC_STORAGE__IDLE_TIMEOUT_SECS", "0"),
+        ];
+        let (_dir, result) = load_text(MASTER, &env);
+        let config = result.expect("valid");
+        assert_eq!(config.storage.url, "postgres://sync:pw@db.example.org/hub");
+        let pool = config.storage.pool_options();
+        assert_eq!((pool.max_connections, pool.idle_timeout), (32, None));
+        let debug = format!("{config:?}");
+        assert!(
+            !debug.contains(":pw@"),
+            "the password must not show: {debug}"
+        );
+
+        let bad = format!(
+            "{MASTER}\n[storage]\nurl = \"postgres:hub\"\nmax_connections = 0\nmin_connections = 5\nacquire_timeout_secs = 0\n"
+        );
+        let (_dir, result) = load_text(&bad, &[]);
+        let err = result.expect_err("invalid pool");
+        let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+        for key in [
+            "storage.url",
+            "storage.max_connections",
+            "storage.min_connections",
+            "storage.acquire_timeout_secs",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {keys:?}");
+        }
     }
 
     #[test]

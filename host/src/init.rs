@@ -61,6 +61,7 @@ pub struct InitOutcome {
     pub config: PathBuf,
     pub node_id: Uuid,
     pub schemas: PathBuf,
+    /// Without its password.
     pub storage_url: String,
     pub ca_cert: Option<PathBuf>,
 }
@@ -155,7 +156,12 @@ versioning = true
     );
     let config_path = write_config(p.dir, &text)?;
     let config = crate::config::Config::load_with_env(&config_path, &[])?;
-    let store = crate::storage::open_store(&config.storage_url_resolved()).await?;
+    // A PostgreSQL database is migrated here; it must exist already.
+    let store = crate::storage::open_store_with(
+        &config.storage_url_resolved(),
+        &config.storage.pool_options(),
+    )
+    .await?;
     let node_id = Uuid::now_v7();
     Engine::initialize(
         store.as_ref(),
@@ -173,7 +179,7 @@ versioning = true
         config: config_path,
         node_id,
         schemas: config.schemas.clone(),
-        storage_url: config.storage_url_resolved(),
+        storage_url: crate::storage::display_url(&config.storage_url_resolved()),
         ca_cert: Some(tls.ca_cert),
     })
 }

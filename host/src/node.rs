@@ -83,7 +83,11 @@ impl Node {
     pub async fn open(config: Config) -> Result<Node, HostError> {
         let registry = load_registry(&config.schemas)?;
         let policy = build_policy(&config, &registry)?;
-        let store = crate::storage::open_store(&config.storage_url_resolved()).await?;
+        let store = crate::storage::open_store_with(
+            &config.storage_url_resolved(),
+            &config.storage.pool_options(),
+        )
+        .await?;
         let options = EngineOptions {
             limits: PacketLimits {
                 max_entities: u32::try_from(config.sync.max_packet_entities).unwrap_or(u32::MAX),

@@ -1,6 +1,7 @@
 //! Test kit for hubsync's end-to-end and property tests: a master and
 //! clients as real in-process servers over real HTTPS on loopback with real
-//! SQLite files, and in-memory engines for fast property tests.
+//! SQLite files (the master optionally on a fresh PostgreSQL database,
+//! [`MasterBackend`]), and in-memory engines for fast property tests.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use hubsync_core::schema::EntityRegistry;
 use hubsync_core::store::NodeRole;
 use hubsync_core::transport::{Transport, TransportError};
 use hubsync_core::{Engine, EngineOptions, InitParams};
+use hubsync_store_postgres::scratch::{ScratchDatabase, TEST_URL_VAR, test_url};
 use uuid::Uuid;
 
 /// The example schema set of the repository.
@@ -26,9 +28,23 @@ pub fn registry() -> EntityRegistry {
     EntityRegistry::load_dir(&schemas_dir()).expect("example schema set loads")
 }
 
+/// The storage backend of a test cluster's master (clients always use
+/// SQLite).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MasterBackend {
+    /// A SQLite file in the cluster's directory.
+    #[default]
+    Sqlite,
+    /// A fresh PostgreSQL database on the server named by
+    /// `HUBSYNC_TEST_POSTGRES_URL`, dropped when the cluster is.
+    Postgres,
+}
+
 /// Options for a test cluster.
 #[derive(Clone, Default)]
 pub struct ClusterOptions {
+    /// The master's storage backend.
+    pub master_backend: MasterBackend,
     /// Lines appended to the master's hubsync.toml (e.g. a [conflicts.per_type] table).
     pub master_toml: String,
     /// Packet bound for clients and master.
@@ -44,18 +60,43 @@ pub struct Cluster {
     pub master: RunningNode,
     pub clients: Vec<RunningNode>,
     pub tokens: Vec<String>,
+    /// The master's PostgreSQL database, if any; declared last so that it
+    /// is dropped (`DROP DATABASE … WITH (FORCE)`) after the nodes.
+    pub master_db: Option<Arc<ScratchDatabase>>,
 }
 
 impl Cluster {
+    /// Starts a cluster; fails if `opts` asks for a PostgreSQL master and
+    /// `HUBSYNC_TEST_POSTGRES_URL` is not set (see [`Cluster::try_start`]).
     pub async fn start(clients: usize, opts: ClusterOptions) -> anyhow::Result<Cluster> {
+        Cluster::try_start(clients, opts).await?.ok_or_else(|| {
+            anyhow::anyhow!("{TEST_URL_VAR} is not set: no PostgreSQL to test against")
+        })
+    }
+
+    /// Starts a cluster, or returns `None` (after saying SKIPPED on stderr)
+    /// when `opts` asks for a PostgreSQL master and no test server is set.
+    pub async fn try_start(
+        clients: usize,
+        opts: ClusterOptions,
+    ) -> anyhow::Result<Option<Cluster>> {
         let dir = tempfile::tempdir()?;
         let master_dir = dir.path().join("master");
+        let master_db = match opts.master_backend {
+            MasterBackend::Sqlite => None,
+            MasterBackend::Postgres => {
+                let Some(base) = test_url("a cluster with a PostgreSQL master") else {
+                    return Ok(None);
+                };
+                Some(Arc::new(ScratchDatabase::create(&base).await?))
+            }
+        };
         hubsync::init::init_master(&hubsync::init::MasterInit {
             dir: &master_dir,
             listen: "127.0.0.1:0",
             api: "127.0.0.1:0",
             schemas: Some(&schemas_dir()),
-            storage: None,
+            storage: master_db.as_ref().map(|db| db.url.as_str()),
             code: "MASTER",
         })
         .await?;
@@ -73,13 +114,43 @@ impl Cluster {
             master,
             clients: Vec::new(),
             tokens: Vec::new(),
+            master_db,
         };
         for i in 0..clients {
             cluster
                 .add_client(&format!("DESKTOP-{}", i + 1), sync_addr, &opts)
                 .await?;
         }
-        Ok(cluster)
+        Ok(Some(cluster))
+    }
+
+    /// Starts another master host on the master's configuration and store
+    /// (a PostgreSQL master: the same database), with its own sync and API
+    /// ports, as an operator runs several hosts behind a load balancer.
+    pub async fn start_master_host(&self) -> anyhow::Result<RunningNode> {
+        let mut config = self.master.node.config.clone();
+        if let Some(listen) = config.listen.as_mut() {
+            listen.addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        }
+        config.api.addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        Ok(RunningNode::start(config).await?)
+    }
+
+    /// An HTTPS transport of client `i` to the master host listening on
+    /// `sync_addr` (one of several hosts).
+    pub fn transport_to(
+        &self,
+        i: usize,
+        sync_addr: std::net::SocketAddr,
+    ) -> anyhow::Result<hubsync::transport::HttpsTransport> {
+        let cfg = &self.clients[i].node.config;
+        let link = cfg.master.as_ref().expect("client has [master]");
+        Ok(hubsync::transport::HttpsTransport::new(
+            hubsync::tls::client_config(&link.ca_cert)?,
+            &format!("https://{sync_addr}"),
+            self.tokens[i].clone(),
+            Duration::from_secs(30),
+        ))
     }
 
     async fn add_client(
@@ -377,6 +448,7 @@ impl Cluster {
             master,
             clients,
             tokens,
+            master_db,
         } = self;
         let master_config = master.node.config.clone();
         let master_sync_addr = master.sync_addr.expect("master has a sync address");
@@ -387,6 +459,7 @@ impl Cluster {
             tokens,
             master_config,
             master_sync_addr,
+            master_db,
         }
     }
 }
@@ -398,6 +471,8 @@ pub struct MasterDown {
     pub tokens: Vec<String>,
     pub master_config: Config,
     pub master_sync_addr: std::net::SocketAddr,
+    /// The master's PostgreSQL database, if any (kept while it is down).
+    pub master_db: Option<Arc<ScratchDatabase>>,
 }
 
 impl MasterDown {
@@ -423,6 +498,7 @@ impl MasterDown {
             master,
             clients: self.clients,
             tokens: self.tokens,
+            master_db: self.master_db,
         })
     }
 

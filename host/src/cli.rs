@@ -365,14 +365,31 @@ pub async fn run(cli: Cli) -> Result<(), HostError> {
             if !s.nodes.is_empty() {
                 text.push_str(&nodes_table(&s.nodes));
             }
+            let mut doc = serde_json::to_value(&s).unwrap_or_default();
+            if node.is_client() {
+                let h = node.recorded_health().await?;
+                text.push_str(&format!(
+                    "last successful sync {}
+",
+                    h.last_success_at.as_deref().unwrap_or("never")
+                ));
+                if let Some(e) = &h.last_error {
+                    text.push_str(&format!(
+                        "last sync error ({} in a row, at {}): {e}
+",
+                        h.consecutive_failures,
+                        h.last_error_at.as_deref().unwrap_or("?")
+                    ));
+                }
+                if let Some(next) = &h.next_attempt_at {
+                    text.push_str(&format!("next background attempt {next}\n"));
+                }
+                if let Some(obj) = doc.as_object_mut() {
+                    obj.insert("sync".into(), serde_json::to_value(&h).unwrap_or_default());
+                }
+            }
             node.engine.store().close().await;
-            print(
-                Output {
-                    json: serde_json::to_value(&s).unwrap_or_default(),
-                    text,
-                },
-                json,
-            );
+            print(Output { json: doc, text }, json);
         }
         Command::History { config, uuid, json } => {
             let node = Node::open(load(&config.config)?).await?;

@@ -230,6 +230,12 @@ pub struct SyncConfig {
     pub max_packet_bytes: usize,
     /// Bound on one request to the master, response included.
     pub request_timeout_secs: u64,
+    /// After a failed background sync, the first wait before trying again;
+    /// each further failure doubles it (with ±25% jitter) up to
+    /// `retry_max_secs`.
+    pub retry_initial_ms: u64,
+    /// The longest wait between background attempts after failures.
+    pub retry_max_secs: u64,
 }
 
 impl Default for SyncConfig {
@@ -239,6 +245,8 @@ impl Default for SyncConfig {
             max_packet_entities: 500,
             max_packet_bytes: 4 * 1024 * 1024,
             request_timeout_secs: 30,
+            retry_initial_ms: 1000,
+            retry_max_secs: 300,
         }
     }
 }
@@ -666,6 +674,8 @@ impl Config {
             ),
             ("sync.max_packet_bytes", self.sync.max_packet_bytes as u64),
             ("sync.request_timeout_secs", self.sync.request_timeout_secs),
+            ("sync.retry_initial_ms", self.sync.retry_initial_ms),
+            ("sync.retry_max_secs", self.sync.retry_max_secs),
             (
                 "conflicts.plugin_timeout_ms",
                 self.conflicts.plugin_timeout_ms,
@@ -861,6 +871,12 @@ impl Config {
             "request_timeout_secs = {}",
             self.sync.request_timeout_secs
         );
+        let _ = writeln!(
+            w,
+            "# After a failed background sync: first wait, doubled per failure up to the maximum."
+        );
+        let _ = writeln!(w, "retry_initial_ms = {}", self.sync.retry_initial_ms);
+        let _ = writeln!(w, "retry_max_secs = {}", self.sync.retry_max_secs);
         let _ = writeln!(w);
         let _ = writeln!(w, "[conflicts]");
         let _ = writeln!(

@@ -26,6 +26,31 @@ pub struct SyncState {
     pub last_summary: Option<SyncSummary>,
     pub last_finished_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
+    pub last_error_at: Option<DateTime<Utc>>,
+    /// Background sessions that failed in a row.
+    pub consecutive_failures: u32,
+    /// When the background loop tries next.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// Store meta keys under which a client records its sync health, so that
+/// `hubsync status` (another process) can show it.
+pub mod health_keys {
+    pub const LAST_ERROR: &str = "sync.last_error";
+    pub const LAST_ERROR_AT: &str = "sync.last_error_at";
+    pub const FAILURES: &str = "sync.consecutive_failures";
+    pub const NEXT_ATTEMPT_AT: &str = "sync.next_attempt_at";
+    pub const LAST_SUCCESS_AT: &str = "sync.last_success_at";
+}
+
+/// The sync health a client recorded, as `hubsync status` shows it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SyncHealth {
+    pub last_success_at: Option<String>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
+    pub consecutive_failures: u32,
+    pub next_attempt_at: Option<String>,
 }
 
 /// The client's side of syncing.
@@ -166,22 +191,118 @@ impl Node {
         };
         let result = self.engine.sync_session(&sync.transport, &observer).await;
         self.metrics.record_session(result.is_ok());
+        let now = Utc::now();
         set_state(sync, |s| {
             s.running = false;
-            s.last_finished_at = Some(Utc::now());
+            s.last_finished_at = Some(now);
             match &result {
                 Ok(summary) => {
                     s.last_summary = Some(summary.clone());
                     s.last_error = None;
+                    s.last_error_at = None;
+                    s.consecutive_failures = 0;
                 }
-                Err(e) => s.last_error = Some(e.to_string()),
+                Err(e) => {
+                    s.last_error = Some(e.to_string());
+                    s.last_error_at = Some(now);
+                    s.consecutive_failures += 1;
+                }
             }
         });
+        self.record_health(result.as_ref().err().map(|e| e.to_string()), now)
+            .await;
         if let Ok(summary) = &result {
             self.metrics
                 .record_conflicts(summary.conflicts.len() as u64);
         }
         Ok(result?)
+    }
+}
+
+impl Node {
+    /// Persists the outcome of the last session (best effort: a store that
+    /// cannot take it is logged, and syncing goes on).
+    async fn record_health(&self, error: Option<String>, at: DateTime<Utc>) {
+        let failures = self.sync_state().map_or(0, |s| s.consecutive_failures);
+        let at = hubsync_core::entity::format_ts(at);
+        let result = async {
+            let mut tx = self.engine.store().begin().await?;
+            match &error {
+                None => {
+                    tx.set_meta(health_keys::LAST_SUCCESS_AT, &at).await?;
+                    tx.set_meta(health_keys::LAST_ERROR, "").await?;
+                    tx.set_meta(health_keys::FAILURES, "0").await?;
+                }
+                Some(e) => {
+                    tx.set_meta(health_keys::LAST_ERROR, e).await?;
+                    tx.set_meta(health_keys::LAST_ERROR_AT, &at).await?;
+                    tx.set_meta(health_keys::FAILURES, &failures.to_string())
+                        .await?;
+                }
+            }
+            tx.commit().await
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not record the sync outcome in the store");
+        }
+    }
+
+    /// Records when the background loop tries next.
+    pub async fn record_next_attempt(&self, at: DateTime<Utc>) {
+        if let Some(sync) = &self.sync {
+            set_state(sync, |s| s.next_attempt_at = Some(at));
+        }
+        let result = async {
+            let mut tx = self.engine.store().begin().await?;
+            tx.set_meta(
+                health_keys::NEXT_ATTEMPT_AT,
+                &hubsync_core::entity::format_ts(at),
+            )
+            .await?;
+            tx.commit().await
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not record the next sync attempt in the store");
+        }
+    }
+
+    /// The sync health recorded in the store (by this or another process).
+    pub async fn recorded_health(&self) -> Result<SyncHealth, HostError> {
+        let store = self.engine.store();
+        let get = |k: &'static str| async move { store.get_meta(k).await };
+        let non_empty = |v: Option<String>| v.filter(|s| !s.is_empty());
+        Ok(SyncHealth {
+            last_success_at: non_empty(get(health_keys::LAST_SUCCESS_AT).await?),
+            last_error: non_empty(get(health_keys::LAST_ERROR).await?),
+            last_error_at: non_empty(get(health_keys::LAST_ERROR_AT).await?),
+            consecutive_failures: get(health_keys::FAILURES)
+                .await?
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            next_attempt_at: non_empty(get(health_keys::NEXT_ATTEMPT_AT).await?),
+        })
+    }
+}
+
+/// The wait before the next background attempt after `failures` failed
+/// sessions in a row: `initial` doubled per failure, capped at `max`, with
+/// ±25% jitter (`jitter` in 0..=1) so that a fleet does not retry in step.
+pub fn backoff(failures: u32, initial: Duration, max: Duration, jitter: f64) -> Duration {
+    let exp = initial.saturating_mul(1u32 << failures.saturating_sub(1).min(20));
+    let base = exp.min(max);
+    let factor = 0.75 + 0.5 * jitter.clamp(0.0, 1.0);
+    base.mul_f64(factor).min(max)
+}
+
+/// A uniform draw in 0..=1 from the system's random source (0.5 if it fails).
+pub fn jitter() -> f64 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 4];
+    match ring::rand::SystemRandom::new().fill(&mut b) {
+        Ok(()) => f64::from(u32::from_le_bytes(b)) / f64::from(u32::MAX),
+        Err(_) => 0.5,
     }
 }
 
@@ -201,5 +322,25 @@ impl Progress for StateProgress<'_> {
     fn on_round(&self, progress: &SyncProgress) {
         set_state(self.sync, |s| s.progress = Some(progress.clone()));
         self.inner.on_round(progress);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_initial_wait_up_to_the_cap_with_bounded_jitter() {
+        let (i, m) = (Duration::from_secs(1), Duration::from_secs(300));
+        let mid = |n| backoff(n, i, m, 0.5);
+        assert_eq!(mid(1), Duration::from_secs(1));
+        assert_eq!(mid(2), Duration::from_secs(2));
+        assert_eq!(mid(5), Duration::from_secs(16));
+        assert_eq!(mid(30), m, "capped, and no overflow however long it fails");
+        assert_eq!(backoff(1, i, m, 0.0), Duration::from_millis(750));
+        assert_eq!(backoff(1, i, m, 1.0), Duration::from_millis(1250));
+        assert!(backoff(40, i, m, 1.0) <= m);
+        let j = jitter();
+        assert!((0.0..=1.0).contains(&j));
     }
 }

@@ -102,23 +102,43 @@ impl RunningNode {
 
 /// Syncs every `every` until stopped; a failed session is logged and shown
 /// in the status, and the loop goes on.
+///
+/// After a failure the next attempt comes sooner than the interval at first
+/// and then backs off: `retry_initial_ms` doubled per failure, with jitter,
+/// up to `retry_max_secs`; a success goes back to the interval. The last error and the next attempt are recorded in
+/// the store for `hubsync status` and shown by `GET /api/v1/status`.
 async fn sync_loop(node: Arc<Node>, every: Duration, mut stop: watch::Receiver<bool>) {
+    let initial = Duration::from_millis(node.config.sync.retry_initial_ms);
+    let max = Duration::from_secs(node.config.sync.retry_max_secs);
+    let mut failures = 0u32;
+    let mut wait = every;
     loop {
+        let next =
+            chrono::Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
+        node.record_next_attempt(next).await;
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => return,
         }
         if *stop.borrow() {
             return;
         }
         match node.sync_now(&NoProgress).await {
-            Ok(s) => tracing::info!(
-                sent = s.sent_changes,
-                received = s.received_changes,
-                conflicts = s.conflicts.len(),
-                "sync session done"
-            ),
-            Err(e) => tracing::warn!(error = %e, "sync session failed; will retry"),
+            Ok(s) => {
+                failures = 0;
+                wait = every;
+                tracing::info!(
+                    sent = s.sent_changes,
+                    received = s.received_changes,
+                    conflicts = s.conflicts.len(),
+                    "sync session done"
+                );
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                wait = crate::node::backoff(failures, initial, max, crate::node::jitter());
+                tracing::warn!(error = %e, failures, retry_in_ms = wait.as_millis() as u64, "sync session failed; nothing is lost, the changes stay queued");
+            }
         }
     }
 }

@@ -170,7 +170,7 @@ impl Engine {
         Ok(out)
     }
 
-    fn validate(&self, entity_type: &str, data: &Value) -> Result<(), EngineError> {
+    pub(super) fn validate(&self, entity_type: &str, data: &Value) -> Result<(), EngineError> {
         match self.registry.validate(entity_type, data) {
             Ok(()) => Ok(()),
             Err(ValidateError::Invalid(e)) => Err(EngineError::Invalid(e)),
@@ -180,7 +180,7 @@ impl Engine {
 
     /// Writes one entity and registers its change inside `tx`. `data: None`
     /// is a soft delete of an existing entity.
-    async fn write_in(
+    pub(super) async fn write_in(
         &self,
         tx: &mut dyn StoreTx,
         entity_type: &str,

@@ -565,7 +565,7 @@ fn incoming_snapshot(c: &WireChange) -> Value {
     })
 }
 
-fn master_snapshot(e: &Entity) -> Value {
+pub(super) fn master_snapshot(e: &Entity) -> Value {
     let mut v = e.to_api_json();
     if let Some(obj) = v.as_object_mut() {
         obj.insert("rev".into(), serde_json::json!(e.rev));

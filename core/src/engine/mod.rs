@@ -8,6 +8,7 @@
 
 mod client;
 mod local;
+mod manual;
 mod master;
 
 use std::sync::Arc;
@@ -23,6 +24,9 @@ use crate::store::{NodeRecord, NodeRole, Page, Store, StoreError};
 
 pub use client::{NoProgress, Progress, SyncProgress, SyncSummary};
 pub use local::{BatchItemError, BatchOp, PutOutcome};
+pub use manual::{
+    Choice, ConflictStatus, ConflictView, MANUAL_RESOLVED, ManualResolution, PendingConflict,
+};
 pub use master::ExchangeError;
 
 /// Meta keys of the store.
@@ -115,6 +119,35 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error("sync failed: {0}")]
     Sync(String),
+    #[error(
+        "{what} works on the master only, and this node is a client: run it against the master's configuration (or the master's local API)"
+    )]
+    MasterOnly { what: &'static str },
+    #[error(
+        "no deferred conflict {id}; `hubsync conflicts list` (GET /api/v1/conflicts) shows the ids of the conflicts waiting for a person"
+    )]
+    ConflictNotFound { id: Uuid },
+    #[error(
+        "conflict {id} was already resolved at {at} ({how}, resolution {resolution}); nothing was changed — make an ordinary edit if the entity needs another change"
+    )]
+    ConflictResolved {
+        id: Uuid,
+        resolution: Uuid,
+        at: String,
+        how: String,
+    },
+    #[error(
+        "version {version} is not a stored version of {entity_type} {uuid}; `hubsync conflicts show` lists the versions that can be taken"
+    )]
+    VersionNotFound {
+        version: Uuid,
+        entity_type: String,
+        uuid: Uuid,
+    },
+    #[error(
+        "the incoming version of conflict {id} was not kept (versioning was off when it was deferred); take the master's version, another stored version, or supply merged data"
+    )]
+    IncomingVersionMissing { id: Uuid },
     #[error(transparent)]
     Transport(#[from] crate::transport::TransportError),
 }
@@ -133,6 +166,13 @@ impl EngineError {
             EngineError::UnknownNode(_) => "not_found",
             EngineError::Store(_) => "storage_error",
             EngineError::Sync(_) => "sync_failed",
+            EngineError::MasterOnly { .. } => "wrong_mode",
+            EngineError::ConflictNotFound { .. } | EngineError::VersionNotFound { .. } => {
+                "not_found"
+            }
+            EngineError::ConflictResolved { .. } | EngineError::IncomingVersionMissing { .. } => {
+                "conflict"
+            }
             EngineError::Transport(_) => "master_unreachable",
         }
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use hubsync_core::EngineError;
-use hubsync_core::engine::{BatchOp, NoProgress, PutOutcome};
+use hubsync_core::engine::{BatchOp, Choice, NoProgress, PutOutcome};
 use hubsync_core::store::Page;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -222,13 +222,54 @@ pub fn routes(
                 Err(e) => host_error(e),
             }
         });
+    // The manual resolution queue (master only). "resolved" keeps the audit
+    // log this route listed before the queue existed.
     let conflicts = warp::path!("api" / "v1" / "conflicts")
         .and(warp::get())
         .and(n())
         .then(|node: Arc<Node>| async move {
+            let pending = match node.engine.pending_conflicts().await {
+                Ok(p) => p,
+                Err(e) => return engine_error(e),
+            };
             match node.engine.store().audit(None, 1000).await {
-                Ok(a) => json_reply(StatusCode::OK, &json!({"resolved": a})),
+                Ok(a) => json_reply(StatusCode::OK, &json!({"pending": pending, "resolved": a})),
                 Err(e) => engine_error(e.into()),
+            }
+        });
+    let conflict = warp::path!("api" / "v1" / "conflicts" / String)
+        .and(warp::get())
+        .and(n())
+        .then(|id: String, node: Arc<Node>| async move {
+            let id = match parse_uuid(&id) {
+                Ok(u) => u,
+                Err(r) => return r.reply(),
+            };
+            match node.engine.conflict(id).await {
+                Ok(v) => json_reply(StatusCode::OK, &v),
+                Err(e) => engine_error(e),
+            }
+        });
+    let resolve = warp::path!("api" / "v1" / "conflicts" / String / "resolve")
+        .and(warp::post())
+        .and(n())
+        .and(body())
+        .then(|id: String, node: Arc<Node>, body: Bytes| async move {
+            let id = match parse_uuid(&id) {
+                Ok(u) => u,
+                Err(r) => return r.reply(),
+            };
+            let (choice, by) = match parse_resolve(&body) {
+                Ok(v) => v,
+                Err(r) => return r.reply(),
+            };
+            let by = by.unwrap_or_else(|| "local API".to_string());
+            match node.engine.resolve_conflict_manually(id, choice, &by).await {
+                Ok(r) => json_reply(
+                    StatusCode::OK,
+                    &json!({"entity": r.entity.to_api_json(), "resolution": r.resolution}),
+                ),
+                Err(e) => engine_error(e),
             }
         });
 
@@ -256,6 +297,10 @@ pub fn routes(
         .or(sync)
         .unify()
         .or(conflicts)
+        .unify()
+        .or(conflict)
+        .unify()
+        .or(resolve)
         .unify()
 }
 
@@ -324,6 +369,47 @@ struct BatchItem {
     data: Option<Value>,
 }
 
+/// `POST /api/v1/conflicts/{id}/resolve`: `{"take": "local"|"remote"}`,
+/// `{"take": "version", "version": ID}` or `{"data": {…}}`, each with an
+/// optional `"by"` (who decided; recorded in the audit).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResolveRequest {
+    take: Option<String>,
+    version: Option<String>,
+    data: Option<Value>,
+    by: Option<String>,
+}
+
+const RESOLVE_SHAPE: &str = "expected {\"take\": \"local\"|\"remote\"}, {\"take\": \"version\", \"version\": \"<history id>\"} or {\"data\": {…merged data…}}, with an optional \"by\"";
+
+fn parse_resolve(body: &[u8]) -> Result<(Choice, Option<String>), BadRequest> {
+    let r: ResolveRequest = serde_json::from_slice(body)
+        .map_err(|e| BadRequest(format!("the resolution is not valid: {e}; {RESOLVE_SHAPE}")))?;
+    let choice = match (r.take.as_deref(), r.version, r.data) {
+        (Some("local"), None, None) => Choice::TakeMaster,
+        (Some("remote"), None, None) => Choice::TakeIncoming,
+        (Some("version"), Some(v), None) => Choice::TakeVersion(parse_uuid(&v)?),
+        (None, None, Some(data)) => Choice::Merged(data),
+        (Some("version"), None, None) => {
+            return Err(BadRequest(format!(
+                "\"take\": \"version\" needs \"version\": the id of a stored version (GET /api/v1/conflicts/{{id}} lists them); {RESOLVE_SHAPE}"
+            )));
+        }
+        (Some(other), None, None) if !["local", "remote", "version"].contains(&other) => {
+            return Err(BadRequest(format!(
+                "unknown choice \"{other}\"; {RESOLVE_SHAPE}"
+            )));
+        }
+        _ => {
+            return Err(BadRequest(format!(
+                "give exactly one choice; {RESOLVE_SHAPE}"
+            )));
+        }
+    };
+    Ok((choice, r.by))
+}
+
 /// `POST` takes either the data itself or `{"uuid": …, "data": {…}}`.
 /// A request the API cannot take, before it reaches the engine.
 struct BadRequest(String);
@@ -386,10 +472,15 @@ fn engine_error(e: EngineError) -> Response {
     let status = match &e {
         EngineError::UnknownType { .. }
         | EngineError::NotFound { .. }
-        | EngineError::UnknownNode(_) => StatusCode::NOT_FOUND,
-        EngineError::AlreadyExists { .. } | EngineError::DuplicateNode(_) => StatusCode::CONFLICT,
+        | EngineError::UnknownNode(_)
+        | EngineError::ConflictNotFound { .. }
+        | EngineError::VersionNotFound { .. } => StatusCode::NOT_FOUND,
+        EngineError::AlreadyExists { .. }
+        | EngineError::DuplicateNode(_)
+        | EngineError::ConflictResolved { .. }
+        | EngineError::IncomingVersionMissing { .. } => StatusCode::CONFLICT,
         EngineError::Invalid(_) | EngineError::Batch(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        EngineError::WrongRole { .. } => StatusCode::BAD_REQUEST,
+        EngineError::WrongRole { .. } | EngineError::MasterOnly { .. } => StatusCode::BAD_REQUEST,
         EngineError::Transport(_) | EngineError::Sync(_) => StatusCode::BAD_GATEWAY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };

@@ -84,6 +84,9 @@ pub enum Command {
         #[command(flatten)]
         json: JsonArg,
     },
+    /// (master) The manual resolution queue: conflicts deferred to a person.
+    #[command(subcommand)]
+    Conflicts(ConflictsCommand),
     /// Schema set tools.
     #[command(subcommand)]
     Schema(SchemaCommand),
@@ -187,6 +190,44 @@ pub enum NodeCommand {
         #[command(flatten)]
         config: ConfigArg,
         code: String,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConflictsCommand {
+    /// List the deferred conflicts waiting for a person (oldest first).
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Show one conflict: why it was deferred, the incoming version, the master's, the other stored versions.
+    Show {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The conflict's id (from `conflicts list`).
+        id: Uuid,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Resolve a conflict; the version taken becomes an ordinary change that reaches every node.
+    Resolve {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The conflict's id (from `conflicts list`).
+        id: Uuid,
+        /// `local` (the master's version stands), `remote` (the deferred incoming version), or `version VERSION_ID` (a stored version, from `conflicts show`).
+        #[arg(long, num_args = 1..=2, value_names = ["CHOICE", "VERSION_ID"], required_unless_present = "data", conflicts_with = "data")]
+        take: Option<Vec<String>>,
+        /// Take merged data instead: a JSON file with the entity's data (validated against its schema); `-` reads stdin.
+        #[arg(long, value_name = "FILE")]
+        data: Option<PathBuf>,
+        /// Who decided, for the audit record (default: $USER).
+        #[arg(long)]
+        by: Option<String>,
         #[command(flatten)]
         json: JsonArg,
     },
@@ -420,6 +461,7 @@ pub async fn run(cli: Cli) -> Result<(), HostError> {
                 json,
             );
         }
+        Command::Conflicts(cmd) => conflicts_command(cmd).await?,
         Command::Plugin(PluginCommand::Check { path, json }) => plugin_check(&path, json)?,
         Command::Schema(SchemaCommand::Check { dir, json }) => {
             match hubsync_core::schema::EntityRegistry::load_dir(&dir) {
@@ -616,6 +658,218 @@ async fn node_command(cmd: NodeCommand) -> Result<(), HostError> {
         }
     }
     Ok(())
+}
+
+async fn conflicts_command(cmd: ConflictsCommand) -> Result<(), HostError> {
+    match cmd {
+        ConflictsCommand::List { config, json } => {
+            let node = Node::open(load(&config.config)?).await?;
+            let pending = node.engine.pending_conflicts().await;
+            node.engine.store().close().await;
+            let pending = pending?;
+            let text = conflicts_table(&pending);
+            print(
+                Output {
+                    json: json!({ "pending": pending }),
+                    text,
+                },
+                json,
+            );
+        }
+        ConflictsCommand::Show { config, id, json } => {
+            let node = Node::open(load(&config.config)?).await?;
+            let view = node.engine.conflict(id).await;
+            node.engine.store().close().await;
+            let view = view?;
+            let text = conflict_text(&view);
+            print(
+                Output {
+                    json: serde_json::to_value(&view).unwrap_or_default(),
+                    text,
+                },
+                json,
+            );
+        }
+        ConflictsCommand::Resolve {
+            config,
+            id,
+            take,
+            data,
+            by,
+            json,
+        } => {
+            let choice = parse_choice(take.as_deref(), data.as_deref())?;
+            let by = by
+                .or_else(|| std::env::var("USER").ok())
+                .unwrap_or_else(|| "command line".into());
+            let node = Node::open(load(&config.config)?).await?;
+            let done = node.engine.resolve_conflict_manually(id, choice, &by).await;
+            node.engine.store().close().await;
+            let done = done?;
+            let e = &done.entity;
+            let text = format!(
+                "conflict {id} resolved ({}): {} {} is now at revision {}, updated_at {}; every node receives it at its next sync\n",
+                done.resolution
+                    .detail
+                    .split_once(": ")
+                    .map_or("", |(_, how)| how),
+                e.entity_type,
+                e.uuid,
+                e.rev.map(|r| r.to_string()).unwrap_or_default(),
+                hubsync_core::entity::format_ts(e.updated_at),
+            );
+            print(
+                Output {
+                    json: json!({"entity": e.to_api_json(), "resolution": done.resolution}),
+                    text,
+                },
+                json,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `--take local|remote|version ID` or `--data FILE`.
+fn parse_choice(
+    take: Option<&[String]>,
+    data: Option<&Path>,
+) -> Result<hubsync_core::engine::Choice, HostError> {
+    use hubsync_core::engine::Choice;
+    let usage = "use --take local, --take remote, --take version VERSION_ID or --data FILE";
+    match (take, data) {
+        (Some(t), None) => match t {
+            [c] if c == "local" => Ok(Choice::TakeMaster),
+            [c] if c == "remote" => Ok(Choice::TakeIncoming),
+            [c, v] if c == "version" => Uuid::parse_str(v).map(Choice::TakeVersion).map_err(|_| {
+                HostError::Other(format!(
+                    "'{v}' is not a version id (a uuid); `hubsync conflicts show ID` lists the stored versions"
+                ))
+            }),
+            [c] if c == "version" => Err(HostError::Other(format!(
+                "--take version needs the id of a stored version (`hubsync conflicts show ID` lists them); {usage}"
+            ))),
+            other => Err(HostError::Other(format!(
+                "cannot take '{}'; {usage}",
+                other.join(" ")
+            ))),
+        },
+        (None, Some(path)) => {
+            let text = if path == Path::new("-") {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                    .map_err(|e| HostError::io("could not read merged data from", "stdin", e))?;
+                s
+            } else {
+                std::fs::read_to_string(path)
+                    .map_err(|e| HostError::io("could not read merged data from", path, e))?
+            };
+            serde_json::from_str(&text).map(Choice::Merged).map_err(|e| {
+                HostError::Other(format!(
+                    "the merged data in {} is not valid JSON: {e}; give the entity's data object",
+                    path.display()
+                ))
+            })
+        }
+        _ => Err(HostError::Other(format!("give exactly one choice; {usage}"))),
+    }
+}
+
+fn conflicts_table(pending: &[hubsync_core::engine::PendingConflict]) -> String {
+    if pending.is_empty() {
+        return "no conflicts wait for a person\n".into();
+    }
+    let mut s = format!(
+        "{:<36} {:<14} {:<36} {:<14} {:<16} {:<40} {}\n",
+        "ID", "TYPE", "UUID", "NODE", "STRATEGY", "REASON", "WHEN"
+    );
+    for p in pending {
+        let reason: String = if p.reason.chars().count() > 40 {
+            p.reason.chars().take(39).chain(['…']).collect()
+        } else {
+            p.reason.clone()
+        };
+        s.push_str(&format!(
+            "{:<36} {:<14} {:<36} {:<14} {:<16} {:<40} {}\n",
+            p.id,
+            p.entity_type,
+            p.uuid,
+            p.node_code.as_deref().unwrap_or("?"),
+            p.strategy,
+            reason.replace('\n', " "),
+            hubsync_core::entity::format_ts(p.at)
+        ));
+    }
+    s.push_str(&format!(
+        "{} pending; `hubsync conflicts show ID` for the versions\n",
+        pending.len()
+    ));
+    s
+}
+
+fn conflict_text(v: &hubsync_core::engine::ConflictView) -> String {
+    let c = &v.conflict;
+    let mut s = format!(
+        "conflict {} ({}): {} {}\n  deferred at {} by strategy {}: {}\n  change from node {} ({}), packet {}, based on revision {}; the master was at revision {}\n",
+        c.id,
+        match v.status {
+            hubsync_core::engine::ConflictStatus::Pending => "pending",
+            hubsync_core::engine::ConflictStatus::Resolved => "resolved",
+        },
+        c.entity_type,
+        c.uuid,
+        hubsync_core::entity::format_ts(c.at),
+        c.strategy,
+        c.reason,
+        c.node_code.as_deref().unwrap_or("?"),
+        c.node_id,
+        c.packet_no,
+        c.base_rev
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "none".into()),
+        c.master_rev
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "none".into()),
+    );
+    if let Some(r) = &v.resolution {
+        s.push_str(&format!(
+            "  resolved at {}: {}\n",
+            hubsync_core::entity::format_ts(r.at),
+            r.detail
+        ));
+    }
+    match &v.master {
+        Some(m) => s.push_str(&format!("local (the master's current version):\n  {m}\n")),
+        None => s.push_str("local: the master does not hold this entity\n"),
+    }
+    if v.incoming.is_empty() {
+        s.push_str("remote: not kept (versioning was off)\n");
+    }
+    for h in &v.incoming {
+        s.push_str(&format!(
+            "remote (the deferred incoming version, history id {}):\n  {}\n",
+            h.id, h.serialized_data
+        ));
+    }
+    for h in &v.versions {
+        s.push_str(&format!(
+            "version {} from node {} at {} ({}):\n  {}\n",
+            h.id,
+            h.source_node_id
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "?".into()),
+            hubsync_core::entity::format_ts(h.arrival_time),
+            h.conflict_resolution,
+            h.serialized_data
+        ));
+    }
+    if v.resolution.is_none() {
+        s.push_str(&format!(
+            "resolve with: hubsync conflicts resolve {} --take local|remote|version VERSION_ID (or --data FILE)\n",
+            c.id
+        ));
+    }
+    s
 }
 
 /// One sync session: run here while holding the node's lock, or — when a

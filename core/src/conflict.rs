@@ -83,6 +83,12 @@ pub trait ConflictResolver: Send + Sync {
     /// The name it is selected by in schemas and configuration.
     fn name(&self) -> &str;
     async fn resolve(&self, input: &ConflictInput<'_>) -> Result<Decision, ResolveError>;
+    /// Whether the resolver looks at [`ConflictInput::base`]. The master
+    /// keeps past versions (the bases of later conflicts) only for entity
+    /// types whose resolver does.
+    fn uses_base(&self) -> bool {
+        true
+    }
 }
 
 /// The minimal `server-wins` behind [`ConflictPolicy::server_wins`]: the
@@ -95,6 +101,9 @@ pub struct ServerWins;
 
 #[async_trait::async_trait]
 impl ConflictResolver for ServerWins {
+    fn uses_base(&self) -> bool {
+        false
+    }
     fn name(&self) -> &str {
         DEFAULT_STRATEGY
     }
@@ -209,6 +218,11 @@ impl ConflictPolicy {
 
     pub fn resolver_for(&self, entity_type: &str) -> &Arc<dyn ConflictResolver> {
         self.per_type.get(entity_type).unwrap_or(&self.default)
+    }
+
+    /// Whether the master keeps past versions of this type's entities.
+    pub fn keeps_versions(&self, entity_type: &str) -> bool {
+        self.resolver_for(entity_type).uses_base()
     }
 
     pub fn available(&self) -> Vec<String> {

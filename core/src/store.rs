@@ -298,6 +298,18 @@ pub trait StoreTx: Send {
     async fn get_entity(&mut self, entity_type: &str, uuid: Uuid) -> StoreResult<Option<Entity>>;
     /// Inserts or replaces the entity keyed by (type, uuid).
     async fn put_entity(&mut self, entity: &Entity) -> StoreResult<()>;
+    /// Master only: keeps `entity` (which has a `rev`) as the version of its
+    /// entity at that revision, so that a later conflict can find the base
+    /// version a client's change started from. Keeping the same revision
+    /// twice changes nothing.
+    async fn put_version(&mut self, entity: &Entity) -> StoreResult<()>;
+    /// Master only: the version of an entity kept at revision `rev`.
+    async fn get_version(
+        &mut self,
+        entity_type: &str,
+        uuid: Uuid,
+        rev: i64,
+    ) -> StoreResult<Option<Entity>>;
 
     // --- client queue -------------------------------------------------------
 

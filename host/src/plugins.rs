@@ -250,6 +250,15 @@ impl ConflictResolver for HostedResolver {
         &self.name
     }
 
+    fn uses_base(&self) -> bool {
+        // The built-ins that decide without a base; a plugin may use it
+        // (plugins cannot take these names).
+        !matches!(
+            self.name.as_str(),
+            "server-wins" | "client-wins" | "last-writer-wins" | "manual"
+        )
+    }
+
     async fn resolve(&self, input: &ConflictInput<'_>) -> Result<Decision, ResolveError> {
         let request = api_input(input, &self.options);
         match &self.backend {

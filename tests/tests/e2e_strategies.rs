@@ -193,8 +193,8 @@ async fn each_type_gets_its_strategy_end_to_end_and_all_nodes_converge() {
     );
     assert_eq!(
         outcome(&s, site),
-        Outcome::ConflictMasterWon,
-        "field-merge without a base: master rule"
+        Outcome::ConflictMerged,
+        "field-merge against the kept base: each side changed another field"
     );
     assert_eq!(
         outcome(&s, report),
@@ -208,7 +208,8 @@ async fn each_type_gets_its_strategy_end_to_end_and_all_nodes_converge() {
     assert_eq!(data_of(m, "Employee", ann).await["full_name"], "Ann B.");
     assert_eq!(
         data_of(m, "Site", site).await,
-        json!({"name": "North", "address": "2 Road"})
+        json!({"name": "North site", "address": "2 Road"}),
+        "three-way: client 2's name and client 1's address both survive"
     );
     assert_eq!(
         data_of(m, "DailyReport", report).await["lines"],
@@ -327,4 +328,49 @@ async fn a_wrong_abi_library_and_a_non_plugin_file_are_refused_at_start() {
         assert!(err.contains(words), "{err}");
         assert!(err.contains(&path), "the message names the file: {err}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn field_merge_is_three_way_against_the_base_version_the_master_kept() {
+    let c = start("\n[conflicts.per_type]\nBrigade = \"field-merge\"\n".to_string()).await;
+    let (c1, c2) = (c.client(0), c.client(1));
+    let crew = create(
+        c1,
+        "Brigade",
+        json!({"name": "Crew", "foreman": "Ivan", "active": true}),
+    )
+    .await;
+    converge(&c).await;
+    // Client 1 renames and deactivates; client 2 changes the foreman and
+    // also deactivates (the same value on both sides is no conflict), then
+    // both change the name differently (changed on both sides: the
+    // declared rule, master's value by default).
+    update(
+        c1,
+        "Brigade",
+        crew,
+        json!({"name": "Crew A", "foreman": "Ivan", "active": false}),
+    )
+    .await;
+    update(
+        c2,
+        "Brigade",
+        crew,
+        json!({"name": "Crew B", "foreman": "Olga", "active": false}),
+    )
+    .await;
+    assert!(sync(&c, 0).await.conflicts.is_empty());
+    let s = sync(&c, 1).await;
+    assert_eq!(outcome(&s, crew), Outcome::ConflictMerged);
+    converge(&c).await;
+    assert_eq!(
+        data_of(c.master(), "Brigade", crew).await,
+        json!({"name": "Crew A", "foreman": "Olga", "active": false}),
+        "foreman from client 2 (only it changed it), name by the rule (master's), active agreed"
+    );
+    // Both losing versions are kept, with the audit record.
+    let history = c.master().store().history(crew).await.unwrap();
+    assert_eq!(history.len(), 2, "{history:?}");
+    assert_eq!(audit_of(&c, crew).await.len(), 1);
+    c.shutdown().await;
 }

@@ -238,6 +238,9 @@ impl Engine {
             }
         }
         tx.put_entity(&entity).await?;
+        if self.identity.role == NodeRole::Master && self.policy.keeps_versions(entity_type) {
+            tx.put_version(&entity).await?;
+        }
         Ok((entity, outcome))
     }
 

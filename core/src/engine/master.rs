@@ -361,6 +361,20 @@ impl Engine {
         Ok(results)
     }
 
+    /// Stores a new master version of an entity, and keeps it as a past
+    /// version when the type's resolver merges against bases.
+    async fn put_master_version(
+        &self,
+        tx: &mut dyn StoreTx,
+        entity: &Entity,
+    ) -> Result<(), ExchangeError> {
+        tx.put_entity(entity).await?;
+        if self.policy.keeps_versions(&entity.entity_type) {
+            tx.put_version(entity).await?;
+        }
+        Ok(())
+    }
+
     /// Stores the incoming version as the master's new one.
     async fn store_incoming(
         &self,
@@ -372,7 +386,7 @@ impl Engine {
         let rev = tx
             .append_revision(None, &c.entity_type, c.uuid, op, Some(origin))
             .await?;
-        tx.put_entity(&Entity {
+        let entity = Entity {
             entity_type: c.entity_type.clone(),
             uuid: c.uuid,
             updated_at: c.updated_at,
@@ -380,8 +394,8 @@ impl Engine {
             data: c.data.clone(),
             rev: Some(rev),
             origin: Some(origin),
-        })
-        .await?;
+        };
+        self.put_master_version(tx, &entity).await?;
         Ok(rev)
     }
 
@@ -395,6 +409,11 @@ impl Engine {
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<ChangeResult, ExchangeError> {
         let resolver = self.policy.resolver_for(&c.entity_type).clone();
+        // The version both sides started from, when the master kept it.
+        let base = match c.base_rev {
+            Some(r) if resolver.uses_base() => tx.get_version(&c.entity_type, c.uuid, r).await?,
+            _ => None,
+        };
         let input = ConflictInput {
             entity_type: &c.entity_type,
             entity_uuid: c.uuid,
@@ -410,7 +429,12 @@ impl Engine {
                 updated_at: c.updated_at,
                 node_id: Some(node.id),
             },
-            base: None,
+            base: base.as_ref().map(|b| Version {
+                data: &b.data,
+                is_deleted: b.is_deleted,
+                updated_at: b.updated_at,
+                node_id: b.origin,
+            }),
             schema: self.registry.get(&c.entity_type).map(|t| &t.schema),
         };
         let decision = match resolver.resolve(&input).await {
@@ -483,7 +507,7 @@ impl Engine {
                         Some(self.identity.node_id),
                     )
                     .await?;
-                tx.put_entity(&Entity {
+                let merged = Entity {
                     entity_type: c.entity_type.clone(),
                     uuid: c.uuid,
                     updated_at: crate::entity::next_updated_at(Some(
@@ -493,8 +517,8 @@ impl Engine {
                     data: v.clone(),
                     rev: Some(rev),
                     origin: Some(self.identity.node_id),
-                })
-                .await?;
+                };
+                self.put_master_version(tx, &merged).await?;
                 (Outcome::ConflictMerged, rev)
             }
         };

@@ -120,6 +120,56 @@ impl StoreTx for PgTx {
         Ok(())
     }
 
+    async fn put_version(&mut self, entity: &Entity) -> StoreResult<()> {
+        let rev = entity.rev.ok_or_else(|| {
+            StoreError::corrupt(format!(
+                "a version of {} {} without a revision",
+                entity.entity_type, entity.uuid
+            ))
+        })?;
+        let data = jsonb(
+            "keeping an entity version",
+            "the entity's data",
+            &entity.data,
+        )?;
+        sqlx::query(
+            "INSERT INTO entity_versions (entity_type, uuid, rev, updated_at, is_deleted, data, origin_node_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (entity_type, uuid, rev) DO NOTHING",
+        )
+        .bind(entity.entity_type.as_str())
+        .bind(entity.uuid)
+        .bind(rev)
+        .bind(entity.updated_at)
+        .bind(entity.is_deleted)
+        .bind(data)
+        .bind(entity.origin)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("keeping an entity version", e))?;
+        Ok(())
+    }
+
+    async fn get_version(
+        &mut self,
+        entity_type: &str,
+        uuid: Uuid,
+        rev: i64,
+    ) -> StoreResult<Option<Entity>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            crate::rows::entity_cols!(),
+            " FROM entity_versions WHERE entity_type = $1 AND uuid = $2 AND rev = $3"
+        ))
+        .bind(entity_type)
+        .bind(uuid)
+        .bind(rev)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("reading an entity version", e))?;
+        row.as_ref().map(rows::entity_from_row).transpose()
+    }
+
     /// A coalesced row keeps its id (place in the queue) and its
     /// `created_at`.
     async fn queue_change(

@@ -21,11 +21,33 @@ pub(crate) struct Migration {
     pub(crate) sql: &'static str,
 }
 
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial schema",
-    sql: V1_INITIAL,
-}];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial schema",
+        sql: V1_INITIAL,
+    },
+    Migration {
+        version: 2,
+        name: "entity versions (base versions for three-way merges)",
+        sql: V2_ENTITY_VERSIONS,
+    },
+];
+
+/// Master only: past versions of entities by revision, so that a conflict
+/// can be merged against the version both sides started from.
+const V2_ENTITY_VERSIONS: &str = r#"
+CREATE TABLE entity_versions (
+    entity_type    TEXT NOT NULL,
+    uuid           TEXT NOT NULL,
+    rev            INTEGER NOT NULL,
+    updated_at     TEXT NOT NULL,
+    is_deleted     INTEGER NOT NULL CHECK (is_deleted IN (0, 1)),
+    data           TEXT NOT NULL,
+    origin_node_id TEXT,
+    PRIMARY KEY (entity_type, uuid, rev)
+);
+"#;
 
 /// The schema version this code creates and understands.
 pub(crate) fn latest_version() -> i64 {

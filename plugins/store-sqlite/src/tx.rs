@@ -129,6 +129,53 @@ impl StoreTx for SqliteTx {
         Ok(())
     }
 
+    async fn put_version(&mut self, entity: &Entity) -> StoreResult<()> {
+        let rev = entity.rev.ok_or_else(|| {
+            StoreError::corrupt(format!(
+                "a version of {} {} without a revision",
+                entity.entity_type, entity.uuid
+            ))
+        })?;
+        sqlx::query(
+            "INSERT INTO entity_versions (entity_type, uuid, rev, updated_at, is_deleted, data, origin_node_id)
+             VALUES (?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (entity_type, uuid, rev) DO NOTHING",
+        )
+        .bind(entity.entity_type.as_str())
+        .bind(uuid_text(entity.uuid))
+        .bind(rev)
+        .bind(ts_text(entity.updated_at))
+        .bind(entity.is_deleted)
+        .bind(json_text(&entity.data))
+        .bind(opt_uuid_text(entity.origin))
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("keeping an entity version", e))?;
+        Ok(())
+    }
+
+    async fn get_version(
+        &mut self,
+        entity_type: &str,
+        uuid: Uuid,
+        rev: i64,
+    ) -> StoreResult<Option<Entity>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            crate::queries::entity_cols!(),
+            " FROM entity_versions WHERE entity_type = ? AND uuid = ? AND rev = ?"
+        ))
+        .bind(entity_type)
+        .bind(uuid_text(uuid))
+        .bind(rev)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("reading an entity version", e))?;
+        row.as_ref()
+            .map(crate::queries::entity_from_row)
+            .transpose()
+    }
+
     /// A coalesced row keeps its id (place in the queue) and its
     /// `created_at` (when the change was first registered).
     async fn queue_change(

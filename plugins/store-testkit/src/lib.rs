@@ -99,6 +99,7 @@ macro_rules! store_conformance_suite {
             put_entity_replaces_the_previous_version,
             listing_pages_by_uuid_with_an_exclusive_cursor,
             dump_orders_by_type_then_uuid_and_includes_deleted,
+            past_versions_are_kept_by_revision_once,
             // client queue
             coalescing_keeps_the_row_and_its_place_and_applies_the_rule,
             a_sent_row_and_a_new_unsent_row_coexist_until_acknowledged,

@@ -4,11 +4,12 @@
 //! A field changed on one side only takes that side's value. A field
 //! changed on both sides to different values falls back to the option
 //! `on_both_changed`: `master` (default), `incoming`, or `defer` (a person
-//! decides the whole conflict). **When the base is unknown** — today always,
-//! the master does not keep base versions yet — every field whose values
-//! differ counts as changed on both sides, so the option decides every
-//! differing field (with the default, field-merge then keeps the master's
-//! version, like server-wins).
+//! decides the whole conflict). The master keeps past versions for types
+//! whose resolver uses a base and passes the one the change was based on.
+//! **When the base is unknown** (a version stored before that) every field
+//! whose values differ counts as changed on both sides, so the option
+//! decides every differing field (with the default, field-merge then keeps
+//! the master's version, like server-wins).
 //!
 //! A deletion on one side against an edit on the other is a whole-entity
 //! question: the option decides it too. Merged data is validated by the

@@ -180,3 +180,35 @@ pub async fn dump_orders_by_type_then_uuid_and_includes_deleted(s: &Subject) {
         ]
     );
 }
+
+pub async fn past_versions_are_kept_by_revision_once(s: &Subject) {
+    let store = s.store.as_ref();
+    let mut v3 = entity("Report", id(1), json!({"v": 3, "lines": [{"h": 1.5}]}));
+    v3.rev = Some(3);
+    v3.origin = Some(id(7));
+    let mut v5 = v3.clone();
+    v5.rev = Some(5);
+    v5.data = json!({"v": 5});
+    v5.is_deleted = true;
+    let mut tx = store.begin().await.unwrap();
+    tx.put_version(&v3).await.unwrap();
+    tx.put_version(&v5).await.unwrap();
+    // Keeping revision 3 again changes nothing.
+    let mut again = v3.clone();
+    again.data = json!({"v": "changed"});
+    tx.put_version(&again).await.unwrap();
+    assert_eq!(
+        tx.get_version("Report", id(1), 3).await.unwrap(),
+        Some(v3.clone())
+    );
+    assert_eq!(tx.get_version("Report", id(1), 5).await.unwrap(), Some(v5));
+    assert_eq!(tx.get_version("Report", id(1), 4).await.unwrap(), None);
+    assert_eq!(tx.get_version("Other", id(1), 3).await.unwrap(), None);
+    // A version without a revision is refused, not stored.
+    let mut norev = v3.clone();
+    norev.rev = None;
+    assert!(tx.put_version(&norev).await.is_err());
+    drop(tx);
+    // Versions are not entities.
+    assert!(store.get_entity("Report", id(1)).await.unwrap().is_none());
+}

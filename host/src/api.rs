@@ -304,9 +304,50 @@ pub fn routes(
         .unify()
 }
 
+/// A request without the local API's token.
+#[derive(Debug)]
+pub struct Unauthorized;
+impl warp::reject::Reject for Unauthorized {}
+
+/// Lets a request through when the API has no token, or when it carries
+/// `Authorization: Bearer <token>`; `GET /health` is always open. Tokens are
+/// compared as SHA-256 digests, so the comparison time says nothing about
+/// the secret.
+pub fn authorized(
+    token: Option<String>,
+) -> impl Filter<Extract = (), Error = warp::Rejection> + Clone + Send + Sync + 'static {
+    let expected = Arc::new(token.map(|t| crate::auth::token_hash(t.trim())));
+    warp::path::full()
+        .and(warp::header::optional::<String>("authorization"))
+        .and_then(move |path: warp::path::FullPath, header: Option<String>| {
+            let expected = expected.clone();
+            async move {
+                let Some(expected) = expected.as_deref() else {
+                    return Ok(());
+                };
+                let given = header
+                    .as_deref()
+                    .and_then(|h| h.strip_prefix("Bearer "))
+                    .map(|t| crate::auth::token_hash(t.trim()));
+                if path.as_str() == "/health" || given.as_deref() == Some(expected) {
+                    Ok(())
+                } else {
+                    Err(warp::reject::custom(Unauthorized))
+                }
+            }
+        })
+        .untuple_one()
+}
+
 /// Turns rejections (no route, wrong method, body too large) into JSON.
 pub async fn recover(r: warp::Rejection) -> Result<Response, Infallible> {
-    let (status, code, message) = if r.is_not_found() {
+    let (status, code, message) = if r.find::<Unauthorized>().is_some() {
+        (
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "this local API requires `Authorization: Bearer <token>` ([api].token)".to_string(),
+        )
+    } else if r.is_not_found() {
         (
             StatusCode::NOT_FOUND,
             "not_found",

@@ -885,7 +885,7 @@ async fn sync_command(config: Config, show_progress: bool) -> Result<serde_json:
             node.engine.store().close().await;
             Ok(serde_json::to_value(result?).unwrap_or_default())
         }
-        None => crate::local_client::post_sync(config.api.addr).await,
+        None => crate::local_client::post_sync(config.api.addr, config.api.token.as_deref()).await,
     }
 }
 

@@ -173,16 +173,30 @@ impl Default for ListenConfig {
 }
 
 /// `[api]`: the local entity API (plain HTTP; loopback by default).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
     pub addr: SocketAddr,
+    /// A bearer token every request but `GET /health` must carry
+    /// (`Authorization: Bearer …`). Required when `addr` is not a loopback
+    /// address; `HUBSYNC_API__TOKEN` keeps it out of the file.
+    pub token: Option<String>,
+}
+
+impl fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("addr", &self.addr)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            token: None,
         }
     }
 }
@@ -503,7 +517,7 @@ impl Config {
         if !config.api.addr.ip().is_loopback() {
             tracing::warn!(
                 addr = %config.api.addr,
-                "the local API is plain HTTP without authentication and listens beyond loopback"
+                "the local API is plain HTTP and listens beyond loopback: its token travels in clear; put it behind TLS"
             );
         }
         Ok(config)
@@ -561,6 +575,24 @@ impl Config {
 
     fn problems(&self) -> Vec<ConfigProblem> {
         let mut problems = Vec::new();
+        if !self.api.addr.ip().is_loopback()
+            && self
+                .api
+                .token
+                .as_deref()
+                .is_none_or(|t| t.trim().is_empty())
+        {
+            problems.push(
+                ConfigProblem::new(
+                    "api.addr",
+                    format!(
+                        "{} is not a loopback address, and the local API has no token: anyone who can reach it could read and write every entity",
+                        self.api.addr
+                    ),
+                )
+                .hint("bind it to 127.0.0.1, or set [api].token (or HUBSYNC_API__TOKEN) to a long random secret"),
+            );
+        }
         let mut empty_path = |key: &str, path: &Path| {
             if path.as_os_str().is_empty() {
                 problems.push(ConfigProblem::new(key, "must not be empty"));
@@ -822,6 +854,9 @@ impl Config {
         );
         let _ = writeln!(w, "[api]");
         let _ = writeln!(w, "addr = {}", toml_string(&self.api.addr.to_string()));
+        if let Some(token) = &self.api.token {
+            let _ = writeln!(w, "token = {}", toml_string(token));
+        }
         if let Some(master) = &self.master {
             let _ = writeln!(w);
             let _ = writeln!(w, "# The master this client syncs with.");
@@ -1539,6 +1574,41 @@ max_packet_entities = 0
         assert!(
             err.to_string().contains("/nonexistent/hubsync.toml"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn a_local_api_beyond_loopback_needs_a_token() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("hubsync.toml");
+        let base = "mode = \"master\"\n[listen]\naddr = \"127.0.0.1:8443\"\n";
+        std::fs::write(&path, format!("{base}[api]\naddr = \"0.0.0.0:8080\"\n")).expect("write");
+        let err = Config::load_with_env(&path, &[]).expect_err("refused without a token");
+        assert!(
+            err.problems()
+                .iter()
+                .any(|p| p.key == "api.addr" && p.message.contains("no token")),
+            "{err}"
+        );
+        std::fs::write(
+            &path,
+            format!("{base}[api]\naddr = \"0.0.0.0:8080\"\ntoken = \"a-long-random-secret\"\n"),
+        )
+        .expect("write");
+        let config = Config::load_with_env(&path, &[]).expect("accepted with a token");
+        assert!(
+            !format!("{config:?}").contains("a-long-random-secret"),
+            "Debug redacts the token"
+        );
+        let env = [("HUBSYNC_API__TOKEN".to_string(), "from-env".to_string())];
+        std::fs::write(&path, format!("{base}[api]\naddr = \"0.0.0.0:8080\"\n")).expect("write");
+        assert_eq!(
+            Config::load_with_env(&path, &env)
+                .expect("env token")
+                .api
+                .token
+                .as_deref(),
+            Some("from-env")
         );
     }
 }

@@ -18,6 +18,17 @@ pub async fn request(
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> Result<(u16, serde_json::Value), std::io::Error> {
+    request_with_token(addr, method, path, body, None).await
+}
+
+/// [`request`] with the local API's bearer token, when it has one.
+pub async fn request_with_token(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    token: Option<&str>,
+) -> Result<(u16, serde_json::Value), std::io::Error> {
     let io_err = |e: &dyn std::fmt::Display| std::io::Error::other(e.to_string());
     let stream = tokio::net::TcpStream::connect(addr).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -28,10 +39,14 @@ pub async fn request(
         Some(v) => Bytes::from(serde_json::to_vec(v).map_err(|e| io_err(&e))?),
         None => Bytes::new(),
     };
-    let req = hyper::Request::builder()
+    let mut req = hyper::Request::builder()
         .method(method)
         .uri(path)
-        .header("host", addr.to_string())
+        .header("host", addr.to_string());
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = req
         .header("content-type", "application/json")
         .header("content-length", bytes.len().to_string())
         .body(Full::new(bytes))
@@ -51,8 +66,11 @@ pub async fn request(
 }
 
 /// `POST /api/v1/sync` on the node's local API; returns the summary.
-pub async fn post_sync(api_addr: SocketAddr) -> Result<serde_json::Value, HostError> {
-    let (status, value) = request(api_addr, "POST", "/api/v1/sync", None)
+pub async fn post_sync(
+    api_addr: SocketAddr,
+    token: Option<&str>,
+) -> Result<serde_json::Value, HostError> {
+    let (status, value) = request_with_token(api_addr, "POST", "/api/v1/sync", None, token)
         .await
         .map_err(|e| {
             HostError::Other(format!(

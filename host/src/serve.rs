@@ -49,7 +49,8 @@ impl RunningNode {
         let config = &node.config;
         let mut servers = Vec::new();
         let api_listener = bind(config.api.addr, "local API").await?;
-        let api = crate::api::routes(node.clone())
+        let api = crate::api::authorized(config.api.token.clone())
+            .and(crate::api::routes(node.clone()))
             .recover(crate::api::recover)
             .unify();
         let api_handle = serve_http(api_listener, api).await;

@@ -575,3 +575,65 @@ fn dechunk(mut rest: &str) -> anyhow::Result<String> {
         rest = after[size..].trim_start_matches("\r\n");
     }
 }
+
+/// The scenario vocabulary the end-to-end tests share: each step is bounded
+/// and panics saying what failed.
+pub mod scenario {
+    use hubsync_core::Engine;
+    use hubsync_core::engine::SyncSummary;
+    use serde_json::Value;
+    use uuid::Uuid;
+
+    use crate::{Cluster, ClusterOptions, bounded, dump};
+
+    /// A master (with `master_toml` appended to its configuration) and
+    /// `clients` clients.
+    pub async fn start_with(clients: usize, master_toml: String) -> Cluster {
+        bounded(
+            "starting the cluster",
+            Cluster::start(
+                clients,
+                ClusterOptions {
+                    master_toml,
+                    ..ClusterOptions::default()
+                },
+            ),
+        )
+        .await
+        .expect("the cluster starts")
+    }
+
+    pub async fn sync(c: &Cluster, i: usize) -> SyncSummary {
+        bounded(&format!("sync of client {i}"), c.sync(i))
+            .await
+            .unwrap_or_else(|e| panic!("sync of client {i} failed: {e:#}"))
+    }
+
+    pub async fn create(e: &Engine, ty: &str, data: Value) -> Uuid {
+        e.create(ty, None, data)
+            .await
+            .unwrap_or_else(|err| panic!("creating a {ty}: {err}"))
+            .uuid
+    }
+
+    pub async fn update(e: &Engine, ty: &str, uuid: Uuid, data: Value) {
+        e.put(ty, uuid, data)
+            .await
+            .unwrap_or_else(|err| panic!("updating {ty} {uuid}: {err}"));
+    }
+
+    /// Syncs until quiet, then every client holds exactly the master's state.
+    pub async fn converge(c: &Cluster) {
+        bounded("syncing until quiet", c.sync_until_quiet(6))
+            .await
+            .expect("the cluster becomes quiet");
+        let master = dump(c.master()).await.expect("master dump");
+        for i in 0..c.clients.len() {
+            assert_eq!(
+                dump(c.client(i)).await.expect("client dump"),
+                master,
+                "client {i} does not hold the master's state"
+            );
+        }
+    }
+}

@@ -12,47 +12,18 @@ use hubsync_core::engine::SyncSummary;
 use hubsync_core::protocol::Outcome;
 use hubsync_core::store::AuditRecord;
 use hubsync_resolver_testkit::cdylib::hubsync_test_plugins;
-use hubsync_tests::{Cluster, ClusterOptions, bounded, dump};
+use hubsync_tests::scenario::{converge, create, start_with, sync, update};
+use hubsync_tests::{Cluster, ClusterOptions};
 use serde_json::{Value, json};
 use uuid::Uuid;
+
+async fn start(master_toml: String) -> Cluster {
+    start_with(2, master_toml).await
+}
 
 fn plugin_path(package: &str) -> String {
     let libs = hubsync_test_plugins().unwrap_or_else(|e| panic!("building test plugins: {e}"));
     libs[package].display().to_string()
-}
-
-async fn start(master_toml: String) -> Cluster {
-    bounded(
-        "starting the cluster",
-        Cluster::start(
-            2,
-            ClusterOptions {
-                master_toml,
-                ..ClusterOptions::default()
-            },
-        ),
-    )
-    .await
-    .expect("the cluster starts")
-}
-
-async fn sync(c: &Cluster, i: usize) -> SyncSummary {
-    bounded(&format!("sync of client {i}"), c.sync(i))
-        .await
-        .unwrap_or_else(|e| panic!("sync of client {i} failed: {e:#}"))
-}
-
-async fn create(e: &Engine, ty: &str, data: Value) -> Uuid {
-    e.create(ty, None, data)
-        .await
-        .unwrap_or_else(|err| panic!("creating a {ty}: {err}"))
-        .uuid
-}
-
-async fn update(e: &Engine, ty: &str, uuid: Uuid, data: Value) {
-    e.put(ty, uuid, data)
-        .await
-        .unwrap_or_else(|err| panic!("updating {ty} {uuid}: {err}"));
 }
 
 async fn data_of(e: &Engine, ty: &str, uuid: Uuid) -> Value {
@@ -60,21 +31,6 @@ async fn data_of(e: &Engine, ty: &str, uuid: Uuid) -> Value {
         .await
         .unwrap_or_else(|err| panic!("reading {ty} {uuid}: {err}"))
         .data
-}
-
-/// Syncs until quiet, then every client holds exactly the master's state.
-async fn converge(c: &Cluster) {
-    bounded("syncing until quiet", c.sync_until_quiet(6))
-        .await
-        .expect("the cluster becomes quiet");
-    let master = dump(c.master()).await.expect("master dump");
-    for i in 0..c.clients.len() {
-        assert_eq!(
-            dump(c.client(i)).await.expect("client dump"),
-            master,
-            "client {i} does not hold the master's state"
-        );
-    }
 }
 
 async fn audit_of(c: &Cluster, uuid: Uuid) -> Vec<AuditRecord> {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hubsync_resolver_testkit::cdylib::hubsync_test_plugins;
+use hubsync_resolver_testkit::cdylib::test_plugin_path;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hubsync");
@@ -57,8 +57,7 @@ fn hubsync(cwd: &Path, args: &[&str]) -> Run {
 }
 
 fn lib(package: &str) -> String {
-    let libs = hubsync_test_plugins().unwrap_or_else(|e| panic!("building test plugins: {e}"));
-    libs[package].display().to_string()
+    test_plugin_path(package)
 }
 
 /// `plugin check PATH` must fail (non-zero, `words` on stderr) and say the

@@ -11,7 +11,7 @@ use hubsync_core::Engine;
 use hubsync_core::engine::SyncSummary;
 use hubsync_core::protocol::Outcome;
 use hubsync_core::store::AuditRecord;
-use hubsync_resolver_testkit::cdylib::hubsync_test_plugins;
+use hubsync_resolver_testkit::cdylib::test_plugin_path;
 use hubsync_tests::scenario::{converge, create, start_with, sync, update};
 use hubsync_tests::{Cluster, ClusterOptions};
 use serde_json::{Value, json};
@@ -19,11 +19,6 @@ use uuid::Uuid;
 
 async fn start(master_toml: String) -> Cluster {
     start_with(2, master_toml).await
-}
-
-fn plugin_path(package: &str) -> String {
-    let libs = hubsync_test_plugins().unwrap_or_else(|e| panic!("building test plugins: {e}"));
-    libs[package].display().to_string()
 }
 
 async fn data_of(e: &Engine, ty: &str, uuid: Uuid) -> Value {
@@ -56,7 +51,7 @@ fn line(employee: Uuid, task: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_type_gets_its_strategy_end_to_end_and_all_nodes_converge() {
-    let merge_lines = plugin_path("hubsync-example-merge-report-lines");
+    let merge_lines = test_plugin_path("hubsync-example-merge-report-lines");
     let c = start(format!(
         "\n[conflicts.per_type]\nBrigade = \"client-wins\"\nEmployee = \"last-writer-wins\"\nSite = \"field-merge\"\nDailyReport = \"merge-report-lines\"\n\n[[plugins]]\npath = {merge_lines:?}\n"
     ))
@@ -188,7 +183,7 @@ async fn each_type_gets_its_strategy_end_to_end_and_all_nodes_converge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panicking_hanging_and_failing_plugins_defer_their_conflicts_and_the_master_keeps_serving()
 {
-    let misbehaving = plugin_path("hubsync-test-misbehaving-resolver");
+    let misbehaving = test_plugin_path("hubsync-test-misbehaving-resolver");
     let c = start(format!(
         "\n[conflicts.per_type]\nDailyReport = \"misbehaving\"\nBrigade = \"manual\"\n\n[[plugins]]\npath = {misbehaving:?}\n"
     ))
@@ -258,7 +253,7 @@ async fn panicking_hanging_and_failing_plugins_defer_their_conflicts_and_the_mas
 
 #[tokio::test]
 async fn a_wrong_abi_library_and_a_non_plugin_file_are_refused_at_start() {
-    let bad_abi = plugin_path("hubsync-test-bad-abi-resolver");
+    let bad_abi = test_plugin_path("hubsync-test-bad-abi-resolver");
     let dir = tempfile::tempdir().expect("tempdir");
     let text_file = dir.path().join("x.so");
     std::fs::write(&text_file, "not a library").expect("write");

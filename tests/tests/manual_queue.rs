@@ -8,7 +8,7 @@ use hubsync::serve::RunningNode;
 use hubsync_core::engine::{Choice, SyncSummary};
 use hubsync_core::protocol::Outcome;
 use hubsync_core::{Engine, EngineError};
-use hubsync_resolver_testkit::cdylib::hubsync_test_plugins;
+use hubsync_resolver_testkit::cdylib::test_plugin_path;
 use hubsync_tests::scenario::{converge, create, start_with, sync, update};
 use hubsync_tests::{Cluster, bounded};
 use serde_json::{Value, json};
@@ -297,10 +297,7 @@ async fn deferred_conflicts_wait_in_the_queue_and_each_resolution_reaches_every_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflicts_deferred_by_a_panicking_or_hanging_plugin_are_resolved_through_the_queue() {
-    let libs = hubsync_test_plugins().unwrap_or_else(|e| panic!("building test plugins: {e}"));
-    let misbehaving = libs["hubsync-test-misbehaving-resolver"]
-        .display()
-        .to_string();
+    let misbehaving = test_plugin_path("hubsync-test-misbehaving-resolver");
     let c = start(format!(
         "\n[conflicts.per_type]\nDailyReport = \"misbehaving\"\n\n[[plugins]]\npath = {misbehaving:?}\n"
     ))

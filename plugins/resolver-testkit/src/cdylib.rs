@@ -120,6 +120,17 @@ pub fn build_cdylib(package: &str, features: &[&str]) -> Result<PathBuf, String>
     build_cdylibs(&[(package, features)]).map(|mut v| v.remove(0))
 }
 
+/// The path of one of [`hubsync_test_plugins`]' libraries, as text for a
+/// configuration file; panics with the build's message if it cannot be had
+/// (a test cannot go on without it).
+pub fn test_plugin_path(package: &str) -> String {
+    let libs = hubsync_test_plugins().unwrap_or_else(|e| panic!("building test plugins: {e}"));
+    match libs.get(package) {
+        Some(p) => p.display().to_string(),
+        None => panic!("{package} is not one of the test plugins"),
+    }
+}
+
 /// Every library hubsync's own tests load: the five built-ins (with their
 /// `export` feature), the example plugin and the two test fixtures. Built
 /// in one cargo run. Returned by package name.

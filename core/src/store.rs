@@ -19,6 +19,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::entity::{Entity, Operation};
+use crate::security::{SecurityEvent, SecurityEventQuery};
 
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -246,6 +247,40 @@ pub struct AuditRecord {
     pub detail: String,
 }
 
+/// A change received but not applied yet because an entity it references is
+/// not in this store (contract §7.8). It is applied when that entity
+/// arrives, or handed to a person when it never does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldChange {
+    /// Assigned by the store (0 before it is stored).
+    pub id: i64,
+    /// The node the change came from (on a client, the master).
+    pub source_node: Uuid,
+    pub entity_type: String,
+    pub uuid: Uuid,
+    /// The change as it arrived (a `WireChange` in JSON).
+    pub change: Value,
+    /// The first missing reference: its type and uuid.
+    pub waiting_type: String,
+    pub waiting_for: Uuid,
+    /// The packet that carried it.
+    pub packet_no: i64,
+    pub held_at: DateTime<Utc>,
+}
+
+/// One reference held by a live entity: `source` refers to `target` at
+/// `pointer` (the reference's location, e.g. `/lines/*/employee`). The
+/// store keeps these as an index so that deleting an entity finds the live
+/// entities that still refer to it without scanning the data.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EntityRef {
+    pub source_type: String,
+    pub source_uuid: Uuid,
+    pub pointer: String,
+    pub target_type: String,
+    pub target_uuid: Uuid,
+}
+
 /// A page of entities of one type, ordered by uuid.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Page {
@@ -276,10 +311,24 @@ pub trait Store: Send + Sync + 'static {
     async fn count_queued(&self, node: Uuid) -> StoreResult<i64>;
     /// Number of change-log revisions above `rev` (master: a node's lag).
     async fn count_revisions_after(&self, rev: i64, node: Uuid) -> StoreResult<i64>;
+    /// Number of held changes (waiting for a reference to arrive).
+    async fn count_held(&self) -> StoreResult<i64>;
     /// Stored versions of an entity, oldest first.
     async fn history(&self, entity_uuid: Uuid) -> StoreResult<Vec<HistoryRecord>>;
     /// Audit records of an entity, oldest first (all entities when None).
     async fn audit(&self, entity_uuid: Option<Uuid>, limit: u32) -> StoreResult<Vec<AuditRecord>>;
+
+    // --- security events (outside data transactions) ------------------------
+
+    /// Appends a security event, committed on return (an event is recorded
+    /// whether or not any data transaction happens around it).
+    async fn record_security_event(&self, event: &SecurityEvent) -> StoreResult<()>;
+    /// The newest `query.limit` events matching every filter of `query`,
+    /// newest first (events recorded at the same instant: last recorded
+    /// first).
+    async fn security_events(&self, query: &SecurityEventQuery) -> StoreResult<Vec<SecurityEvent>>;
+    /// Deletes the events recorded before `before`; returns how many.
+    async fn prune_security_events(&self, before: DateTime<Utc>) -> StoreResult<u64>;
     /// Closes pools; pending transactions are rolled back.
     async fn close(&self);
 }
@@ -381,6 +430,34 @@ pub trait StoreTx: Send {
         after_rev: i64,
         limit: u32,
     ) -> StoreResult<Vec<(Revision, Entity)>>;
+
+    // --- referential integrity ---------------------------------------------
+
+    /// Replaces the references recorded for the entity `(entity_type, uuid)`
+    /// with `refs` (empty: the entity refers to nothing, e.g. once deleted).
+    async fn set_references(
+        &mut self,
+        entity_type: &str,
+        uuid: Uuid,
+        refs: &[EntityRef],
+    ) -> StoreResult<()>;
+    /// The recorded references to `(target_type, target)`, ordered by
+    /// (source_type, source_uuid, pointer).
+    async fn referrers(&mut self, target_type: &str, target: Uuid) -> StoreResult<Vec<EntityRef>>;
+    /// Keeps a change until what it references arrives. A change held
+    /// before for the same (source node, type, uuid) is replaced (the newer
+    /// version supersedes it).
+    async fn hold_change(&mut self, held: &HeldChange) -> StoreResult<()>;
+    /// The held changes waiting for the entity `target`, oldest first.
+    async fn held_waiting_for(&mut self, target: Uuid) -> StoreResult<Vec<HeldChange>>;
+    /// Up to `limit` held changes held before `before`, oldest first.
+    async fn held_before(
+        &mut self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<HeldChange>>;
+    /// Forgets a held change (applied, or handed to a person).
+    async fn release_held(&mut self, id: i64) -> StoreResult<()>;
 
     // --- nodes, history, audit ---------------------------------------------
 

@@ -6,7 +6,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use hubsync_core::entity::Entity;
+use hubsync_core::security::{SecurityEvent, SecurityEventKind, SecurityEventQuery};
 use hubsync_core::store::{
     AuditRecord, HistoryRecord, NodeRecord, Page, PoolOptions, Store, StoreError, StoreResult,
     StoreTx,
@@ -242,6 +244,14 @@ impl Store for PostgresStore {
         RowReader::new(&row, "sync_changes").i64("n")
     }
 
+    async fn count_held(&self) -> StoreResult<i64> {
+        let row = sqlx::query("SELECT count(*) AS n FROM held_changes")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| StoreError::backend("counting held changes", e))?;
+        RowReader::new(&row, "held_changes").i64("n")
+    }
+
     async fn count_revisions_after(&self, rev: i64, node: Uuid) -> StoreResult<i64> {
         let row = sqlx::query(
             "SELECT count(*) AS n FROM sync_changes
@@ -294,6 +304,67 @@ impl Store for PostgresStore {
         }
         .map_err(|e| StoreError::backend("reading the conflict audit", e))?;
         rows.iter().map(audit_from_row).collect()
+    }
+
+    async fn record_security_event(&self, event: &SecurityEvent) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO security_events (at, kind, node_id, node_code, peer, detail)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(event.at)
+        .bind(event.kind.as_str())
+        .bind(event.node_id)
+        .bind(event.node_code.as_deref())
+        .bind(event.peer.as_deref())
+        .bind(&event.detail)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| StoreError::backend("recording a security event", e))?;
+        Ok(())
+    }
+
+    async fn security_events(&self, query: &SecurityEventQuery) -> StoreResult<Vec<SecurityEvent>> {
+        let rows = sqlx::query(
+            "SELECT at, kind, node_id, node_code, peer, detail FROM security_events
+             WHERE ($1::timestamptz IS NULL OR at >= $1) AND ($2::text IS NULL OR kind = $2)
+               AND ($3::uuid IS NULL OR node_id = $3)
+             ORDER BY at DESC, id DESC LIMIT $4",
+        )
+        .bind(query.since)
+        .bind(query.kind.map(SecurityEventKind::as_str))
+        .bind(query.node_id)
+        .bind(i64::from(query.limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| StoreError::backend("reading security events", e))?;
+        rows.iter()
+            .map(|row| {
+                let r = RowReader::new(row, "security_events");
+                let kind = r.text("kind")?;
+                Ok(SecurityEvent {
+                    at: r.ts("at")?,
+                    kind: SecurityEventKind::parse(&kind).ok_or_else(|| {
+                        StoreError::corrupt(format!(
+                            "security_events.kind: {kind:?} is not a security event kind ({})",
+                            SecurityEventKind::names()
+                        ))
+                    })?,
+                    node_id: r.opt_uuid("node_id")?,
+                    node_code: r.opt_text("node_code")?,
+                    peer: r.opt_text("peer")?,
+                    detail: r.text("detail")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn prune_security_events(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        let done = sqlx::query("DELETE FROM security_events WHERE at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| StoreError::backend("pruning security events", e))?;
+        Ok(done.rows_affected())
     }
 
     async fn close(&self) {

@@ -4,8 +4,8 @@
 
 use hubsync_core::entity::{Entity, Operation, now_utc};
 use hubsync_core::store::{
-    AuditRecord, HistoryRecord, NodeRecord, QueuedChange, Revision, StoreError, StoreResult,
-    StoreTx,
+    AuditRecord, EntityRef, HeldChange, HistoryRecord, NodeRecord, QueuedChange, Revision,
+    StoreError, StoreResult, StoreTx,
 };
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
@@ -15,6 +15,21 @@ use crate::locks::WRITE_LOCK;
 use crate::rows::{
     self, node_cols, node_from_row, queued_cols, queued_from_row, revision_from_row,
 };
+
+fn held_from_row(row: &sqlx::postgres::PgRow) -> StoreResult<HeldChange> {
+    let r = RowReader::new(row, "held_changes");
+    Ok(HeldChange {
+        id: r.i64("id")?,
+        source_node: r.uuid("source_node")?,
+        entity_type: r.text("entity_type")?,
+        uuid: r.uuid("uuid")?,
+        change: r.json("change")?,
+        waiting_type: r.text("waiting_type")?,
+        waiting_for: r.uuid("waiting_for")?,
+        packet_no: r.i64("packet_no")?,
+        held_at: r.ts("held_at")?,
+    })
+}
 
 pub(crate) struct PgTx {
     tx: Transaction<'static, Postgres>,
@@ -486,6 +501,138 @@ impl StoreTx for PgTx {
         .execute(&mut *self.tx)
         .await
         .map_err(|e| StoreError::backend("recording an entity version", e))?;
+        Ok(())
+    }
+
+    async fn set_references(
+        &mut self,
+        entity_type: &str,
+        uuid: Uuid,
+        refs: &[EntityRef],
+    ) -> StoreResult<()> {
+        self.lock_writes().await?;
+        sqlx::query("DELETE FROM entity_refs WHERE source_type = $1 AND source_uuid = $2")
+            .bind(entity_type)
+            .bind(uuid)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(|e| StoreError::backend("replacing an entity's references", e))?;
+        if refs.is_empty() {
+            return Ok(());
+        }
+        let pointers: Vec<&str> = refs.iter().map(|r| r.pointer.as_str()).collect();
+        let types: Vec<&str> = refs.iter().map(|r| r.target_type.as_str()).collect();
+        let targets: Vec<Uuid> = refs.iter().map(|r| r.target_uuid).collect();
+        sqlx::query(
+            "INSERT INTO entity_refs (source_type, source_uuid, pointer, target_type, target_uuid)
+             SELECT $1, $2, p, t, u FROM unnest($3::text[], $4::text[], $5::uuid[]) AS x(p, t, u)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(entity_type)
+        .bind(uuid)
+        .bind(&pointers)
+        .bind(&types)
+        .bind(&targets)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("recording an entity's references", e))?;
+        Ok(())
+    }
+
+    async fn referrers(&mut self, target_type: &str, target: Uuid) -> StoreResult<Vec<EntityRef>> {
+        self.lock_writes().await?;
+        let rows = sqlx::query(
+            "SELECT source_type, source_uuid, pointer, target_type, target_uuid
+             FROM entity_refs WHERE target_uuid = $1 AND target_type = $2
+             ORDER BY source_type, source_uuid, pointer",
+        )
+        .bind(target)
+        .bind(target_type)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("finding an entity's referrers", e))?;
+        rows.iter()
+            .map(|row| {
+                let r = RowReader::new(row, "entity_refs");
+                Ok(EntityRef {
+                    source_type: r.text("source_type")?,
+                    source_uuid: r.uuid("source_uuid")?,
+                    pointer: r.text("pointer")?,
+                    target_type: r.text("target_type")?,
+                    target_uuid: r.uuid("target_uuid")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn hold_change(&mut self, held: &HeldChange) -> StoreResult<()> {
+        let change = jsonb("holding a change", "the held change", &held.change)?;
+        self.lock_writes().await?;
+        sqlx::query(
+            "INSERT INTO held_changes (source_node, entity_type, uuid, change, waiting_type,
+                 waiting_for, packet_no, held_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (source_node, entity_type, uuid) DO UPDATE SET
+                 change = excluded.change,
+                 waiting_type = excluded.waiting_type,
+                 waiting_for = excluded.waiting_for,
+                 packet_no = excluded.packet_no,
+                 held_at = excluded.held_at",
+        )
+        .bind(held.source_node)
+        .bind(held.entity_type.as_str())
+        .bind(held.uuid)
+        .bind(change)
+        .bind(held.waiting_type.as_str())
+        .bind(held.waiting_for)
+        .bind(held.packet_no)
+        .bind(held.held_at)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("holding a change", e))?;
+        Ok(())
+    }
+
+    async fn held_waiting_for(&mut self, target: Uuid) -> StoreResult<Vec<HeldChange>> {
+        self.lock_writes().await?;
+        let rows = sqlx::query(
+            "SELECT id, source_node, entity_type, uuid, change, waiting_type, waiting_for,
+                    packet_no, held_at
+             FROM held_changes WHERE waiting_for = $1 ORDER BY id",
+        )
+        .bind(target)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("reading held changes", e))?;
+        rows.iter().map(held_from_row).collect()
+    }
+
+    async fn held_before(
+        &mut self,
+        before: chrono::DateTime<chrono::Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<HeldChange>> {
+        self.lock_writes().await?;
+        let rows = sqlx::query(
+            "SELECT id, source_node, entity_type, uuid, change, waiting_type, waiting_for,
+                    packet_no, held_at
+             FROM held_changes WHERE held_at < $1 ORDER BY held_at, id LIMIT $2",
+        )
+        .bind(before)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("reading held changes", e))?;
+        rows.iter().map(held_from_row).collect()
+    }
+
+    async fn release_held(&mut self, id: i64) -> StoreResult<()> {
+        self.lock_writes().await?;
+        sqlx::query("DELETE FROM held_changes WHERE id = $1")
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(|e| StoreError::backend("releasing a held change", e))?;
         Ok(())
     }
 

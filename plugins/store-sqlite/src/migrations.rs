@@ -32,7 +32,64 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "entity versions (base versions for three-way merges)",
         sql: V2_ENTITY_VERSIONS,
     },
+    Migration {
+        version: 3,
+        name: "security events",
+        sql: V3_SECURITY_EVENTS,
+    },
+    Migration {
+        version: 4,
+        name: "references index and held changes",
+        sql: V4_REFERENCES_AND_HELD,
+    },
 ];
+
+/// `entity_refs`: the references live entities hold (so that a delete finds
+/// its dependants by index). `held_changes`: changes received before an
+/// entity they reference, kept until it arrives.
+const V4_REFERENCES_AND_HELD: &str = r#"
+CREATE TABLE entity_refs (
+    source_type TEXT NOT NULL,
+    source_uuid TEXT NOT NULL,
+    pointer     TEXT NOT NULL,
+    target_type TEXT NOT NULL,
+    target_uuid TEXT NOT NULL,
+    PRIMARY KEY (source_type, source_uuid, pointer, target_uuid)
+) WITHOUT ROWID;
+CREATE INDEX entity_refs_target ON entity_refs (target_uuid, target_type);
+
+CREATE TABLE held_changes (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    source_node  TEXT NOT NULL,
+    entity_type  TEXT NOT NULL,
+    uuid         TEXT NOT NULL,
+    change       TEXT NOT NULL,
+    waiting_type TEXT NOT NULL,
+    waiting_for  TEXT NOT NULL,
+    packet_no    INTEGER NOT NULL,
+    held_at      TEXT NOT NULL,
+    UNIQUE (source_node, entity_type, uuid)
+);
+CREATE INDEX held_changes_waiting ON held_changes (waiting_for);
+CREATE INDEX held_changes_at ON held_changes (held_at);
+"#;
+
+/// The security event log (authentication failures, lockouts, denials,
+/// limit violations, token issue/rotate/revoke). Never holds a token, key
+/// or entity data. `id` orders events recorded in the same microsecond.
+const V3_SECURITY_EVENTS: &str = r#"
+CREATE TABLE security_events (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    at        TEXT NOT NULL,
+    kind      TEXT NOT NULL,
+    node_id   TEXT,
+    node_code TEXT,
+    peer      TEXT,
+    detail    TEXT NOT NULL
+);
+CREATE INDEX security_events_at ON security_events (at, id);
+CREATE INDEX security_events_node ON security_events (node_id, at, id);
+"#;
 
 /// Master only: past versions of entities by revision, so that a conflict
 /// can be merged against the version both sides started from.

@@ -3,14 +3,16 @@
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use hubsync_core::entity::Entity;
+use hubsync_core::security::{SecurityEvent, SecurityEventKind, SecurityEventQuery};
 use hubsync_core::store::{
     AuditRecord, HistoryRecord, NodeRecord, Page, Store, StoreError, StoreResult, StoreTx,
 };
 use sqlx::SqlitePool;
 use uuid::Uuid;
 
-use crate::codec::{RowReader, uuid_text};
+use crate::codec::{RowReader, opt_uuid_text, ts_text, uuid_text};
 use crate::queries::{
     self, audit_cols, audit_from_row, entity_cols, entity_from_row, history_cols, history_from_row,
     node_cols, node_from_row,
@@ -170,6 +172,14 @@ impl Store for SqliteStore {
         RowReader::new(&row, "sync_changes").i64("n")
     }
 
+    async fn count_held(&self) -> StoreResult<i64> {
+        let row = sqlx::query("SELECT count(*) AS n FROM held_changes")
+            .fetch_one(&self.reader)
+            .await
+            .map_err(|e| StoreError::backend("counting held changes", e))?;
+        RowReader::new(&row, "held_changes").i64("n")
+    }
+
     async fn history(&self, entity_uuid: Uuid) -> StoreResult<Vec<HistoryRecord>> {
         // rowid breaks ties between versions that arrived in the same µs.
         let rows = sqlx::query(concat!(
@@ -211,6 +221,71 @@ impl Store for SqliteStore {
         }
         .map_err(|e| StoreError::backend("reading the conflict audit", e))?;
         rows.iter().map(audit_from_row).collect()
+    }
+
+    /// On the writer connection, as one auto-committed statement (it waits
+    /// for an open write transaction to end).
+    async fn record_security_event(&self, event: &SecurityEvent) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO security_events (at, kind, node_id, node_code, peer, detail)
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(ts_text(event.at))
+        .bind(event.kind.as_str())
+        .bind(opt_uuid_text(event.node_id))
+        .bind(event.node_code.as_deref())
+        .bind(event.peer.as_deref())
+        .bind(&event.detail)
+        .execute(&self.writer)
+        .await
+        .map_err(|e| StoreError::backend("recording a security event", e))?;
+        Ok(())
+    }
+
+    async fn security_events(&self, query: &SecurityEventQuery) -> StoreResult<Vec<SecurityEvent>> {
+        // NULL filters match everything; text timestamps are fixed-width,
+        // so text order is time order.
+        let rows = sqlx::query(
+            "SELECT at, kind, node_id, node_code, peer, detail FROM security_events
+             WHERE (?1 IS NULL OR at >= ?1) AND (?2 IS NULL OR kind = ?2)
+               AND (?3 IS NULL OR node_id = ?3)
+             ORDER BY at DESC, id DESC LIMIT ?4",
+        )
+        .bind(query.since.map(ts_text))
+        .bind(query.kind.map(SecurityEventKind::as_str))
+        .bind(opt_uuid_text(query.node_id))
+        .bind(i64::from(query.limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(|e| StoreError::backend("reading security events", e))?;
+        rows.iter()
+            .map(|row| {
+                let r = RowReader::new(row, "security_events");
+                let kind = r.text("kind")?;
+                Ok(SecurityEvent {
+                    at: r.ts("at")?,
+                    kind: SecurityEventKind::parse(kind).ok_or_else(|| {
+                        StoreError::corrupt(format!(
+                            "security_events.kind: {kind:?} is not a security event kind ({})",
+                            SecurityEventKind::names()
+                        ))
+                    })?,
+                    node_id: r.opt_uuid("node_id")?,
+                    node_code: r.opt_text("node_code")?.map(str::to_owned),
+                    peer: r.opt_text("peer")?.map(str::to_owned),
+                    detail: r.text("detail")?.to_owned(),
+                })
+            })
+            .collect()
+    }
+
+    async fn prune_security_events(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        let done = sqlx::query("DELETE FROM security_events WHERE at < ?")
+            .bind(ts_text(before))
+            .execute(&self.writer)
+            .await
+            .map_err(|e| StoreError::backend("pruning security events", e))?;
+        Ok(done.rows_affected())
     }
 
     /// Waits for connections in use (an open transaction) to be returned;

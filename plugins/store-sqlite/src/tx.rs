@@ -6,14 +6,35 @@ use std::fmt::Write as _;
 
 use hubsync_core::entity::{Entity, Operation, now_utc};
 use hubsync_core::store::{
-    AuditRecord, HistoryRecord, NodeRecord, QueuedChange, Revision, StoreError, StoreResult,
-    StoreTx,
+    AuditRecord, EntityRef, HeldChange, HistoryRecord, NodeRecord, QueuedChange, Revision,
+    StoreError, StoreResult, StoreTx,
 };
 use sqlx::{Sqlite, Transaction};
 use uuid::Uuid;
 
 use crate::codec::{RowReader, json_text, opt_ts_text, opt_uuid_text, ts_text, uuid_text};
 use crate::queries::{self, queued_cols, queued_from_row, revision_from_row};
+
+macro_rules! held_cols {
+    () => {
+        "id, source_node, entity_type, uuid, change, waiting_type, waiting_for, packet_no, held_at"
+    };
+}
+
+fn held_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<HeldChange> {
+    let r = RowReader::new(row, "held_changes");
+    Ok(HeldChange {
+        id: r.i64("id")?,
+        source_node: r.uuid("source_node")?,
+        entity_type: r.text("entity_type")?.to_string(),
+        uuid: r.uuid("uuid")?,
+        change: r.json("change")?,
+        waiting_type: r.text("waiting_type")?.to_string(),
+        waiting_for: r.uuid("waiting_for")?,
+        packet_no: r.i64("packet_no")?,
+        held_at: r.ts("held_at")?,
+    })
+}
 
 pub(crate) struct SqliteTx {
     tx: Transaction<'static, Sqlite>,
@@ -476,6 +497,127 @@ impl StoreTx for SqliteTx {
         .execute(&mut *self.tx)
         .await
         .map_err(|e| StoreError::backend("recording a conflict decision", e))?;
+        Ok(())
+    }
+
+    async fn set_references(
+        &mut self,
+        entity_type: &str,
+        uuid: Uuid,
+        refs: &[EntityRef],
+    ) -> StoreResult<()> {
+        sqlx::query("DELETE FROM entity_refs WHERE source_type = ? AND source_uuid = ?")
+            .bind(entity_type)
+            .bind(uuid_text(uuid))
+            .execute(&mut *self.tx)
+            .await
+            .map_err(|e| StoreError::backend("replacing an entity's references", e))?;
+        for r in refs {
+            sqlx::query(
+                "INSERT OR IGNORE INTO entity_refs
+                     (source_type, source_uuid, pointer, target_type, target_uuid)
+                 VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(entity_type)
+            .bind(uuid_text(uuid))
+            .bind(r.pointer.as_str())
+            .bind(r.target_type.as_str())
+            .bind(uuid_text(r.target_uuid))
+            .execute(&mut *self.tx)
+            .await
+            .map_err(|e| StoreError::backend("recording an entity's references", e))?;
+        }
+        Ok(())
+    }
+
+    async fn referrers(&mut self, target_type: &str, target: Uuid) -> StoreResult<Vec<EntityRef>> {
+        let rows = sqlx::query(
+            "SELECT source_type, source_uuid, pointer, target_type, target_uuid
+             FROM entity_refs WHERE target_uuid = ? AND target_type = ?
+             ORDER BY source_type, source_uuid, pointer",
+        )
+        .bind(uuid_text(target))
+        .bind(target_type)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("finding an entity's referrers", e))?;
+        rows.iter()
+            .map(|row| {
+                let r = RowReader::new(row, "entity_refs");
+                Ok(EntityRef {
+                    source_type: r.text("source_type")?.to_string(),
+                    source_uuid: r.uuid("source_uuid")?,
+                    pointer: r.text("pointer")?.to_string(),
+                    target_type: r.text("target_type")?.to_string(),
+                    target_uuid: r.uuid("target_uuid")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn hold_change(&mut self, held: &HeldChange) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO held_changes (source_node, entity_type, uuid, change, waiting_type,
+                 waiting_for, packet_no, held_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (source_node, entity_type, uuid) DO UPDATE SET
+                 change = excluded.change,
+                 waiting_type = excluded.waiting_type,
+                 waiting_for = excluded.waiting_for,
+                 packet_no = excluded.packet_no,
+                 held_at = excluded.held_at",
+        )
+        .bind(uuid_text(held.source_node))
+        .bind(held.entity_type.as_str())
+        .bind(uuid_text(held.uuid))
+        .bind(json_text(&held.change))
+        .bind(held.waiting_type.as_str())
+        .bind(uuid_text(held.waiting_for))
+        .bind(held.packet_no)
+        .bind(ts_text(held.held_at))
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("holding a change", e))?;
+        Ok(())
+    }
+
+    async fn held_waiting_for(&mut self, target: Uuid) -> StoreResult<Vec<HeldChange>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            held_cols!(),
+            " FROM held_changes WHERE waiting_for = ? ORDER BY id"
+        ))
+        .bind(uuid_text(target))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("reading held changes", e))?;
+        rows.iter().map(held_from_row).collect()
+    }
+
+    async fn held_before(
+        &mut self,
+        before: chrono::DateTime<chrono::Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<HeldChange>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            held_cols!(),
+            " FROM held_changes WHERE held_at < ? ORDER BY held_at, id LIMIT ?"
+        ))
+        .bind(ts_text(before))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("reading held changes", e))?;
+        rows.iter().map(held_from_row).collect()
+    }
+
+    async fn release_held(&mut self, id: i64) -> StoreResult<()> {
+        sqlx::query("DELETE FROM held_changes WHERE id = ?")
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(|e| StoreError::backend("releasing a held change", e))?;
         Ok(())
     }
 

@@ -119,6 +119,11 @@ macro_rules! store_conformance_suite {
             put_node_updates_by_id_and_refuses_a_duplicate_code,
             history_and_audit_round_trip_oldest_first,
             metadata_is_a_key_value_map,
+            // referential integrity
+            references_are_replaced_per_source_and_found_by_target,
+            held_changes_are_kept_replaced_found_and_released,
+            // security events
+            security_events_are_recorded_filtered_newest_first_and_pruned,
             // transactions
             a_dropped_transaction_leaves_nothing_behind,
             a_committed_transaction_keeps_everything,

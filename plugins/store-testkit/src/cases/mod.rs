@@ -5,13 +5,17 @@
 mod changelog;
 mod concurrency;
 mod entities;
+mod integrity;
 mod nodes;
 mod queue;
+mod security;
 mod transactions;
 
 pub use changelog::*;
 pub use concurrency::*;
 pub use entities::*;
+pub use integrity::*;
 pub use nodes::*;
 pub use queue::*;
+pub use security::*;
 pub use transactions::*;

@@ -13,6 +13,7 @@ pub mod engine;
 pub mod entity;
 pub mod protocol;
 pub mod schema;
+pub mod security;
 pub mod store;
 pub mod transport;
 

@@ -59,6 +59,10 @@ pub struct Body {
     /// Master to client only: more changes are waiting after this packet.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub more: bool,
+    /// Master to client, with `more`: about how many changes wait after
+    /// this packet (for progress and its ETA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<u64>,
 }
 
 /// One entity change as it travels: the complete state of the entity.
@@ -100,6 +104,16 @@ pub enum Outcome {
     /// Conflict left to a person (manual queue); the master's version stands
     /// until then.
     ConflictDeferred,
+    /// Not applied yet: it references an entity the master does not hold.
+    /// The master keeps it and applies it when the reference arrives (the
+    /// sender then receives the applied version with its revision), or
+    /// hands it to the manual queue if it never does (contract §7.8).
+    Held,
+    /// Refused: applying it would break referential integrity (a delete of
+    /// an entity live entities still reference under a `restrict` policy, or
+    /// a move that makes a hierarchy cyclic). The master's version stands
+    /// and reaches the sender; the refused version is kept in history.
+    Rejected,
 }
 
 impl Outcome {
@@ -110,7 +124,7 @@ impl Outcome {
     }
 
     pub fn is_conflict(self) -> bool {
-        !matches!(self, Outcome::Applied)
+        !matches!(self, Outcome::Applied | Outcome::Held)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -120,6 +134,8 @@ impl Outcome {
             Outcome::ConflictMasterWon => "conflict_master_won",
             Outcome::ConflictMerged => "conflict_merged",
             Outcome::ConflictDeferred => "conflict_deferred",
+            Outcome::Held => "held",
+            Outcome::Rejected => "rejected",
         }
     }
 }
@@ -262,6 +278,7 @@ mod tests {
                 }],
                 results: vec![],
                 more: false,
+                remaining: None,
             },
         }
     }

@@ -13,9 +13,11 @@
 
 use serde::Serialize;
 
-use super::{Engine, EngineError};
+use super::{Engine, EngineError, ImportReport};
 use crate::entity::{Entity, now_utc};
-use crate::protocol::{Body, ChangeResult, Envelope, Header, PROTOCOL_VERSION, WireChange};
+use crate::protocol::{
+    Body, ChangeResult, Envelope, Header, Outcome, PROTOCOL_VERSION, WireChange,
+};
 use crate::store::{NodeRole, QueuedChange, StoreError, StoreTx};
 use crate::transport::Transport;
 
@@ -26,10 +28,34 @@ pub struct SyncProgress {
     pub sent_changes: u64,
     pub received_changes: u64,
     pub bytes_sent: u64,
+    /// Serialized size of the changes received so far.
+    pub bytes_received: u64,
     /// Changes still queued for the master after this round.
     pub pending_changes: i64,
+    /// Changes queued for the master when the session started (changes
+    /// written during the session add to `pending_changes`).
+    pub pending_at_start: i64,
     /// True when the master said more changes wait for this node.
     pub more_from_master: bool,
+    /// About how many changes the master still has for this node, when it
+    /// said (with `more_from_master`).
+    pub remaining_from_master: Option<u64>,
+}
+
+impl SyncProgress {
+    /// Changes to move in this session as far as known now: sent and
+    /// received so far plus what is still queued on either side.
+    pub fn total_changes(&self) -> u64 {
+        self.sent_changes
+            + self.received_changes
+            + self.pending_changes.max(0) as u64
+            + self.remaining_from_master.unwrap_or(0)
+    }
+
+    /// Changes moved so far.
+    pub fn done_changes(&self) -> u64 {
+        self.sent_changes + self.received_changes
+    }
 }
 
 /// Receives progress after every round of a session.
@@ -53,8 +79,11 @@ pub struct SyncSummary {
     /// same entity was still queued (the master decides that conflict).
     pub kept_local: u64,
     pub bytes_sent: u64,
-    /// Outcomes of sent changes that met a conflict.
+    /// Outcomes of sent changes that met a conflict or were refused.
     pub conflicts: Vec<ChangeResult>,
+    /// Changes held (by the master for our packets, or here for the
+    /// master's) until an entity they reference arrives.
+    pub held: u64,
     pub acked_packet_no: i64,
     pub received_packet_no: i64,
 }
@@ -79,6 +108,8 @@ impl Engine {
         self.require(NodeRole::Client)?;
         let master = self.master_id()?;
         let mut summary = SyncSummary::default();
+        let pending_at_start = self.store.count_queued(master).await?;
+        let mut bytes_received = 0u64;
         loop {
             if summary.rounds >= self.options.max_rounds {
                 return Err(EngineError::Sync(format!(
@@ -92,22 +123,79 @@ impl Engine {
             summary.bytes_sent += approx_size(&out.envelope.body.entities) as u64;
             let response = transport.exchange(&out.envelope).await?;
             let applied = self
-                .apply_response(&response, out.carries_packet, &mut summary)
+                .apply_response(&response, out.carries_packet, &mut summary, false)
                 .await?;
             summary.sent_changes += sent;
+            if applied.new_master_packet {
+                bytes_received += approx_size(&response.body.entities) as u64;
+            }
             let pending = self.store.count_queued(master).await?;
             progress.on_round(&SyncProgress {
                 round: summary.rounds,
                 sent_changes: summary.sent_changes,
                 received_changes: summary.received_changes,
                 bytes_sent: summary.bytes_sent,
+                bytes_received,
                 pending_changes: pending,
+                pending_at_start,
                 more_from_master: response.body.more,
+                remaining_from_master: response.body.remaining,
             });
             if sent == 0 && !applied.new_master_packet && !response.body.more {
                 return Ok(summary);
             }
         }
+    }
+
+    /// Exports the next packet to carry to the master as a file (contract
+    /// §2, `hubsync export`): exactly what the next network request would
+    /// be, the packet in flight again under its number if the master has
+    /// not acknowledged it, else a new packet of unsent changes (which
+    /// become in flight), else only an acknowledgement.
+    pub async fn export_packet(&self) -> Result<Envelope, EngineError> {
+        self.require(NodeRole::Client)?;
+        Ok(self.build_outgoing().await?.envelope)
+    }
+
+    /// Imports a packet file from the master: its acknowledgement of our
+    /// packets with their outcomes, and its changes, applied exactly once
+    /// (a file imported twice changes nothing the second time). With
+    /// `dry_run` the transaction is rolled back and the report says what
+    /// would happen.
+    pub async fn import_packet(
+        &self,
+        envelope: &Envelope,
+        dry_run: bool,
+    ) -> Result<ImportReport, EngineError> {
+        self.require(NodeRole::Client)?;
+        let theirs: crate::schema::SchemaVersion =
+            envelope.header.schema_version.parse().map_err(|_| {
+                EngineError::Sync(format!(
+                    "the file carries schema set version '{}', which is not a version",
+                    envelope.header.schema_version
+                ))
+            })?;
+        let ours = self.registry.version();
+        if ours.check_compatible(&theirs).is_err() {
+            return Err(EngineError::Sync(format!(
+                "schema version mismatch: this node has schema set {ours}, the file comes from a master with {theirs}; install a schema set with the same MAJOR version, then import again (nothing was applied)"
+            )));
+        }
+        let mut summary = SyncSummary::default();
+        let applied = self
+            .apply_response(envelope, None, &mut summary, dry_run)
+            .await?;
+        Ok(ImportReport {
+            from: "MASTER".into(),
+            packet_no: envelope.header.packet_no,
+            new_packet: applied.new_master_packet,
+            ack_packet_no: envelope.header.ack_packet_no,
+            applied: summary.received_changes,
+            conflicts: summary.conflicts,
+            held: summary.held,
+            kept_local: summary.kept_local,
+            dry_run,
+        })
     }
 
     /// Builds the next request: the packet in flight again if the master has
@@ -141,6 +229,7 @@ impl Engine {
             ids.push(row.id);
             entities.push(change);
         }
+        super::order::order_for_apply(&self.registry, &mut entities);
         let carries_packet = if resend {
             Some(packet_no)
         } else if entities.is_empty() {
@@ -168,6 +257,7 @@ impl Engine {
                     entities,
                     results: Vec::new(),
                     more: false,
+                    remaining: None,
                 },
             },
             carries_packet,
@@ -181,6 +271,7 @@ impl Engine {
         response: &Envelope,
         carried: Option<i64>,
         summary: &mut SyncSummary,
+        dry_run: bool,
     ) -> Result<Applied, EngineError> {
         let master = self.master_id()?;
         let h = &response.header;
@@ -231,7 +322,9 @@ impl Engine {
                         redundant.push(row.id);
                     }
                 }
-                if r.outcome.is_conflict() {
+                if r.outcome == Outcome::Held {
+                    summary.held += 1;
+                } else if r.outcome.is_conflict() {
                     summary.conflicts.push(r.clone());
                 }
             }
@@ -246,22 +339,31 @@ impl Engine {
         let m = h.packet_no;
         let new_master_packet = m == peer.received_packet_no + 1;
         if new_master_packet {
+            let now = now_utc();
             for w in &response.body.entities {
-                if tx.has_queued(master, &w.entity_type, w.uuid).await? {
-                    summary.kept_local += 1;
+                // What it references has not arrived (it travels in a later
+                // packet): hold it until it does.
+                if let Some(missing) = self.missing_reference(tx.as_mut(), w).await? {
+                    self.hold(tx.as_mut(), master, m, w, missing, now).await?;
+                    summary.held += 1;
                     continue;
                 }
-                tx.put_entity(&Entity {
-                    entity_type: w.entity_type.clone(),
-                    uuid: w.uuid,
-                    updated_at: w.updated_at,
-                    is_deleted: w.is_deleted,
-                    data: w.data.clone(),
-                    rev: w.rev,
-                    origin: w.origin_node_id,
-                })
-                .await?;
-                summary.received_changes += 1;
+                if self
+                    .store_master_version(tx.as_mut(), master, w, summary)
+                    .await?
+                {
+                    let mut work = vec![w.uuid];
+                    while let Some(u) = work.pop() {
+                        for (_, released) in self.unblocked_by(tx.as_mut(), u, now).await? {
+                            if self
+                                .store_master_version(tx.as_mut(), master, &released, summary)
+                                .await?
+                            {
+                                work.push(released.uuid);
+                            }
+                        }
+                    }
+                }
             }
             peer.received_packet_no = m;
             peer.last_sync_in = Some(now_utc());
@@ -274,13 +376,48 @@ impl Engine {
         summary.acked_packet_no = peer.sent_packet_no;
         summary.received_packet_no = peer.received_packet_no;
         tx.put_node(&peer).await?;
-        tx.commit().await?;
+        if !dry_run {
+            tx.commit().await?;
+        }
         Ok(Applied { new_master_packet })
     }
 }
 
 struct Applied {
     new_master_packet: bool,
+}
+
+impl Engine {
+    /// Stores a version received from the master, unless a local change of
+    /// the entity is still queued (the master decides that conflict).
+    /// Returns whether it was stored.
+    async fn store_master_version(
+        &self,
+        tx: &mut dyn StoreTx,
+        master: uuid::Uuid,
+        w: &WireChange,
+        summary: &mut SyncSummary,
+    ) -> Result<bool, EngineError> {
+        if tx.has_queued(master, &w.entity_type, w.uuid).await? {
+            summary.kept_local += 1;
+            return Ok(false);
+        }
+        self.put_indexed(
+            tx,
+            &Entity {
+                entity_type: w.entity_type.clone(),
+                uuid: w.uuid,
+                updated_at: w.updated_at,
+                is_deleted: w.is_deleted,
+                data: w.data.clone(),
+                rev: w.rev,
+                origin: w.origin_node_id,
+            },
+        )
+        .await?;
+        summary.received_changes += 1;
+        Ok(true)
+    }
 }
 
 /// The wire form of a queued change: the entity's current state.

@@ -178,8 +178,10 @@ impl Engine {
         }
     }
 
-    /// Writes one entity and registers its change inside `tx`. `data: None`
-    /// is a soft delete of an existing entity.
+    /// Writes one entity and registers its change inside `tx`, with the
+    /// checks of a local write: every reference resolvable (and no parent
+    /// cycle), and for `data: None` (a soft delete) the delete policies of
+    /// the entities that still refer to it (contract §7.8).
     pub(super) async fn write_in(
         &self,
         tx: &mut dyn StoreTx,
@@ -187,9 +189,35 @@ impl Engine {
         uuid: Uuid,
         data: Option<Value>,
     ) -> Result<(Entity, PutOutcome), EngineError> {
-        if let Some(d) = &data {
-            self.check_references(tx, entity_type, uuid, d).await?;
+        match &data {
+            Some(d) => self.check_references(tx, entity_type, uuid, d).await?,
+            None => {
+                if tx
+                    .get_entity(entity_type, uuid)
+                    .await?
+                    .is_some_and(|e| !e.is_deleted)
+                {
+                    let plan = self.plan_delete(tx, entity_type, uuid).await?;
+                    if !plan.blocked.is_empty() {
+                        return Err(Self::still_referenced(entity_type, uuid, &plan.blocked));
+                    }
+                    self.carry_out(tx, &plan).await?;
+                }
+            }
         }
+        self.write_plain(tx, entity_type, uuid, data).await
+    }
+
+    /// Writes one entity and registers its change inside `tx`, without
+    /// integrity checks (the caller did them). `data: None` is a soft
+    /// delete of an existing entity.
+    pub(super) async fn write_plain(
+        &self,
+        tx: &mut dyn StoreTx,
+        entity_type: &str,
+        uuid: Uuid,
+        data: Option<Value>,
+    ) -> Result<(Entity, PutOutcome), EngineError> {
         let current = tx.get_entity(entity_type, uuid).await?;
         let (op, outcome) = match (&current, &data) {
             (None, None) => {
@@ -237,7 +265,7 @@ impl Engine {
                 entity.rev = Some(rev);
             }
         }
-        tx.put_entity(&entity).await?;
+        self.put_indexed(tx, &entity).await?;
         if self.identity.role == NodeRole::Master && self.policy.keeps_versions(entity_type) {
             tx.put_version(&entity).await?;
         }
@@ -301,6 +329,36 @@ impl Engine {
                 entity_type: entity_type.to_string(),
                 issues,
             }))
+        }
+    }
+
+    /// Whether giving `(entity_type, uuid)` the parent named in `data` would
+    /// make its hierarchy cyclic; the cycle as text if so.
+    pub(super) async fn move_cycle(
+        &self,
+        tx: &mut dyn StoreTx,
+        entity_type: &str,
+        uuid: Uuid,
+        data: &Value,
+    ) -> Result<Option<String>, EngineError> {
+        let Some(ty) = self.registry.get(entity_type) else {
+            return Ok(None);
+        };
+        let Some(parent_ref) = ty.parent() else {
+            return Ok(None);
+        };
+        if parent_ref.target != entity_type {
+            return Ok(None);
+        }
+        let Some(parent) = parent_ref.values(data).into_iter().next() else {
+            return Ok(None);
+        };
+        if parent == uuid {
+            return Ok(Some(format!("{uuid} → {uuid}")));
+        }
+        match tx.get_entity(entity_type, parent).await? {
+            Some(p) => self.parent_cycle(tx, ty, &p, uuid).await,
+            None => Ok(None),
         }
     }
 

@@ -13,7 +13,7 @@
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::Engine;
+use super::{Engine, EngineError};
 use crate::conflict::{ConflictInput, Decision, Version};
 use crate::entity::{Entity, Operation, format_ts, now_utc};
 use crate::protocol::{
@@ -109,8 +109,77 @@ impl ExchangeError {
     }
 }
 
+/// What receiving a node's packet did.
+struct Received {
+    results: Vec<ChangeResult>,
+    /// False when the packet was seen before (nothing applied again).
+    new_packet: bool,
+}
+
+/// Our next packet for a node.
+struct Reply {
+    packet_no: i64,
+    entities: Vec<WireChange>,
+    more: bool,
+    remaining: Option<u64>,
+}
+
+/// What importing a packet file did (or, in a dry run, would do).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ImportReport {
+    /// The node whose packet it was (master) or the master (client).
+    pub from: String,
+    pub packet_no: i64,
+    /// False when the packet had been imported or received before: nothing
+    /// was applied again.
+    pub new_packet: bool,
+    /// The packet acknowledged by this file.
+    pub ack_packet_no: i64,
+    /// Changes applied (master: without conflict; client: stored).
+    pub applied: u64,
+    /// Changes that met a conflict, by outcome.
+    pub conflicts: Vec<ChangeResult>,
+    /// Changes held until what they reference arrives.
+    pub held: u64,
+    /// Client only: incoming versions not stored because a local change of
+    /// the same entity is still queued.
+    pub kept_local: u64,
+    pub dry_run: bool,
+}
+
+impl ImportReport {
+    pub(crate) fn new(
+        from: String,
+        packet_no: i64,
+        new_packet: bool,
+        results: &[ChangeResult],
+        ack_packet_no: i64,
+        dry_run: bool,
+    ) -> Self {
+        let mut report = ImportReport {
+            from,
+            packet_no,
+            new_packet,
+            ack_packet_no,
+            dry_run,
+            ..ImportReport::default()
+        };
+        if new_packet {
+            for r in results {
+                match r.outcome {
+                    Outcome::Applied => report.applied += 1,
+                    Outcome::Held => report.held += 1,
+                    _ => report.conflicts.push(r.clone()),
+                }
+            }
+        }
+        report
+    }
+}
+
 impl Engine {
-    /// Handles one exchange from the authenticated node `node_id`.
+    /// Handles one exchange from the authenticated node `node_id`: its
+    /// packet received and our next packet built, in one transaction.
     pub async fn handle_exchange(
         &self,
         node_id: Uuid,
@@ -120,17 +189,148 @@ impl Engine {
             return Err(ExchangeError::NotMaster);
         }
         self.check_request(node_id, request)?;
-        let h = &request.header;
+        let now = now_utc();
+        let mut tx = self.store.begin().await?;
+        let mut node = self.exchange_node(tx.as_mut(), node_id).await?;
+        let received = self
+            .receive_in(tx.as_mut(), &mut node, request, now)
+            .await?;
+        self.expire_held(tx.as_mut(), now).await?;
+        let reply = self.reply_in(tx.as_mut(), &mut node, now).await?;
+        node.schema_version = Some(request.header.schema_version.clone());
+        tx.put_node(&node).await?;
+        tx.commit().await?;
+        Ok(self.reply_envelope(&node, reply, received.results, now))
+    }
+
+    /// Imports a packet file from a node (contract §2, `hubsync import`):
+    /// the packet is received exactly as over the network (acknowledgement,
+    /// exactly-once application, stored results) but nothing is answered;
+    /// the answer goes into the next exported file. With `dry_run` the
+    /// transaction is rolled back and the report says what would happen.
+    pub async fn import_from_node(
+        &self,
+        request: &Envelope,
+        dry_run: bool,
+    ) -> Result<ImportReport, ExchangeError> {
+        if self.identity.role != NodeRole::Master {
+            return Err(ExchangeError::NotMaster);
+        }
+        let node_id = request.header.sender_node_id;
+        self.check_request(node_id, request)?;
+        let now = now_utc();
+        let mut tx = self.store.begin().await?;
+        let mut node = self.exchange_node(tx.as_mut(), node_id).await?;
+        if node.revoked {
+            return Err(ExchangeError::Forbidden {
+                message: format!("node {} is revoked", node.code),
+            });
+        }
+        let received = self
+            .receive_in(tx.as_mut(), &mut node, request, now)
+            .await?;
+        node.schema_version = Some(request.header.schema_version.clone());
+        tx.put_node(&node).await?;
+        if !dry_run {
+            tx.commit().await?;
+        }
+        Ok(ImportReport::new(
+            node.code,
+            request.header.packet_no,
+            received.new_packet,
+            &received.results,
+            request.header.ack_packet_no,
+            dry_run,
+        ))
+    }
+
+    /// Exports the next packet for a node to carry as a file: the master's
+    /// acknowledgement of the node's last packet with its results, and the
+    /// changes the node has not acknowledged yet. A packet exported before
+    /// and not acknowledged is exported again under the same number over
+    /// the same range (the same rule as the network).
+    pub async fn export_for_node(&self, code: &str) -> Result<Envelope, EngineError> {
+        self.require(NodeRole::Master)?;
+        let found = self
+            .store
+            .get_node_by_code(code)
+            .await?
+            .filter(|n| !n.is_self)
+            .ok_or_else(|| EngineError::UnknownNode(code.to_string()))?;
         let now = now_utc();
         let mut tx = self.store.begin().await?;
         let mut node = tx
-            .get_node(node_id)
+            .get_node(found.id)
+            .await?
+            .ok_or_else(|| EngineError::UnknownNode(code.to_string()))?;
+        let reply = self
+            .reply_in(tx.as_mut(), &mut node, now)
+            .await
+            .map_err(|e| match e {
+                ExchangeError::Store(s) => EngineError::Store(s),
+                other => EngineError::Sync(other.to_string()),
+            })?;
+        tx.put_node(&node).await?;
+        tx.commit().await?;
+        let results = match &node.last_results {
+            Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
+                StoreError::corrupt(format!("stored results of node {}: {e}", node.code))
+            })?,
+            None => Vec::new(),
+        };
+        Ok(self.reply_envelope(&node, reply, results, now))
+    }
+
+    /// The node row of an exchange, locked for this transaction.
+    async fn exchange_node(
+        &self,
+        tx: &mut dyn StoreTx,
+        node_id: Uuid,
+    ) -> Result<NodeRecord, ExchangeError> {
+        tx.get_node(node_id)
             .await?
             .filter(|n| !n.is_self)
             .ok_or_else(|| ExchangeError::Forbidden {
                 message: format!("node {node_id} is not registered with this master"),
-            })?;
+            })
+    }
 
+    fn reply_envelope(
+        &self,
+        node: &NodeRecord,
+        reply: Reply,
+        results: Vec<ChangeResult>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Envelope {
+        Envelope {
+            header: Header {
+                protocol: PROTOCOL_VERSION,
+                sender_node_id: self.identity.node_id,
+                recipient_node_id: node.id,
+                packet_no: reply.packet_no,
+                ack_packet_no: node.received_packet_no,
+                schema_version: self.registry.version().to_string(),
+                timestamp: now,
+            },
+            body: Body {
+                entities: reply.entities,
+                results,
+                more: reply.more,
+                remaining: reply.remaining,
+            },
+        }
+    }
+
+    /// Receives a node's packet inside `tx`: its acknowledgement of our last
+    /// packet, then its changes, applied exactly once.
+    async fn receive_in(
+        &self,
+        tx: &mut dyn StoreTx,
+        node: &mut NodeRecord,
+        request: &Envelope,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Received, ExchangeError> {
+        let h = &request.header;
         // 1. The node's acknowledgement of our last packet.
         if h.ack_packet_no > node.out_packet_no {
             return Err(ExchangeError::OutOfSequence(format!(
@@ -145,9 +345,9 @@ impl Engine {
 
         // 2. The node's packet, applied exactly once.
         let carries = !request.body.entities.is_empty();
-        let results = if h.packet_no == node.received_packet_no + 1 {
+        if h.packet_no == node.received_packet_no + 1 {
             let results = self
-                .apply_packet(tx.as_mut(), &node, h.packet_no, &request.body.entities, now)
+                .apply_packet(tx, node, h.packet_no, &request.body.entities, now)
                 .await?;
             node.received_packet_no = h.packet_no;
             node.last_results = Some(
@@ -155,32 +355,49 @@ impl Engine {
                     .map_err(|e| StoreError::corrupt(format!("results: {e}")))?,
             );
             node.last_sync_in = Some(now);
-            results
+            Ok(Received {
+                results,
+                new_packet: true,
+            })
         } else if h.packet_no == node.received_packet_no && carries {
             // The node did not get our answer: the same results again.
-            match &node.last_results {
+            let results = match &node.last_results {
                 Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
                     StoreError::corrupt(format!("stored results of node {}: {e}", node.code))
                 })?,
                 None => Vec::new(),
-            }
+            };
+            Ok(Received {
+                results,
+                new_packet: false,
+            })
         } else if h.packet_no <= node.received_packet_no {
-            Vec::new()
+            Ok(Received {
+                results: Vec::new(),
+                new_packet: false,
+            })
         } else {
-            return Err(ExchangeError::OutOfSequence(format!(
+            Err(ExchangeError::OutOfSequence(format!(
                 "node {} sent packet {} but the master expected {}",
                 node.code,
                 h.packet_no,
                 node.received_packet_no + 1
-            )));
-        };
+            )))
+        }
+    }
 
-        // 3. Our next packet. One built before and not acknowledged is built
-        // again under the same number over exactly the same revision range:
-        // the node may hold it already (a late or duplicated request cannot
-        // tell us), and its acknowledgement will mean that range. Within
-        // the range only rows replaced by newer revisions can be missing,
-        // and those newer revisions lie beyond it.
+    /// Builds our next packet for `node` inside `tx`. One built before and
+    /// not acknowledged is built again under the same number over exactly
+    /// the same revision range: the node may hold it already (a late or
+    /// duplicated request cannot tell us), and its acknowledgement will mean
+    /// that range. Within the range only rows replaced by newer revisions
+    /// can be missing, and those newer revisions lie beyond it.
+    async fn reply_in(
+        &self,
+        tx: &mut dyn StoreTx,
+        node: &mut NodeRecord,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Reply, ExchangeError> {
         let limits = self.options.limits;
         let resend_to = (node.out_packet_no > node.sent_packet_no).then_some(node.out_up_to_rev);
         let rows = tx
@@ -218,6 +435,7 @@ impl Engine {
             }
             up_to = rev.rev;
         }
+        super::order::order_for_apply(&self.registry, &mut entities);
         let packet_no = match resend_to {
             Some(_) => {
                 node.last_sync_out = Some(now);
@@ -231,25 +449,17 @@ impl Engine {
             }
             None => node.sent_packet_no,
         };
-        node.schema_version = Some(h.schema_version.clone());
-        tx.put_node(&node).await?;
-        tx.commit().await?;
-
-        Ok(Envelope {
-            header: Header {
-                protocol: PROTOCOL_VERSION,
-                sender_node_id: self.identity.node_id,
-                recipient_node_id: node.id,
-                packet_no,
-                ack_packet_no: node.received_packet_no,
-                schema_version: self.registry.version().to_string(),
-                timestamp: now,
-            },
-            body: Body {
-                entities,
-                results,
-                more,
-            },
+        let remaining = if more {
+            let left = self.store.count_revisions_after(up_to, node.id).await?;
+            Some(left.max(0) as u64)
+        } else {
+            None
+        };
+        Ok(Reply {
+            packet_no,
+            entities,
+            more,
+            remaining,
         })
     }
 
@@ -324,7 +534,9 @@ impl Engine {
         Ok(())
     }
 
-    /// Applies one packet's changes in order; returns their outcomes.
+    /// Applies one packet's changes in order; returns their outcomes. A
+    /// change whose reference has not arrived is held (and applied when it
+    /// does, with everything it unblocks); it never blocks the rest.
     async fn apply_packet(
         &self,
         tx: &mut dyn StoreTx,
@@ -335,30 +547,294 @@ impl Engine {
     ) -> Result<Vec<ChangeResult>, ExchangeError> {
         let mut results = Vec::with_capacity(changes.len());
         for c in changes {
-            let current = tx.get_entity(&c.entity_type, c.uuid).await?;
-            let result = match current {
-                Some(m) if c.base_rev != m.rev && !m.same_content(&c.data, c.is_deleted) => {
-                    self.resolve_conflict(tx, node, packet_no, c, m, now)
-                        .await?
-                }
-                // No conflict: the base is current, the entity is new, or
-                // the same content arrived by two paths. Applied as usual,
-                // so the sender's copy (its updated_at included) becomes
-                // the master's and reaches every other node.
-                _ => {
-                    let rev = self.store_incoming(tx, node.id, c, c.operation).await?;
-                    ChangeResult {
-                        entity_type: c.entity_type.clone(),
-                        uuid: c.uuid,
-                        outcome: Outcome::Applied,
-                        rev,
-                        updated_at: Some(c.updated_at),
-                    }
-                }
-            };
+            if let Some(missing) = self
+                .missing_reference(tx, c)
+                .await
+                .map_err(engine_to_exchange)?
+            {
+                self.hold(tx, node.id, packet_no, c, missing, now)
+                    .await
+                    .map_err(engine_to_exchange)?;
+                results.push(ChangeResult {
+                    entity_type: c.entity_type.clone(),
+                    uuid: c.uuid,
+                    outcome: Outcome::Held,
+                    rev: 0,
+                    updated_at: None,
+                });
+                continue;
+            }
+            let result = self.apply_change(tx, node, packet_no, c, now).await?;
+            let applied = result.outcome != Outcome::Rejected;
             results.push(result);
+            if applied {
+                self.release_held(tx, c.uuid, now).await?;
+            }
         }
         Ok(results)
+    }
+
+    /// Applies the held changes that the arrival of `arrived` unblocks, and
+    /// in turn what those unblock. Each goes through the usual conflict
+    /// check; its sender receives the applied version with its revision.
+    async fn release_held(
+        &self,
+        tx: &mut dyn StoreTx,
+        arrived: Uuid,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), ExchangeError> {
+        let mut work = vec![arrived];
+        let mut rounds = 0usize;
+        while let Some(u) = work.pop() {
+            rounds += 1;
+            if rounds > 1_000_000 {
+                break;
+            }
+            for (held, change) in self
+                .unblocked_by(tx, u, now)
+                .await
+                .map_err(engine_to_exchange)?
+            {
+                let Some(source) = tx.get_node(held.source_node).await? else {
+                    tracing::warn!(node = %held.source_node, "a held change's node is gone; dropped");
+                    continue;
+                };
+                let result = self
+                    .apply_change(tx, &source, held.packet_no, &change, now)
+                    .await?;
+                tracing::info!(entity_type = %change.entity_type, uuid = %change.uuid, outcome = result.outcome.as_str(), "held change released");
+                if result.outcome.client_version_taken() {
+                    // The sender got `held` for it: address the applied
+                    // version (with its revision) to it.
+                    tx.append_revision(
+                        Some(source.id),
+                        &change.entity_type,
+                        change.uuid,
+                        change.operation,
+                        Some(source.id),
+                    )
+                    .await?;
+                }
+                if result.outcome != Outcome::Rejected {
+                    work.push(change.uuid);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands the changes held longer than `hold_timeout` to a person: each
+    /// becomes a deferred conflict (manual queue) whose incoming version is
+    /// kept in history, with the reason. Bounded work per call.
+    async fn expire_held(
+        &self,
+        tx: &mut dyn StoreTx,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), ExchangeError> {
+        let Ok(timeout) = chrono::Duration::from_std(self.options.hold_timeout) else {
+            return Ok(());
+        };
+        let Some(before) = now.checked_sub_signed(timeout) else {
+            return Ok(());
+        };
+        for held in tx.held_before(before, 100).await? {
+            tx.release_held(held.id).await?;
+            let reason = format!(
+                "held since {} waiting for {} {}, which never arrived; take the incoming version once the reference exists, or keep the master's",
+                format_ts(held.held_at),
+                held.waiting_type,
+                held.waiting_for
+            );
+            let current = tx.get_entity(&held.entity_type, held.uuid).await?;
+            let audit_id = Uuid::now_v7();
+            tx.add_audit(&AuditRecord {
+                id: audit_id,
+                at: now,
+                entity_type: held.entity_type.clone(),
+                entity_uuid: held.uuid,
+                node_id: held.source_node,
+                packet_no: held.packet_no,
+                strategy: "integrity".into(),
+                outcome: Outcome::ConflictDeferred.as_str().to_string(),
+                master_rev: current.as_ref().and_then(|m| m.rev),
+                base_rev: held.change.get("base_rev").and_then(Value::as_i64),
+                result_rev: current.as_ref().and_then(|m| m.rev),
+                detail: reason.clone(),
+            })
+            .await?;
+            let mut snapshot = held.change.clone();
+            if let Some(obj) = snapshot.as_object_mut() {
+                obj.remove("rev");
+                obj.remove("origin_node_id");
+            }
+            tx.add_history(&HistoryRecord {
+                id: Uuid::now_v7(),
+                entity_uuid: held.uuid,
+                entity_type: held.entity_type.clone(),
+                source_node_id: Some(held.source_node),
+                arrival_time: held.held_at,
+                serialized_data: snapshot,
+                conflict_resolution: format!("integrity: deferred ({reason})"),
+                audit_id: Some(audit_id),
+            })
+            .await?;
+            tracing::warn!(entity_type = %held.entity_type, uuid = %held.uuid, %reason, "held change handed to the manual queue");
+        }
+        Ok(())
+    }
+
+    /// Applies one change whose references are all known: a conflict
+    /// decision when the master's version moved since the change's base,
+    /// the delete policies for a delete, the hierarchy check for a move.
+    async fn apply_change(
+        &self,
+        tx: &mut dyn StoreTx,
+        node: &NodeRecord,
+        packet_no: i64,
+        c: &WireChange,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<ChangeResult, ExchangeError> {
+        let current = tx.get_entity(&c.entity_type, c.uuid).await?;
+        if let Some(m) = &current
+            && (c.base_rev == m.rev || m.same_content(&c.data, c.is_deleted))
+        {
+            if let Some(reason) = self.integrity_refusal(tx, c, m).await? {
+                return self
+                    .reject_change(tx, node, packet_no, c, m.clone(), reason, now)
+                    .await;
+            }
+            if c.is_deleted && !m.is_deleted {
+                let plan = self
+                    .plan_delete(tx, &c.entity_type, c.uuid)
+                    .await
+                    .map_err(engine_to_exchange)?;
+                self.carry_out(tx, &plan)
+                    .await
+                    .map_err(engine_to_exchange)?;
+            }
+        }
+        let result = match current {
+            Some(m) if c.base_rev != m.rev && !m.same_content(&c.data, c.is_deleted) => {
+                self.resolve_conflict(tx, node, packet_no, c, m, now)
+                    .await?
+            }
+            // No conflict: the base is current, the entity is new, or
+            // the same content arrived by two paths. Applied as usual,
+            // so the sender's copy (its updated_at included) becomes
+            // the master's and reaches every other node.
+            _ => {
+                let rev = self.store_incoming(tx, node.id, c, c.operation).await?;
+                ChangeResult {
+                    entity_type: c.entity_type.clone(),
+                    uuid: c.uuid,
+                    outcome: Outcome::Applied,
+                    rev,
+                    updated_at: Some(c.updated_at),
+                }
+            }
+        };
+        Ok(result)
+    }
+
+    /// Why applying `c` over the master's `m` would break integrity: a
+    /// delete that a `restrict` reference forbids, or a move that makes the
+    /// hierarchy cyclic.
+    async fn integrity_refusal(
+        &self,
+        tx: &mut dyn StoreTx,
+        c: &WireChange,
+        m: &Entity,
+    ) -> Result<Option<String>, ExchangeError> {
+        if c.is_deleted {
+            if m.is_deleted {
+                return Ok(None);
+            }
+            let plan = self
+                .plan_delete(tx, &c.entity_type, c.uuid)
+                .await
+                .map_err(engine_to_exchange)?;
+            if let Some(r) = plan.blocked.first() {
+                return Ok(Some(format!(
+                    "the delete is refused: {} {} still refers to it at {} (policy restrict), and {} other reference(s)",
+                    r.source_type,
+                    r.source_uuid,
+                    r.pointer,
+                    plan.blocked.len() - 1
+                )));
+            }
+            return Ok(None);
+        }
+        if let Some(cycle) = self
+            .move_cycle(tx, &c.entity_type, c.uuid, &c.data)
+            .await
+            .map_err(engine_to_exchange)?
+        {
+            return Ok(Some(format!(
+                "the move is refused: it would make the hierarchy cyclic ({cycle})"
+            )));
+        }
+        Ok(None)
+    }
+
+    /// Refuses a change that would break integrity: the master's version
+    /// stands and is addressed to the sender; the refused version is kept in
+    /// history and the decision in the audit log.
+    #[allow(clippy::too_many_arguments)]
+    async fn reject_change(
+        &self,
+        tx: &mut dyn StoreTx,
+        node: &NodeRecord,
+        packet_no: i64,
+        c: &WireChange,
+        master: Entity,
+        reason: String,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<ChangeResult, ExchangeError> {
+        tx.append_revision(
+            Some(node.id),
+            &c.entity_type,
+            c.uuid,
+            Operation::Update,
+            master.origin,
+        )
+        .await?;
+        let audit_id = Uuid::now_v7();
+        tx.add_audit(&AuditRecord {
+            id: audit_id,
+            at: now,
+            entity_type: c.entity_type.clone(),
+            entity_uuid: c.uuid,
+            node_id: node.id,
+            packet_no,
+            strategy: "integrity".into(),
+            outcome: Outcome::Rejected.as_str().to_string(),
+            master_rev: master.rev,
+            base_rev: c.base_rev,
+            result_rev: master.rev,
+            detail: reason.clone(),
+        })
+        .await?;
+        if self.options.versioning {
+            tx.add_history(&HistoryRecord {
+                id: Uuid::now_v7(),
+                entity_uuid: c.uuid,
+                entity_type: c.entity_type.clone(),
+                source_node_id: Some(node.id),
+                arrival_time: now,
+                serialized_data: incoming_snapshot(c),
+                conflict_resolution: format!("integrity: rejected ({reason})"),
+                audit_id: Some(audit_id),
+            })
+            .await?;
+        }
+        tracing::info!(entity_type = %c.entity_type, uuid = %c.uuid, node = %node.code, %reason, "change rejected");
+        Ok(ChangeResult {
+            entity_type: c.entity_type.clone(),
+            uuid: c.uuid,
+            outcome: Outcome::Rejected,
+            rev: master.rev.unwrap_or(0),
+            updated_at: None,
+        })
     }
 
     /// Stores a new master version of an entity, and keeps it as a past
@@ -368,7 +844,9 @@ impl Engine {
         tx: &mut dyn StoreTx,
         entity: &Entity,
     ) -> Result<(), ExchangeError> {
-        tx.put_entity(entity).await?;
+        self.put_indexed(tx, entity)
+            .await
+            .map_err(engine_to_exchange)?;
         if self.policy.keeps_versions(&entity.entity_type) {
             tx.put_version(entity).await?;
         }
@@ -573,6 +1051,20 @@ impl Engine {
             rev,
             updated_at: (outcome == Outcome::ConflictIncomingWon).then_some(c.updated_at),
         })
+    }
+}
+
+/// An engine error met while applying a packet: storage errors stay
+/// storage errors, the rest refuse the packet as invalid.
+fn engine_to_exchange(e: EngineError) -> ExchangeError {
+    match e {
+        EngineError::Store(s) => ExchangeError::Store(s),
+        other => ExchangeError::Invalid {
+            issues: vec![Issue {
+                path: String::new(),
+                message: other.to_string(),
+            }],
+        },
     }
 }
 

@@ -7,9 +7,11 @@
 //! transaction; nothing is acknowledged before it is committed.
 
 mod client;
+mod integrity;
 mod local;
 mod manual;
 mod master;
+mod order;
 
 use std::sync::Arc;
 
@@ -27,7 +29,7 @@ pub use local::{BatchItemError, BatchOp, PutOutcome};
 pub use manual::{
     Choice, ConflictStatus, ConflictView, MANUAL_RESOLVED, ManualResolution, PendingConflict,
 };
-pub use master::ExchangeError;
+pub use master::{ExchangeError, ImportReport};
 
 /// Meta keys of the store.
 const META_NODE_ID: &str = "node_id";
@@ -60,6 +62,9 @@ pub struct EngineOptions {
     pub versioning: bool,
     /// Upper bound of round trips in one sync session.
     pub max_rounds: u32,
+    /// Master: how long a change received before an entity it references
+    /// is held; after that it goes to the manual queue.
+    pub hold_timeout: std::time::Duration,
 }
 
 impl Default for EngineOptions {
@@ -68,6 +73,7 @@ impl Default for EngineOptions {
             limits: PacketLimits::default(),
             versioning: true,
             max_rounds: 100_000,
+            hold_timeout: std::time::Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -96,6 +102,8 @@ pub enum EngineError {
     AlreadyExists { entity_type: String, uuid: Uuid },
     #[error("{0}")]
     Invalid(crate::schema::ValidationError),
+    #[error("{0}")]
+    StillReferenced(crate::schema::ValidationError),
     #[error("the batch was not applied: {} of its operations are invalid", .0.len())]
     Batch(Vec<BatchItemError>),
     #[error(
@@ -158,6 +166,7 @@ impl EngineError {
         match self {
             EngineError::UnknownType { .. } | EngineError::NotFound { .. } => "not_found",
             EngineError::AlreadyExists { .. } => "conflict",
+            EngineError::StillReferenced(_) => "still_referenced",
             EngineError::Invalid(_) | EngineError::Batch(_) => "validation_failed",
             EngineError::NotInitialized => "not_initialized",
             EngineError::WrongRole { .. } => "wrong_mode",

@@ -29,6 +29,6 @@ pub mod registry;
 pub mod version;
 
 pub use problems::{Issue, SchemaProblem, SchemaSetError, ValidateError, ValidationError};
-pub use references::{PathSegment, Reference};
+pub use references::{OnDelete, PathSegment, Reference};
 pub use registry::{ENTITY_SUFFIX, EntityRegistry, EntityType, SCHEMA_SET_FILE};
 pub use version::{SchemaMismatch, SchemaVersion, SchemaVersionParseError};

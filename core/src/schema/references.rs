@@ -19,6 +19,33 @@ use super::documents::{Documents, for_each_subschema, push_token};
 pub(super) const REF_KEYWORD: &str = "x-hubsync-ref";
 /// The framework keyword marking the hierarchical parent.
 pub(super) const PARENT_KEYWORD: &str = "x-hubsync-parent";
+/// The framework keyword on a reference property: what deleting the
+/// referenced entity does to the entities that still refer to it.
+pub(super) const ON_DELETE_KEYWORD: &str = "x-hubsync-on-delete";
+
+/// What deleting a referenced entity does to its live referrers
+/// (`x-hubsync-on-delete` on the reference property).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnDelete {
+    /// The delete is refused while live entities refer to the target.
+    #[default]
+    Restrict,
+    /// The referrers are soft-deleted with it, in the same transaction.
+    Cascade,
+    /// The reference is removed from each referrer (the property is
+    /// dropped; the referrer must stay valid without it).
+    Detach,
+}
+
+impl OnDelete {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnDelete::Restrict => "restrict",
+            OnDelete::Cascade => "cascade",
+            OnDelete::Detach => "detach",
+        }
+    }
+}
 
 /// One step of a path into entity data.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -41,6 +68,8 @@ pub struct Reference {
     pub target: String,
     /// Whether this is the type's hierarchical parent.
     pub is_parent: bool,
+    /// What deleting the referenced entity does to the referrer.
+    pub on_delete: OnDelete,
 }
 
 impl Reference {
@@ -324,7 +353,23 @@ impl Finder<'_, '_> {
                 None => self.parent_at = Some(location),
             }
         }
+        let on_delete = match node.get(ON_DELETE_KEYWORD) {
+            None => OnDelete::Restrict,
+            Some(Value::String(v)) if v == "restrict" => OnDelete::Restrict,
+            Some(Value::String(v)) if v == "cascade" => OnDelete::Cascade,
+            Some(Value::String(v)) if v == "detach" => OnDelete::Detach,
+            Some(other) => {
+                problem(
+                    push_token(pointer, ON_DELETE_KEYWORD),
+                    format!(
+                        "{ON_DELETE_KEYWORD} must be \"restrict\", \"cascade\" or \"detach\", found {other}"
+                    ),
+                );
+                OnDelete::Restrict
+            }
+        };
         let reference = Reference {
+            on_delete,
             pointer: human_pointer(path),
             path: path.to_vec(),
             target,
@@ -396,6 +441,7 @@ mod tests {
             pointer: "/lines/*/employee".into(),
             target: "Employee".into(),
             is_parent: false,
+            on_delete: OnDelete::Restrict,
         };
         let a = Uuid::from_u128(1);
         let b = Uuid::from_u128(2);

@@ -18,7 +18,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::documents::{BASE_URI, Documents, RefError, for_each_subschema, push_token};
-use super::references::{self, PARENT_KEYWORD, REF_KEYWORD, Reference};
+use super::references::{self, ON_DELETE_KEYWORD, PARENT_KEYWORD, REF_KEYWORD, Reference};
 use super::{Issue, SchemaProblem, SchemaSetError, SchemaVersion, ValidateError, ValidationError};
 
 /// The file holding the set's version.
@@ -502,6 +502,8 @@ impl Loader {
             for key in node.keys().filter(|k| k.starts_with("x-hubsync")) {
                 let known = key == REF_KEYWORD
                     || key == PARENT_KEYWORD
+                    || (key == ON_DELETE_KEYWORD && node.contains_key(REF_KEYWORD))
+                    || (key == ON_DELETE_KEYWORD && node.contains_key(PARENT_KEYWORD))
                     || (key == TYPE_KEYWORD && pointer.is_empty());
                 if known {
                     if key == TYPE_KEYWORD && !is_entity {
@@ -520,8 +522,8 @@ impl Loader {
                 found.push((
                     push_token(pointer, key),
                     format!(
-                        "{why}; hubsync knows {REF_KEYWORD} and {PARENT_KEYWORD} (on properties) \
-                         and {TYPE_KEYWORD} (at the top); fix the spelling or remove it"
+                        "{why}; hubsync knows {REF_KEYWORD} and {PARENT_KEYWORD} (on properties), \
+                         {ON_DELETE_KEYWORD} (beside one of them) and {TYPE_KEYWORD} (at the top); fix the spelling or remove it"
                     ),
                 ));
             }

@@ -78,6 +78,9 @@ pub struct Config {
     pub plugins: Vec<PluginConfig>,
     #[serde(default)]
     pub log: LogConfig,
+    /// Master only: resource limits of the sync endpoint.
+    #[serde(default)]
+    pub limits: LimitsConfig,
     #[serde(skip)]
     config_dir: PathBuf,
 }
@@ -157,8 +160,16 @@ pub struct ListenConfig {
     pub cert: PathBuf,
     /// The server's private key (PEM).
     pub key: PathBuf,
-    /// Largest accepted request body after decompression.
-    pub max_body_bytes: usize,
+    /// Deprecated spelling of `[limits].max_body_bytes` (the compressed
+    /// request body cap); when set, it wins.
+    pub max_body_bytes: Option<usize>,
+    /// Mutual TLS: every client must present a certificate issued by
+    /// `client_ca` (`hubsync node add --cert`) that names the same node as
+    /// its token.
+    pub require_client_cert: bool,
+    /// The CA client certificates must chain to (default: the master's own
+    /// CA, which `node add --cert` signs with).
+    pub client_ca: PathBuf,
 }
 
 impl Default for ListenConfig {
@@ -167,8 +178,80 @@ impl Default for ListenConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 8443)),
             cert: "tls/server.pem".into(),
             key: "tls/server.key".into(),
-            max_body_bytes: 16 * 1024 * 1024,
+            max_body_bytes: None,
+            require_client_cert: false,
+            client_ca: "tls/ca.pem".into(),
         }
+    }
+}
+
+/// `[limits]`: what one request, one node and one address may cost the
+/// master (issue 7). Every refusal is a security event.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest request body as sent (gzip), bytes; more gets 413.
+    pub max_body_bytes: usize,
+    /// Largest request body after decompression, bytes; decompression
+    /// stops there (a gzip bomb costs at most this much memory) with 413.
+    pub max_decompressed_bytes: usize,
+    /// Most entities in one packet; more gets 413.
+    pub max_entities_per_packet: usize,
+    /// Deepest nesting of JSON arrays/objects in a packet; deeper gets 413
+    /// before any parsing.
+    pub max_json_depth: usize,
+    /// Seconds a client may take to send a request's headers.
+    pub header_read_timeout_secs: u64,
+    /// Seconds a client may take to send a request's body (a slow client is
+    /// cut with 408).
+    pub body_read_timeout_secs: u64,
+    /// Exchanges of one node served at once; more get 429 at once (with
+    /// `Retry-After: 1`) rather than waiting.
+    pub max_concurrent_exchanges_per_node: u32,
+    /// Sustained requests per minute per node (token bucket); more get 429
+    /// `rate_limited` with `Retry-After`.
+    pub rate_limit_per_minute: u32,
+    /// Requests a node may make at once above the sustained rate.
+    pub rate_limit_burst: u32,
+    /// Authentication failures from one address (or for one node) within
+    /// `auth_failure_window_secs` before it is locked out.
+    pub auth_failures_before_lockout: u32,
+    pub auth_failure_window_secs: u64,
+    /// How long a lockout lasts; requests meanwhile get 429 with
+    /// `Retry-After`, whatever their token.
+    pub lockout_secs: u64,
+    /// Each authentication failure's answer is delayed by this much per
+    /// failure so far in the window (capped at 2 s): guessing is slowed
+    /// before it is locked out.
+    pub auth_failure_delay_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_body_bytes: 16 * 1024 * 1024,
+            max_decompressed_bytes: 64 * 1024 * 1024,
+            max_entities_per_packet: 2000,
+            max_json_depth: 64,
+            header_read_timeout_secs: 30,
+            body_read_timeout_secs: 60,
+            max_concurrent_exchanges_per_node: 2,
+            rate_limit_per_minute: 600,
+            rate_limit_burst: 60,
+            auth_failures_before_lockout: 10,
+            auth_failure_window_secs: 300,
+            lockout_secs: 900,
+            auth_failure_delay_ms: 200,
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_secs)
+    }
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_read_timeout_secs)
     }
 }
 
@@ -218,6 +301,13 @@ pub struct MasterLink {
     /// A file holding the node's token.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// Mutual TLS: this node's client certificate (PEM), from `hubsync node
+    /// add --cert` on the master; with `client_key`.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// The private key of `client_cert` (PEM).
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
 }
 
 impl fmt::Debug for MasterLink {
@@ -228,6 +318,8 @@ impl fmt::Debug for MasterLink {
             .field("node_id", &self.node_id)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("token_file", &self.token_file)
+            .field("client_cert", &self.client_cert)
+            .field("client_key", &self.client_key)
             .finish()
     }
 }
@@ -466,6 +558,7 @@ impl Config {
             conflicts: ConflictsConfig::default(),
             plugins: Vec::new(),
             log: LogConfig::default(),
+            limits: LimitsConfig::default(),
             config_dir: absolute(config_dir),
         };
         config.resolve_paths();
@@ -602,11 +695,18 @@ impl Config {
         if let Some(listen) = &self.listen {
             empty_path("listen.cert", &listen.cert);
             empty_path("listen.key", &listen.key);
+            empty_path("listen.client_ca", &listen.client_ca);
         }
         if let Some(master) = &self.master {
             empty_path("master.ca_cert", &master.ca_cert);
             if let Some(file) = &master.token_file {
                 empty_path("master.token_file", file);
+            }
+            if let Some(file) = &master.client_cert {
+                empty_path("master.client_cert", file);
+            }
+            if let Some(file) = &master.client_key {
+                empty_path("master.client_key", file);
             }
         }
         for (i, plugin) in self.plugins.iter().enumerate() {
@@ -692,12 +792,72 @@ impl Config {
                     .hint("give the local API and the sync protocol different ports"),
                 );
             }
-            if listen.max_body_bytes == 0 {
+            if listen.max_body_bytes == Some(0) {
                 problems.push(ConfigProblem::new(
                     "listen.max_body_bytes",
                     "must be greater than 0",
                 ));
             }
+        }
+        if let Some(master) = &self.master
+            && master.client_cert.is_some() != master.client_key.is_some()
+        {
+            problems.push(
+                ConfigProblem::new(
+                    "master.client_cert",
+                    "client_cert and client_key go together: set both or neither",
+                )
+                .hint("use the two files `hubsync node add --cert` wrote for this node"),
+            );
+        }
+        let l = &self.limits;
+        for (key, value) in [
+            ("limits.max_body_bytes", l.max_body_bytes as u64),
+            (
+                "limits.max_decompressed_bytes",
+                l.max_decompressed_bytes as u64,
+            ),
+            (
+                "limits.max_entities_per_packet",
+                l.max_entities_per_packet as u64,
+            ),
+            ("limits.max_json_depth", l.max_json_depth as u64),
+            (
+                "limits.header_read_timeout_secs",
+                l.header_read_timeout_secs,
+            ),
+            ("limits.body_read_timeout_secs", l.body_read_timeout_secs),
+            (
+                "limits.max_concurrent_exchanges_per_node",
+                u64::from(l.max_concurrent_exchanges_per_node),
+            ),
+            (
+                "limits.rate_limit_per_minute",
+                u64::from(l.rate_limit_per_minute),
+            ),
+            ("limits.rate_limit_burst", u64::from(l.rate_limit_burst)),
+            (
+                "limits.auth_failures_before_lockout",
+                u64::from(l.auth_failures_before_lockout),
+            ),
+            (
+                "limits.auth_failure_window_secs",
+                l.auth_failure_window_secs,
+            ),
+            ("limits.lockout_secs", l.lockout_secs),
+        ] {
+            if value == 0 {
+                problems.push(ConfigProblem::new(key, "must be greater than 0"));
+            }
+        }
+        if l.max_decompressed_bytes < l.max_body_bytes {
+            problems.push(ConfigProblem::new(
+                "limits.max_decompressed_bytes",
+                format!(
+                    "{} is less than limits.max_body_bytes ({}): a packet never shrinks when decompressed",
+                    l.max_decompressed_bytes, l.max_body_bytes
+                ),
+            ));
         }
         for (key, value) in [
             (
@@ -772,10 +932,17 @@ impl Config {
         if let Some(listen) = &mut self.listen {
             resolve(&mut listen.cert);
             resolve(&mut listen.key);
+            resolve(&mut listen.client_ca);
         }
         if let Some(master) = &mut self.master {
             resolve(&mut master.ca_cert);
             if let Some(file) = &mut master.token_file {
+                resolve(file);
+            }
+            for file in [&mut master.client_cert, &mut master.client_key]
+                .into_iter()
+                .flatten()
+            {
                 resolve(file);
             }
         }
@@ -844,8 +1011,70 @@ impl Config {
             let _ = writeln!(w, "# Server certificate chain and private key (PEM).");
             let _ = writeln!(w, "cert = {}", rel(&listen.cert));
             let _ = writeln!(w, "key = {}", rel(&listen.key));
-            let _ = writeln!(w, "# Largest accepted request body, after decompression.");
-            let _ = writeln!(w, "max_body_bytes = {}", listen.max_body_bytes);
+            let _ = writeln!(
+                w,
+                "# Mutual TLS: require a client certificate from `hubsync node add --cert`,"
+            );
+            let _ = writeln!(
+                w,
+                "# issued by client_ca and naming the same node as the token."
+            );
+            let _ = writeln!(w, "require_client_cert = {}", listen.require_client_cert);
+            let _ = writeln!(w, "client_ca = {}", rel(&listen.client_ca));
+            let l = &self.limits;
+            let _ = writeln!(w);
+            let _ = writeln!(
+                w,
+                "# What one request, node or address may cost (refusals are security events)."
+            );
+            let _ = writeln!(w, "[limits]");
+            let _ = writeln!(w, "# Request body as sent (gzip), and after decompression.");
+            let _ = writeln!(w, "max_body_bytes = {}", l.max_body_bytes);
+            let _ = writeln!(w, "max_decompressed_bytes = {}", l.max_decompressed_bytes);
+            let _ = writeln!(w, "max_entities_per_packet = {}", l.max_entities_per_packet);
+            let _ = writeln!(w, "# Deepest JSON nesting accepted in a packet.");
+            let _ = writeln!(w, "max_json_depth = {}", l.max_json_depth);
+            let _ = writeln!(
+                w,
+                "# A client slower than this sending headers / body is cut."
+            );
+            let _ = writeln!(
+                w,
+                "header_read_timeout_secs = {}",
+                l.header_read_timeout_secs
+            );
+            let _ = writeln!(w, "body_read_timeout_secs = {}", l.body_read_timeout_secs);
+            let _ = writeln!(
+                w,
+                "# Per node: exchanges at once (more: 429), and a request rate (429 + Retry-After)."
+            );
+            let _ = writeln!(
+                w,
+                "max_concurrent_exchanges_per_node = {}",
+                l.max_concurrent_exchanges_per_node
+            );
+            let _ = writeln!(w, "rate_limit_per_minute = {}", l.rate_limit_per_minute);
+            let _ = writeln!(w, "rate_limit_burst = {}", l.rate_limit_burst);
+            let _ = writeln!(
+                w,
+                "# Authentication failures per address or node: each answer slowed by"
+            );
+            let _ = writeln!(
+                w,
+                "# auth_failure_delay_ms x failures, then locked out for lockout_secs."
+            );
+            let _ = writeln!(
+                w,
+                "auth_failures_before_lockout = {}",
+                l.auth_failures_before_lockout
+            );
+            let _ = writeln!(
+                w,
+                "auth_failure_window_secs = {}",
+                l.auth_failure_window_secs
+            );
+            let _ = writeln!(w, "lockout_secs = {}", l.lockout_secs);
+            let _ = writeln!(w, "auth_failure_delay_ms = {}", l.auth_failure_delay_ms);
         }
         let _ = writeln!(w);
         let _ = writeln!(
@@ -882,6 +1111,14 @@ impl Config {
                     "# A file holding the token (keep it readable by its owner only)."
                 );
                 let _ = writeln!(w, "token_file = {}", rel(file));
+            }
+            if let (Some(cert), Some(key)) = (&master.client_cert, &master.client_key) {
+                let _ = writeln!(
+                    w,
+                    "# Mutual TLS: this node's certificate and key from `hubsync node add --cert`."
+                );
+                let _ = writeln!(w, "client_cert = {}", rel(cert));
+                let _ = writeln!(w, "client_key = {}", rel(key));
             }
         }
         let _ = writeln!(w);
@@ -1500,6 +1737,8 @@ max_packet_entities = 0
             node_id: "0190a3c4-6c8e-7b8a-9f00-2d3c4b5a6978".into(),
             token: Some("tok\"en".into()),
             token_file: None,
+            client_cert: Some(config.config_dir().join("tls/client.pem")),
+            client_key: Some(config.config_dir().join("tls/client.key")),
         });
         config
             .conflicts

@@ -304,6 +304,30 @@ impl HttpsClient {
     }
 }
 
+/// The wait a `Retry-After` header asks for (RFC 9110 §10.2.3): either
+/// delay-seconds or an HTTP date, relative to `now`. None when the header
+/// is absent or unreadable; a date already past asks for no wait.
+pub fn retry_after(headers: &HeaderMap, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    let value = headers
+        .get(hyper::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // An absurd number of digits saturates rather than being ignored.
+        return Some(Duration::from_secs(
+            value.parse::<u64>().unwrap_or(u64::MAX),
+        ));
+    }
+    // IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT") is RFC 2822 syntax.
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    Some(
+        (at.with_timezone(&chrono::Utc) - now)
+            .to_std()
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
 /// Parses `url` and insists on https with a host.
 fn parse_https_url(url: &str) -> Result<Uri, HttpClientError> {
     let uri: Uri =
@@ -592,6 +616,37 @@ mod tests {
         assert!(matches!(err, HttpClientError::Timeout { .. }), "{err:?}");
         assert!(err.is_transient());
         holder.abort();
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        use chrono::TimeZone;
+        let now = chrono::Utc
+            .with_ymd_and_hms(1994, 11, 6, 8, 49, 30)
+            .single()
+            .expect("valid date");
+        let check = |value: &str, expected: Option<Duration>| {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                hyper::header::RETRY_AFTER,
+                HeaderValue::from_str(value).expect("header"),
+            );
+            assert_eq!(retry_after(&headers, now), expected, "Retry-After: {value}");
+        };
+        check("120", Some(Duration::from_secs(120)));
+        check(" 0 ", Some(Duration::ZERO));
+        check(
+            "99999999999999999999999",
+            Some(Duration::from_secs(u64::MAX)),
+        );
+        check(
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+            Some(Duration::from_secs(7)),
+        );
+        check("Sun, 06 Nov 1994 08:00:00 GMT", Some(Duration::ZERO));
+        check("-5", None);
+        check("soon", None);
+        assert_eq!(retry_after(&HeaderMap::new(), now), None);
     }
 
     #[test]

@@ -40,6 +40,31 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerAddr(pub SocketAddr);
 
+/// The client certificate a peer presented in the TLS handshake (already
+/// verified against the configured client CA by rustls), inserted into the
+/// request's extensions when there is one; read it with
+/// `warp::ext::optional::<PeerCertificate>()`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerCertificate(pub Arc<rustls_pki_types::CertificateDer<'static>>);
+
+/// Timeouts of a listener's connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionTimeouts {
+    /// How long a client may take to complete the TLS handshake.
+    pub handshake: Duration,
+    /// How long a client may take to send a request's headers.
+    pub header_read: Duration,
+}
+
+impl Default for ConnectionTimeouts {
+    fn default() -> Self {
+        ConnectionTimeouts {
+            handshake: TLS_HANDSHAKE_TIMEOUT,
+            header_read: HEADER_READ_TIMEOUT,
+        }
+    }
+}
+
 /// A running server. Call [`ServerHandle::shutdown`] to stop it; dropping the
 /// handle instead stops accepting and aborts open connections at once.
 #[derive(Debug)]
@@ -102,18 +127,41 @@ where
     F: Filter + Clone + Send + Sync + 'static,
     F::Extract: warp::Reply,
 {
+    serve_https_with(listener, tls, filter, ConnectionTimeouts::default()).await
+}
+
+/// [`serve_https`] with the given timeouts. A client certificate the peer
+/// presented is passed to every request as a [`PeerCertificate`].
+pub async fn serve_https_with<F>(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    filter: F,
+    timeouts: ConnectionTimeouts,
+) -> ServerHandle
+where
+    F: Filter + Clone + Send + Sync + 'static,
+    F::Extract: warp::Reply,
+{
     let acceptor = TlsAcceptor::from(tls);
-    spawn_accept_loop(listener, "https", filter, move |tcp, peer| {
+    spawn_accept_loop(listener, "https", filter, timeouts, move |tcp, peer| {
         let acceptor = acceptor.clone();
         async move {
-            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => Some(stream),
+            match tokio::time::timeout(timeouts.handshake, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => {
+                    let cert = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .map(|c| PeerCertificate(Arc::new(c.clone().into_owned())));
+                    Some((stream, cert))
+                }
                 Ok(Err(error)) => {
                     tracing::debug!(%peer, %error, "TLS handshake failed");
                     None
                 }
                 Err(_) => {
-                    tracing::debug!(%peer, timeout_secs = TLS_HANDSHAKE_TIMEOUT.as_secs(), "TLS handshake timed out");
+                    tracing::debug!(%peer, timeout_secs = timeouts.handshake.as_secs(), "TLS handshake timed out");
                     None
                 }
             }
@@ -132,7 +180,8 @@ where
         listener,
         "http",
         filter,
-        |tcp, _peer| async move { Some(tcp) },
+        ConnectionTimeouts::default(),
+        |tcp, _peer| async move { Some((tcp, None)) },
     )
 }
 
@@ -142,13 +191,14 @@ fn spawn_accept_loop<F, H, HF, S>(
     listener: TcpListener,
     scheme: &'static str,
     filter: F,
+    timeouts: ConnectionTimeouts,
     handshake: H,
 ) -> ServerHandle
 where
     F: Filter + Clone + Send + Sync + 'static,
     F::Extract: warp::Reply,
     H: Fn(TcpStream, SocketAddr) -> HF + Send + 'static,
-    HF: Future<Output = Option<S>> + Send + 'static,
+    HF: Future<Output = Option<(S, Option<PeerCertificate>)>> + Send + 'static,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // A listener whose address cannot be read is unusable anyway; report
@@ -162,6 +212,7 @@ where
         local_addr,
         scheme,
         filter,
+        timeouts,
         handshake,
         shutdown_rx,
     ));
@@ -178,6 +229,7 @@ async fn accept_loop<F, H, HF, S>(
     local_addr: SocketAddr,
     scheme: &'static str,
     filter: F,
+    timeouts: ConnectionTimeouts,
     handshake: H,
     mut shutdown: watch::Receiver<bool>,
 ) -> JoinSet<()>
@@ -185,7 +237,7 @@ where
     F: Filter + Clone + Send + Sync + 'static,
     F::Extract: warp::Reply,
     H: Fn(TcpStream, SocketAddr) -> HF + Send + 'static,
-    HF: Future<Output = Option<S>> + Send + 'static,
+    HF: Future<Output = Option<(S, Option<PeerCertificate>)>> + Send + 'static,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut connections = JoinSet::new();
@@ -217,7 +269,7 @@ where
         let filter = filter.clone();
         let shutdown = shutdown.clone();
         connections.spawn(async move {
-            serve_connection(io, peer, scheme, filter, shutdown).await;
+            serve_connection(io, peer, scheme, filter, timeouts, shutdown).await;
         });
     }
     drop(listener);
@@ -232,17 +284,18 @@ async fn serve_connection<F, HF, S>(
     peer: SocketAddr,
     scheme: &'static str,
     filter: F,
+    timeouts: ConnectionTimeouts,
     mut shutdown: watch::Receiver<bool>,
 ) where
     F: Filter + Clone + Send + Sync + 'static,
     F::Extract: warp::Reply,
-    HF: Future<Output = Option<S>> + Send + 'static,
+    HF: Future<Output = Option<(S, Option<PeerCertificate>)>> + Send + 'static,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let stream = tokio::select! {
+    let (stream, cert) = tokio::select! {
         _ = shutdown.changed() => return,
         stream = handshake => match stream {
-            Some(stream) => stream,
+            Some(pair) => pair,
             None => return,
         },
     };
@@ -250,13 +303,16 @@ async fn serve_connection<F, HF, S>(
     let warp_service = TowerToHyperService::new(warp::service(filter));
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(PeerAddr(peer));
+        if let Some(cert) = &cert {
+            request.extensions_mut().insert(cert.clone());
+        }
         hyper::service::Service::call(&warp_service, request)
     });
 
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(timeouts.header_read);
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
 

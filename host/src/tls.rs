@@ -124,6 +124,158 @@ pub enum TlsError {
 
     #[error("cannot build the TLS client configuration: {reason}")]
     ClientConfig { reason: String },
+
+    #[error(
+        "cannot read the CA key {path}: {reason}; client certificates are issued on the master, with the tls/ directory `hubsync init master` created"
+    )]
+    CaKey { path: PathBuf, reason: String },
+
+    #[error(
+        "the client certificate just issued does not verify against {ca}: {reason}; the CA files in that directory do not belong together (was the CA replaced?)"
+    )]
+    IssuedCertDoesNotVerify { ca: PathBuf, reason: String },
+}
+
+/// Files written by [`issue_client_cert`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// How long issued client certificates stay valid.
+const CLIENT_VALID_DAYS: i64 = 825;
+
+/// The DNS name a node's client certificate carries as its SAN: it names
+/// the node, and [`cert_names_node`] checks it.
+pub fn node_san(node_id: uuid::Uuid) -> String {
+    format!("n{}.node.hubsync", node_id.simple())
+}
+
+/// True when `cert` carries the SAN of `node_id` ([`node_san`]).
+pub fn cert_names_node(cert: &CertificateDer<'_>, node_id: uuid::Uuid) -> bool {
+    let Ok(parsed) = rustls::server::ParsedCertificate::try_from(cert) else {
+        return false;
+    };
+    let Ok(name) = rustls_pki_types::ServerName::try_from(node_san(node_id)) else {
+        return false;
+    };
+    rustls::client::verify_server_name(&parsed, &name).is_ok()
+}
+
+/// Issues a client certificate for node `node_id` (`code`) from the CA in
+/// `tls_dir` (ca.pem, ca.key, as `hubsync init master` wrote them, the CA
+/// named after `master_code`), and writes `<code>.pem` and `<code>.key`
+/// (0600) into `out_dir`. The certificate's SAN names the node
+/// ([`node_san`]); it is checked against the CA before anything is written.
+pub fn issue_client_cert(
+    tls_dir: &Path,
+    master_code: &str,
+    node_id: uuid::Uuid,
+    code: &str,
+    out_dir: &Path,
+) -> Result<ClientCertFiles, TlsError> {
+    let file_stem: String = code
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let out = ClientCertFiles {
+        cert: out_dir.join(format!("{file_stem}.pem")),
+        key: out_dir.join(format!("{file_stem}.key")),
+    };
+    for path in [&out.cert, &out.key] {
+        if path.exists() {
+            return Err(TlsError::AlreadyExists { path: path.clone() });
+        }
+    }
+    let ca_key_path = tls_dir.join(CA_KEY_FILE);
+    let ca_cert_path = tls_dir.join(CA_CERT_FILE);
+    let ca_key_pem = fs::read_to_string(&ca_key_path).map_err(|e| TlsError::CaKey {
+        path: ca_key_path.clone(),
+        reason: e.to_string(),
+    })?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|e| TlsError::CaKey {
+        path: ca_key_path.clone(),
+        reason: e.to_string(),
+    })?;
+    // The CA's parameters as `generate_ca_and_server` set them: signing
+    // needs the issuer's name and key; the result is verified below.
+    let mut ca_params = CertificateParams::default();
+    ca_params.distinguished_name = distinguished_name(&format!("hubsync CA {master_code}"));
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let issuer = Issuer::from_params(&ca_params, &ca_key);
+
+    let key = KeyPair::generate().map_err(|e| TlsError::Generate {
+        what: "client key pair",
+        reason: e.to_string(),
+    })?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = distinguished_name(&format!("hubsync node {code}"));
+    params.subject_alt_names = vec![SanType::DnsName(node_san(node_id).try_into().map_err(
+        |e: rcgen::Error| TlsError::Generate {
+            what: "client certificate name",
+            reason: e.to_string(),
+        },
+    )?)];
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = days_from_now!(-1);
+    params.not_after = days_from_now!(CLIENT_VALID_DAYS);
+    let cert = params
+        .signed_by(&key, &issuer)
+        .map_err(|e| TlsError::Generate {
+            what: "client certificate",
+            reason: e.to_string(),
+        })?;
+
+    // Check the chain before handing anything out.
+    let verifier = client_verifier(&ca_cert_path)?;
+    verifier
+        .verify_client_cert(cert.der(), &[], rustls_pki_types::UnixTime::now())
+        .map_err(|e| TlsError::IssuedCertDoesNotVerify {
+            ca: ca_cert_path.clone(),
+            reason: e.to_string(),
+        })?;
+
+    fs::create_dir_all(out_dir).map_err(|source| TlsError::CreateDir {
+        path: out_dir.to_path_buf(),
+        source,
+    })?;
+    write_new(&out.key, key.serialize_pem().as_bytes(), true)?;
+    write_new(&out.cert, cert.pem().as_bytes(), false)?;
+    tracing::info!(node = %code, cert = %out.cert.display(), "issued a client certificate");
+    Ok(out)
+}
+
+/// A verifier of client certificates issued by the CA in `ca_cert`; a
+/// client without a certificate is let through the handshake (the sync
+/// endpoint then refuses it with 401 and a security event, which a failed
+/// handshake could not give).
+fn client_verifier(
+    ca_cert: &Path,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in load_certificates(ca_cert)? {
+        roots.add(cert).map_err(|e| TlsError::BadCaCertificate {
+            path: ca_cert.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::BadCaCertificate {
+            path: ca_cert.to_path_buf(),
+            reason: e.to_string(),
+        })
 }
 
 /// The one crypto provider every configuration here uses.
@@ -340,8 +492,29 @@ pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError>
 }
 
 /// A rustls server configuration from PEM files: TLS 1.2 and 1.3 only, the
-/// ring provider, ALPN "http/1.1", no client authentication (yet).
+/// ring provider, ALPN "http/1.1", no client authentication.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    server_config_with(cert, key, None)
+}
+
+/// The sync endpoint's server configuration for `[listen]`: with
+/// `require_client_cert`, client certificates issued by `client_ca` are
+/// requested and verified (one that does not verify fails the handshake;
+/// none at all reaches the endpoint, which refuses it with 401).
+pub fn server_config_for(
+    listen: &crate::config::ListenConfig,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let client_ca = listen
+        .require_client_cert
+        .then_some(listen.client_ca.as_path());
+    server_config_with(&listen.cert, &listen.key, client_ca)
+}
+
+fn server_config_with(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let certs = load_certificates(cert)?;
     let private_key = load_private_key(key)?;
     let config_err = |e: rustls::Error| TlsError::ServerConfig {
@@ -349,10 +522,14 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
         key: key.to_path_buf(),
         reason: e.to_string(),
     };
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(PROTOCOL_VERSIONS)
-        .map_err(config_err)?
-        .with_no_client_auth()
+        .map_err(config_err)?;
+    let builder = match client_ca {
+        Some(ca) => builder.with_client_cert_verifier(client_verifier(ca)?),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
         .with_single_cert(certs, private_key)
         .map_err(config_err)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -363,6 +540,26 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
 /// `ca_cert` (no system roots): TLS 1.2 and 1.3, the ring provider, no ALPN
 /// (the HTTPS connector sets it).
 pub fn client_config(ca_cert: &Path) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    client_config_with_identity(ca_cert, None)
+}
+
+/// The client configuration for a `[master]` link: its CA, and its client
+/// certificate and key when both are set (mutual TLS).
+pub fn client_config_for_link(
+    link: &crate::config::MasterLink,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    match (&link.client_cert, &link.client_key) {
+        (Some(cert), Some(key)) => client_config_with_identity(&link.ca_cert, Some((cert, key))),
+        _ => client_config(&link.ca_cert),
+    }
+}
+
+/// [`client_config`] that also presents the client certificate chain and
+/// key in `identity` (PEM files) when the server asks for one.
+pub fn client_config_with_identity(
+    ca_cert: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in load_certificates(ca_cert)? {
         roots.add(cert).map_err(|e| TlsError::BadCaCertificate {
@@ -375,8 +572,23 @@ pub fn client_config(ca_cert: &Path) -> Result<Arc<rustls::ClientConfig>, TlsErr
         .map_err(|e| TlsError::ClientConfig {
             reason: e.to_string(),
         })?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let config = match identity {
+        Some((cert, key)) => {
+            let chain = load_certificates(cert)?;
+            let private_key = load_private_key(key)?;
+            config
+                .with_client_auth_cert(chain, private_key)
+                .map_err(|e| TlsError::ClientConfig {
+                    reason: format!(
+                        "the client certificate {} and key {} do not go together: {e}",
+                        cert.display(),
+                        key.display()
+                    ),
+                })?
+        }
+        None => config.with_no_client_auth(),
+    };
     Ok(Arc::new(config))
 }
 
@@ -428,6 +640,45 @@ mod tests {
             .expect_err("must refuse");
         assert!(err.to_string().contains("bad host!"), "{err}");
         assert!(!dir.path().join(CA_CERT_FILE).exists());
+    }
+
+    #[test]
+    fn an_issued_client_cert_names_its_node_and_loads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tls = generate_ca_and_server(dir.path(), "MASTER", &[]).expect("generate");
+        let node = uuid::Uuid::from_u128(0xABC);
+        let files = issue_client_cert(
+            dir.path(),
+            "MASTER",
+            node,
+            "DESKTOP/1",
+            &dir.path().join("clients"),
+        )
+        .expect("issue");
+        assert!(files.cert.ends_with("clients/DESKTOP_1.pem"));
+        let cert = load_certificates(&files.cert).expect("cert").remove(0);
+        assert!(cert_names_node(&cert, node));
+        assert!(!cert_names_node(&cert, uuid::Uuid::from_u128(0xDEF)));
+        client_config_with_identity(&tls.ca_cert, Some((&files.cert, &files.key)))
+            .expect("client identity");
+        // A CA of another name (another master) does not verify it.
+        let err = issue_client_cert(dir.path(), "OTHER", node, "X", &dir.path().join("c2"))
+            .expect_err("wrong CA name");
+        assert!(
+            matches!(err, TlsError::IssuedCertDoesNotVerify { .. }),
+            "{err}"
+        );
+        assert!(!dir.path().join("c2/X.pem").exists());
+        // Never overwritten.
+        let err = issue_client_cert(
+            dir.path(),
+            "MASTER",
+            node,
+            "DESKTOP/1",
+            &dir.path().join("clients"),
+        )
+        .expect_err("exists");
+        assert!(matches!(err, TlsError::AlreadyExists { .. }), "{err}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The engine's `Transport` over HTTPS: gzip JSON envelopes POSTed to the
 //! master's `/sync/v1/exchange` with the node's bearer token.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,6 +18,9 @@ pub struct HttpsTransport {
     url: String,
     token: String,
     limits: DecodeLimits,
+    /// What the master's last refusal asked for in `Retry-After` (a 429 or
+    /// 503); cleared by the next answer without one.
+    retry_after: Mutex<Option<Duration>>,
 }
 
 impl std::fmt::Debug for HttpsTransport {
@@ -41,6 +45,19 @@ impl HttpsTransport {
             url: format!("{}{EXCHANGE_PATH}", master_url.trim_end_matches('/')),
             token,
             limits,
+            retry_after: Mutex::new(None),
+        }
+    }
+
+    /// The wait the master asked for with `Retry-After` in its last answer,
+    /// if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after.lock().map(|g| *g).unwrap_or(None)
+    }
+
+    fn set_retry_after(&self, wait: Option<Duration>) {
+        if let Ok(mut g) = self.retry_after.lock() {
+            *g = wait;
         }
     }
 }
@@ -62,10 +79,17 @@ impl Transport for HttpsTransport {
             .client
             .post(&self.url, &headers, Bytes::from(body))
             .await
-            .map_err(|e| TransportError::Unreachable {
-                transient: e.is_transient(),
-                reason: e.to_string(),
+            .map_err(|e| {
+                self.set_retry_after(None);
+                TransportError::Unreachable {
+                    transient: e.is_transient(),
+                    reason: e.to_string(),
+                }
             })?;
+        let asked_wait = (resp.status != 200)
+            .then(|| crate::https_client::retry_after(&resp.headers, chrono::Utc::now()))
+            .flatten();
+        self.set_retry_after(asked_wait);
         let gzipped = resp
             .headers
             .get("content-encoding")
@@ -86,7 +110,7 @@ impl Transport for HttpsTransport {
                 transient: true,
             });
         }
-        let error = serde_json::from_slice::<ErrorBody>(&raw)
+        let mut error = serde_json::from_slice::<ErrorBody>(&raw)
             .map(|b| b.error)
             .unwrap_or_else(|_| ErrorDetail {
                 code: format!("http_{}", resp.status),
@@ -94,6 +118,17 @@ impl Transport for HttpsTransport {
                 detail: None,
                 hint: None,
             });
+        if let Some(wait) = asked_wait {
+            // Shown in `hubsync status`: why the next attempt is that far off.
+            let asked = format!(
+                "the master asked to retry after {}s (Retry-After); the background loop waits at least that long, up to [sync].retry_max_secs",
+                wait.as_secs()
+            );
+            error.hint = Some(match error.hint.take() {
+                Some(h) => format!("{h}; {asked}"),
+                None => asked,
+            });
+        }
         Err(TransportError::Refused {
             status: resp.status,
             error,

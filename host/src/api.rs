@@ -208,6 +208,14 @@ pub fn routes(
                             serde_json::to_value(sync).unwrap_or(Value::Null),
                         );
                     }
+                    // Contract §4: the running sync's progress, null when idle.
+                    if let Some(obj) = v.as_object_mut() {
+                        let progress = node.sync_state().and_then(|s| s.progress);
+                        obj.insert(
+                            "progress".into(),
+                            serde_json::to_value(progress).unwrap_or(Value::Null),
+                        );
+                    }
                     json_reply(StatusCode::OK, &v)
                 }
                 Err(e) => engine_error(e),
@@ -499,7 +507,7 @@ fn error_reply(status: StatusCode, code: &str, message: String, details: Vec<Val
 
 fn engine_error(e: EngineError) -> Response {
     let details: Vec<Value> = match &e {
-        EngineError::Invalid(v) => v
+        EngineError::Invalid(v) | EngineError::StillReferenced(v) => v
             .issues
             .iter()
             .map(|i| json!({"path": i.path, "message": i.message}))
@@ -519,7 +527,8 @@ fn engine_error(e: EngineError) -> Response {
         EngineError::AlreadyExists { .. }
         | EngineError::DuplicateNode(_)
         | EngineError::ConflictResolved { .. }
-        | EngineError::IncomingVersionMissing { .. } => StatusCode::CONFLICT,
+        | EngineError::IncomingVersionMissing { .. }
+        | EngineError::StillReferenced(_) => StatusCode::CONFLICT,
         EngineError::Invalid(_) | EngineError::Batch(_) => StatusCode::UNPROCESSABLE_ENTITY,
         EngineError::WrongRole { .. } | EngineError::MasterOnly { .. } => StatusCode::BAD_REQUEST,
         EngineError::Transport(_) | EngineError::Sync(_) => StatusCode::BAD_GATEWAY,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use hubsync_core::engine::{NoProgress, Progress, SyncProgress};
+use hubsync_core::engine::{NoProgress, Progress};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -68,6 +68,31 @@ pub enum Command {
         #[command(flatten)]
         json: JsonArg,
     },
+    /// Write the next packet for the other side into a sealed file (sneakernet); client: to its master, master: to --node.
+    Export {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The file to write (replaced atomically).
+        #[arg(long)]
+        out: PathBuf,
+        /// (master) The node the file is for.
+        #[arg(long)]
+        node: Option<String>,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Receive a packet file written by `hubsync export` on the other side, exactly once.
+    Import {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The packet file.
+        file: PathBuf,
+        /// Show what would be applied and what would conflict; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        json: JsonArg,
+    },
     /// Show the node's state.
     Status {
         #[command(flatten)]
@@ -93,6 +118,8 @@ pub enum Command {
     /// Resolver plugin tools.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// The security event log: authentication failures, lockouts, denials, limit violations, token changes (newest first).
+    SecurityEvents(crate::security_cli::SecurityEventsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -167,6 +194,14 @@ pub enum NodeCommand {
         code: String,
         #[arg(long)]
         name: Option<String>,
+        /// Also issue a client certificate for mutual TLS from the master's
+        /// CA (tls/ca.key), written to --cert-dir as <CODE>.pem and <CODE>.key.
+        #[arg(long)]
+        cert: bool,
+        /// Where --cert writes the certificate and key (default: tls/clients
+        /// next to the configuration).
+        #[arg(long, requires = "cert")]
+        cert_dir: Option<PathBuf>,
         #[command(flatten)]
         json: JsonArg,
     },
@@ -347,6 +382,7 @@ pub async fn run(cli: Cli) -> Result<(), HostError> {
             );
         }
         Command::Node(cmd) => node_command(cmd).await?,
+        Command::SecurityEvents(args) => crate::security_cli::run(args).await?,
         Command::Serve { config } => {
             let config = load(&config.config)?;
             let _lock = crate::serve::try_lock(&config)?.ok_or_else(|| {
@@ -387,6 +423,29 @@ pub async fn run(cli: Cli) -> Result<(), HostError> {
                 },
                 json,
             );
+        }
+        Command::Export {
+            config,
+            out,
+            node,
+            json,
+        } => {
+            let config = load(&config.config)?;
+            let (doc, text) =
+                crate::file_exchange::export_command(config, &out, node.as_deref(), !json.json)
+                    .await?;
+            print(Output { json: doc, text }, json);
+        }
+        Command::Import {
+            config,
+            file,
+            dry_run,
+            json,
+        } => {
+            let config = load(&config.config)?;
+            let (doc, text) =
+                crate::file_exchange::import_command(config, &file, dry_run, !json.json).await?;
+            print(Output { json: doc, text }, json);
         }
         Command::Status { config, json } => {
             let node = Node::open(load(&config.config)?).await?;
@@ -583,9 +642,33 @@ async fn node_command(cmd: NodeCommand) -> Result<(), HostError> {
             config,
             code,
             name,
+            cert,
+            cert_dir,
             json,
         } => {
-            let node = Node::open(load(&config.config)?).await?;
+            let cfg = load(&config.config)?;
+            // --cert: the CA that signs is the one client certificates are
+            // checked against ([listen].client_ca, tls/ca.pem by default).
+            let cert_plan = if cert {
+                let ca = cfg.listen.as_ref().map(|l| l.client_ca.clone()).ok_or_else(|| {
+                    HostError::Other(
+                        "--cert issues client certificates on a master; this configuration has no [listen] section".into(),
+                    )
+                })?;
+                let tls_dir = ca.parent().map(Path::to_path_buf).unwrap_or_default();
+                let ca_key = tls_dir.join(crate::tls::CA_KEY_FILE);
+                if !ca_key.is_file() {
+                    return Err(HostError::Other(format!(
+                        "--cert needs the CA key {}, which `hubsync init master` wrote; run node add --cert on the master that holds it",
+                        ca_key.display()
+                    )));
+                }
+                let out = cert_dir.unwrap_or_else(|| cfg.config_dir().join("tls/clients"));
+                Some((tls_dir, out))
+            } else {
+                None
+            };
+            let node = Node::open(cfg).await?;
             let master_id = node.engine.identity().node_id;
             let token = crate::auth::new_token(master_id)
                 .map_err(|_| HostError::Other("the system random generator failed".into()))?;
@@ -597,18 +680,57 @@ async fn node_command(cmd: NodeCommand) -> Result<(), HostError> {
                     &crate::auth::token_hash(&token),
                 )
                 .await?;
-            node.engine.store().close().await;
-            let text = format!(
+            let store = node.engine.store();
+            let issued = match &cert_plan {
+                Some((tls_dir, out)) => {
+                    let master_code = store
+                        .get_node(master_id)
+                        .await?
+                        .map(|n| n.code)
+                        .unwrap_or_default();
+                    match crate::tls::issue_client_cert(tls_dir, &master_code, rec.id, &code, out) {
+                        Ok(files) => Some(files),
+                        Err(e) => {
+                            store.close().await;
+                            return Err(HostError::Other(format!(
+                                "node {code} was registered (id {}), but its client certificate could not be issued: {e}; fix that, then run `hubsync node rotate-token {code}` for a token and issue the certificate again with a fresh `node add --cert` under another code, or revoke it",
+                                rec.id
+                            )));
+                        }
+                    }
+                }
+                None => None,
+            };
+            let detail = if issued.is_some() {
+                "token and client certificate issued (node add --cert)"
+            } else {
+                "token issued (node add)"
+            };
+            crate::security_cli::record_admin_event(
+                store.as_ref(),
+                hubsync_core::security::SecurityEventKind::TokenIssued,
+                &rec,
+                detail,
+            )
+            .await;
+            store.close().await;
+            let mut text = format!(
                 "Registered node {code}\n  node id: {id}\n  token:   {token}\n\nThe token is shown only this once; the master keeps only its hash.\nOn the client machine:\n  hubsync init client --dir DIR --master https://<this master's listen address> --ca-cert <master>/tls/ca.pem --node-id {id} --token {token}\n",
                 id = rec.id
             );
-            print(
-                Output {
-                    json: json!({"node_id": rec.id, "code": rec.code, "token": token}),
-                    text,
-                },
-                json,
-            );
+            if let Some(files) = &issued {
+                text.push_str(&format!(
+                    "\nClient certificate (mutual TLS), copy both files to the client and set [master].client_cert and client_key:\n  cert: {}\n  key:  {} (secret)\n",
+                    files.cert.display(),
+                    files.key.display()
+                ));
+            }
+            let mut out = json!({"node_id": rec.id, "code": rec.code, "token": token});
+            if let Some(files) = &issued {
+                out["client_cert"] = json!(files.cert.display().to_string());
+                out["client_key"] = json!(files.key.display().to_string());
+            }
+            print(Output { json: out, text }, json);
         }
         NodeCommand::List { config, json } => {
             let node = Node::open(load(&config.config)?).await?;
@@ -626,6 +748,13 @@ async fn node_command(cmd: NodeCommand) -> Result<(), HostError> {
         NodeCommand::Revoke { config, code, json } => {
             let node = Node::open(load(&config.config)?).await?;
             let rec = node.engine.update_node_access(&code, true, None).await?;
+            crate::security_cli::record_admin_event(
+                node.engine.store().as_ref(),
+                hubsync_core::security::SecurityEventKind::TokenRevoked,
+                &rec,
+                "node revoked (node revoke)",
+            )
+            .await;
             node.engine.store().close().await;
             tracing::warn!(event = "token_revoked", node = %code, "node revoked");
             print(
@@ -644,6 +773,13 @@ async fn node_command(cmd: NodeCommand) -> Result<(), HostError> {
                 .engine
                 .update_node_access(&code, false, Some(&crate::auth::token_hash(&token)))
                 .await?;
+            crate::security_cli::record_admin_event(
+                node.engine.store().as_ref(),
+                hubsync_core::security::SecurityEventKind::TokenRotated,
+                &rec,
+                "token rotated (node rotate-token); the old one no longer works",
+            )
+            .await;
             node.engine.store().close().await;
             tracing::warn!(event = "token_rotated", node = %code, "node token rotated");
             print(
@@ -879,65 +1015,13 @@ async fn sync_command(config: Config, show_progress: bool) -> Result<serde_json:
     match crate::serve::try_lock(&config)? {
         Some(_lock) => {
             let node = Arc::new(Node::open(config).await?);
-            let bar = ProgressBar::new(show_progress);
+            let bar = crate::progress::TerminalProgress::new("sync", show_progress);
             let result = node.sync_now(&bar).await;
             bar.finish();
             node.engine.store().close().await;
             Ok(serde_json::to_value(result?).unwrap_or_default())
         }
         None => crate::local_client::post_sync(config.api.addr, config.api.token.as_deref()).await,
-    }
-}
-
-/// A progress bar on a terminal (stderr), nothing otherwise.
-struct ProgressBar {
-    bar: Option<indicatif::ProgressBar>,
-}
-
-impl ProgressBar {
-    fn new(show: bool) -> Self {
-        use std::io::IsTerminal;
-        let bar = (show && std::io::stderr().is_terminal()).then(|| {
-            let b = indicatif::ProgressBar::new(0);
-            b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{spinner} sync [{bar:30}] {pos}/{len} sent · {msg}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            b
-        });
-        ProgressBar { bar }
-    }
-    fn finish(&self) {
-        if let Some(b) = &self.bar {
-            b.finish_and_clear();
-        }
-    }
-}
-
-impl Progress for ProgressBar {
-    fn on_round(&self, p: &SyncProgress) {
-        if let Some(b) = &self.bar {
-            b.set_length(p.sent_changes + p.pending_changes.max(0) as u64);
-            b.set_position(p.sent_changes);
-            b.set_message(format!(
-                "{} received, round {}{}",
-                p.received_changes,
-                p.round,
-                if p.more_from_master {
-                    ", more to come"
-                } else {
-                    ""
-                }
-            ));
-        }
-    }
-}
-
-impl Progress for &ProgressBar {
-    fn on_round(&self, p: &SyncProgress) {
-        (*self).on_round(p)
     }
 }
 

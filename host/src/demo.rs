@@ -170,7 +170,8 @@ pub async fn run(dir: Option<&Path>, verbose: bool) -> Result<Output, HostError>
             json!({"name": "South brigade", "active": true}),
         )
         .await?;
-    b.engine
+    let pavel = b
+        .engine
         .create(
             "Employee",
             None,
@@ -231,11 +232,18 @@ pub async fn run(dir: Option<&Path>, verbose: bool) -> Result<Output, HostError>
         ));
     }
 
-    // A soft delete travels too.
-    b.engine.delete("Employee", e2.uuid).await?;
+    // Deleting an employee the report still names is refused (restrict, the
+    // default policy); deleting an unreferenced one is a soft delete that travels.
+    match b.engine.delete("Employee", e2.uuid).await {
+        Ok(_) => t.say("unexpected: deleting a referenced employee was accepted"),
+        Err(e) => t.say(format!(
+            "deleting an employee the report still names is refused: {e}"
+        )),
+    }
+    b.engine.delete("Employee", pavel.uuid).await?;
     b.sync_now(&NoProgress).await?;
     a.sync_now(&NoProgress).await?;
-    t.say("DESKTOP-B soft-deleted an employee; synced everywhere");
+    t.say("DESKTOP-B soft-deleted an unreferenced employee; synced everywhere");
 
     let dm = master.node.engine.replica_state().await?;
     let da = a.engine.replica_state().await?;

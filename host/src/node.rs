@@ -22,7 +22,8 @@ use crate::transport::HttpsTransport;
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SyncState {
     pub running: bool,
-    pub progress: Option<SyncProgress>,
+    /// The running session's progress (None when idle).
+    pub progress: Option<crate::progress::ProgressReport>,
     pub last_summary: Option<SyncSummary>,
     pub last_finished_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
@@ -31,6 +32,9 @@ pub struct SyncState {
     pub consecutive_failures: u32,
     /// When the background loop tries next.
     pub next_attempt_at: Option<DateTime<Utc>>,
+    /// The wait the master asked for (`Retry-After` on a 429 or 503) when
+    /// it refused the last session, in seconds.
+    pub retry_after_secs: Option<u64>,
 }
 
 /// Store meta keys under which a client records its sync health, so that
@@ -137,7 +141,7 @@ impl Node {
                     }
                     .into());
                 }
-                let tls = crate::tls::client_config(&link.ca_cert)?;
+                let tls = crate::tls::client_config_for_link(link)?;
                 let transport = HttpsTransport::new(
                     tls,
                     &link.url,
@@ -171,6 +175,12 @@ impl Node {
             .map(|s| s.state.lock().map(|g| g.clone()).unwrap_or_default())
     }
 
+    /// The wait the master asked for (`Retry-After`) when it refused the
+    /// last session; None after a success or when it asked nothing.
+    pub fn requested_retry_after(&self) -> Option<Duration> {
+        self.sync.as_ref().and_then(|s| s.transport.retry_after())
+    }
+
     /// Runs one sync session now, waiting for a running one to finish first.
     pub async fn sync_now(&self, progress: &dyn Progress) -> Result<SyncSummary, HostError> {
         let sync = self
@@ -183,17 +193,19 @@ impl Node {
         let _guard = sync.lock.lock().await;
         set_state(sync, |s| {
             s.running = true;
-            s.progress = None;
+            s.progress = Some(crate::progress::ProgressReport::starting());
         });
         let observer = StateProgress {
             sync,
             inner: progress,
+            meter: crate::progress::ProgressMeter::start(),
         };
         let result = self.engine.sync_session(&sync.transport, &observer).await;
         self.metrics.record_session(result.is_ok());
         let now = Utc::now();
         set_state(sync, |s| {
             s.running = false;
+            s.progress = None;
             s.last_finished_at = Some(now);
             match &result {
                 Ok(summary) => {
@@ -208,6 +220,10 @@ impl Node {
                     s.consecutive_failures += 1;
                 }
             }
+            s.retry_after_secs = match &result {
+                Ok(_) => None,
+                Err(_) => sync.transport.retry_after().map(|d| d.as_secs()),
+            };
         });
         self.record_health(result.as_ref().err().map(|e| e.to_string()), now)
             .await;
@@ -296,6 +312,14 @@ pub fn backoff(failures: u32, initial: Duration, max: Duration, jitter: f64) -> 
     base.mul_f64(factor).min(max)
 }
 
+/// The wait before the next background attempt: the backoff, or longer
+/// when the master asked for more with `Retry-After` — but never past `max`
+/// (`[sync].retry_max_secs`), so that a master asking for hours cannot stall
+/// a client's queue for hours.
+pub fn retry_wait(backoff: Duration, requested: Option<Duration>, max: Duration) -> Duration {
+    requested.map_or(backoff, |asked| backoff.max(asked.min(max)))
+}
+
 /// A uniform draw in 0..=1 from the system's random source (0.5 if it fails).
 pub fn jitter() -> f64 {
     use ring::rand::SecureRandom;
@@ -316,11 +340,14 @@ fn set_state(sync: &ClientSync, f: impl FnOnce(&mut SyncState)) {
 struct StateProgress<'a> {
     sync: &'a ClientSync,
     inner: &'a dyn Progress,
+    meter: crate::progress::ProgressMeter,
 }
 
 impl Progress for StateProgress<'_> {
     fn on_round(&self, progress: &SyncProgress) {
-        set_state(self.sync, |s| s.progress = Some(progress.clone()));
+        set_state(self.sync, |s| {
+            s.progress = Some(self.meter.report(progress))
+        });
         self.inner.on_round(progress);
     }
 }
@@ -342,5 +369,22 @@ mod tests {
         assert!(backoff(40, i, m, 1.0) <= m);
         let j = jitter();
         assert!((0.0..=1.0).contains(&j));
+    }
+
+    #[test]
+    fn retry_after_lengthens_the_wait_up_to_the_cap_and_never_shortens_it() {
+        let s = Duration::from_secs;
+        let check = |backoff, asked, expected| {
+            assert_eq!(
+                retry_wait(backoff, asked, s(300)),
+                expected,
+                "{backoff:?} {asked:?}"
+            );
+        };
+        check(s(2), None, s(2));
+        check(s(2), Some(s(30)), s(30));
+        check(s(60), Some(s(5)), s(60));
+        check(s(2), Some(s(86_400)), s(300));
+        check(s(2), Some(Duration::ZERO), s(2));
     }
 }

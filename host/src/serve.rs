@@ -14,7 +14,7 @@ use warp::Filter;
 
 use crate::config::{Config, Mode};
 use crate::error::HostError;
-use crate::listener::{ServerHandle, serve_http, serve_https};
+use crate::listener::{ConnectionTimeouts, ServerHandle, serve_http, serve_https_with};
 use crate::node::Node;
 
 /// A node with its servers running.
@@ -61,12 +61,16 @@ impl RunningNode {
             let listen = config.listen.as_ref().ok_or_else(|| {
                 HostError::Other("a master configuration needs a [listen] section".into())
             })?;
-            let tls = crate::tls::server_config(&listen.cert, &listen.key)?;
+            let tls = crate::tls::server_config_for(listen)?;
             let listener = bind(listen.addr, "sync protocol (HTTPS)").await?;
             let routes = crate::exchange::route(node.clone())
                 .recover(crate::api::recover)
                 .unify();
-            let handle = serve_https(listener, tls, routes).await;
+            let timeouts = ConnectionTimeouts {
+                header_read: config.limits.header_read_timeout(),
+                ..ConnectionTimeouts::default()
+            };
+            let handle = serve_https_with(listener, tls, routes, timeouts).await;
             sync_addr = Some(handle.local_addr);
             servers.push(handle);
         }
@@ -106,8 +110,11 @@ impl RunningNode {
 ///
 /// After a failure the next attempt comes sooner than the interval at first
 /// and then backs off: `retry_initial_ms` doubled per failure, with jitter,
-/// up to `retry_max_secs`; a success goes back to the interval. The last error and the next attempt are recorded in
-/// the store for `hubsync status` and shown by `GET /api/v1/status`.
+/// up to `retry_max_secs`; a success goes back to the interval. A master
+/// that refuses with `Retry-After` (429 when rate limiting, 503) gets at
+/// least the wait it asked for, still capped at `retry_max_secs`. The last
+/// error and the next attempt are recorded in the store for `hubsync
+/// status` and shown by `GET /api/v1/status`.
 async fn sync_loop(node: Arc<Node>, every: Duration, mut stop: watch::Receiver<bool>) {
     let initial = Duration::from_millis(node.config.sync.retry_initial_ms);
     let max = Duration::from_secs(node.config.sync.retry_max_secs);
@@ -137,7 +144,8 @@ async fn sync_loop(node: Arc<Node>, every: Duration, mut stop: watch::Receiver<b
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
-                wait = crate::node::backoff(failures, initial, max, crate::node::jitter());
+                let backoff = crate::node::backoff(failures, initial, max, crate::node::jitter());
+                wait = crate::node::retry_wait(backoff, node.requested_retry_after(), max);
                 tracing::warn!(error = %e, failures, retry_in_ms = wait.as_millis() as u64, "sync session failed; nothing is lost, the changes stay queued");
             }
         }

@@ -182,6 +182,7 @@ async fn master_with_deferred_conflicts(root: &Path, n: usize) -> (PathBuf, Vec<
                     entities: changes,
                     results: Vec::new(),
                     more: false,
+                    remaining: None,
                 },
             },
         )

@@ -19,6 +19,8 @@ use hubsync_core::{Engine, EngineOptions, InitParams};
 use hubsync_store_postgres::scratch::{ScratchDatabase, TEST_URL_VAR, test_url};
 use uuid::Uuid;
 
+pub mod front_door;
+
 /// The example schema set of the repository.
 pub fn schemas_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas")

@@ -56,6 +56,7 @@ impl Probe {
                 entities,
                 results: vec![],
                 more: false,
+                remaining: None,
             },
         }
     }

@@ -28,7 +28,7 @@ use hubsync_core::store::{NodeRole, PoolOptions, Store};
 use hubsync_core::{Engine, EngineOptions, InitParams};
 use hubsync_store_postgres::PostgresStore;
 use hubsync_store_postgres::scratch::ScratchDatabase;
-use serde_json::{Value, json};
+use serde_json::json;
 use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
@@ -115,6 +115,7 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
                 entities: chunk.to_vec(),
                 results: Vec::new(),
                 more: false,
+                remaining: None,
             },
         };
         let answer = master
@@ -175,16 +176,24 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
     drop(db);
 
     let per_s = |d: Duration| n as f64 / d.as_secs_f64().max(1e-9);
-    Ok(Outcome::Rows(vec![Row {
-        scenario: "pg-ingest (master engine)".into(),
-        entities: n,
-        figure_per_s: per_s(figure),
-        baseline: "multi-row INSERT, same rows".into(),
-        baseline_per_s: per_s(baseline),
-        ratio: figure.as_secs_f64() / baseline.as_secs_f64().max(1e-9),
-        figure_secs: figure.as_secs_f64(),
-        baseline_secs: baseline.as_secs_f64(),
-    }]))
+    Ok(Outcome::Rows {
+        rows: vec![
+            Row::rate(
+                "pg-ingest (master engine)",
+                format!("N={n}"),
+                "ent/s",
+                per_s(figure),
+                "multi-row INSERT, same rows",
+                per_s(baseline),
+            )
+            .note(format!(
+                "engine {:.2} s, baseline {:.2} s",
+                figure.as_secs_f64(),
+                baseline.as_secs_f64()
+            )),
+        ],
+        extra: json!({"avg_entity_bytes": avg_bytes}),
+    })
 }
 
 async fn open_master(store: Arc<dyn Store>) -> anyhow::Result<Engine> {
@@ -213,30 +222,16 @@ async fn open_master(store: Arc<dyn Store>) -> anyhow::Result<Engine> {
 
 /// A DailyReport as a client sends it: ~500 bytes of JSON, three lines.
 fn daily_report(i: usize, brigade: Uuid, site: Uuid, employees: &[Uuid]) -> WireChange {
-    let tasks = [
-        "brick wall, section B, second floor",
-        "mortar and materials to the scaffold",
-        "site cleaning, formwork check",
-    ];
-    let lines: Vec<Value> = employees
-        .iter()
-        .zip(tasks)
-        .enumerate()
-        .map(|(k, (e, t))| json!({"employee": e, "hours": 7.5 + k as f64 * 0.25, "task": t}))
-        .collect();
-    let data = json!({
-        "date": format!("2025-{:02}-{:02}", 1 + (i / 28) % 12, 1 + i % 28),
-        "brigade": brigade,
-        "site": site,
-        "status": "submitted",
-        "notes": format!("report {i}: no incidents"),
-        "lines": lines,
-    });
+    let refs = crate::data::Refs {
+        brigade,
+        site,
+        employees: [employees[0], employees[1], employees[2]],
+    };
     WireChange {
         entity_type: "DailyReport".into(),
         uuid: Uuid::now_v7(),
         operation: Operation::Insert,
-        data,
+        data: crate::data::daily_report(i, &refs),
         updated_at: now_utc(),
         is_deleted: false,
         base_rev: None,

@@ -1,0 +1,200 @@
+//! hubsync nodes as child processes: this binary re-executed as
+//! `hubsync-bench node serve --config F`, which runs exactly the `hubsync`
+//! command line (`hubsync::cli::run`), so a master and each client are
+//! real, separate processes with their own memory — their peak RSS
+//! (`VmHWM`) is read from `/proc`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::Value;
+
+/// A free loopback port (bound, read, released: the node binds it next).
+pub fn free_addr() -> anyhow::Result<SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding a loopback port")?;
+    Ok(l.local_addr()?)
+}
+
+/// A running `hubsync serve`, killed when dropped.
+pub struct NodeProc {
+    pub name: String,
+    pub api: SocketAddr,
+    child: Child,
+    log: PathBuf,
+}
+
+impl NodeProc {
+    /// Starts `serve` on `config` and waits (bounded) until its local API
+    /// answers `/health`.
+    pub async fn start(name: &str, config: &Path, api: SocketAddr) -> anyhow::Result<NodeProc> {
+        let exe = std::env::current_exe().context("locating the hubsync-bench binary")?;
+        let log = config.with_file_name("serve.log");
+        let err =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = Command::new(exe)
+            .arg("node")
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .context("starting a hubsync node process")?;
+        let mut node = NodeProc {
+            name: name.into(),
+            api,
+            child,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = node.child.try_wait() {
+                anyhow::bail!(
+                    "node {name} exited at start ({status}); its log {}:\n{}",
+                    node.log.display(),
+                    std::fs::read_to_string(&node.log).unwrap_or_default()
+                );
+            }
+            if let Ok(Ok((200, _))) = tokio::time::timeout(
+                Duration::from_secs(2),
+                hubsync::local_client::request(api, "GET", "/health", None),
+            )
+            .await
+            {
+                return Ok(node);
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "node {name} did not answer /health on {api} within 60 s; see {}",
+                node.log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Peak resident set size so far (`VmHWM`), in MB.
+    pub fn peak_rss_mb(&self) -> f64 {
+        proc_status_kb(self.pid(), "VmHWM:") as f64 / 1024.0
+    }
+
+    /// Current resident set size (`VmRSS`), in MB.
+    pub fn rss_mb(&self) -> f64 {
+        proc_status_kb(self.pid(), "VmRSS:") as f64 / 1024.0
+    }
+
+    /// A request to the node's local API, bounded by `timeout`; fails on a
+    /// status other than 2xx.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
+        let (status, v) = tokio::time::timeout(
+            timeout,
+            hubsync::local_client::request(self.api, method, path, body),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "{method} {path} on {} took longer than {timeout:?}",
+                self.name
+            )
+        })?
+        .with_context(|| format!("{method} {path} on {}", self.name))?;
+        anyhow::ensure!(
+            (200..300).contains(&status),
+            "{method} {path} on {}: HTTP {status}: {v}",
+            self.name
+        );
+        Ok(v)
+    }
+
+    /// One sync session through the node's local API (`POST /api/v1/sync`,
+    /// what `hubsync sync` does against a running node); the summary.
+    pub async fn sync(&self) -> anyhow::Result<Value> {
+        self.call("POST", "/api/v1/sync", None, Duration::from_secs(3600))
+            .await
+    }
+
+    /// Stops the process (SIGKILL: every commit is already durable).
+    pub fn stop(mut self) {
+        self.kill();
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A `kB` field of `/proc/PID/status`, 0 when unreadable.
+pub fn proc_status_kb(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with(key)).and_then(|l| {
+                l[key.len()..]
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse().ok())
+            })
+        })
+        .unwrap_or(0)
+}
+
+/// `perf record` attached to a node process for the duration of one step,
+/// when `HUBSYNC_BENCH_PERF` names a directory (profiles go there as
+/// `<label>.perf.data`; read them with `perf report -i FILE`).
+pub struct Perf {
+    child: Child,
+}
+
+impl Perf {
+    pub fn start(node: &NodeProc, label: &str) -> Option<Perf> {
+        let dir = std::env::var_os("HUBSYNC_BENCH_PERF")?;
+        let _ = std::fs::create_dir_all(&dir);
+        let out = Path::new(&dir).join(format!("{label}.perf.data"));
+        let child = Command::new("perf")
+            .args(["record", "-F", "250", "--call-graph", "dwarf,16384", "-o"])
+            .arg(&out)
+            .arg("-p")
+            .arg(node.pid().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                eprintln!("suite: perf record did not start ({e}); no profile for {label}")
+            })
+            .ok()?;
+        // perf needs a moment to attach before the step starts.
+        std::thread::sleep(Duration::from_millis(500));
+        eprintln!("suite: profiling {} into {}", node.name, out.display());
+        Some(Perf { child })
+    }
+
+    /// Stops the recording (SIGINT, as perf expects) and waits for it to
+    /// write its file.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}

@@ -81,6 +81,9 @@ pub struct Config {
     /// Master only: resource limits of the sync endpoint.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Master only: the security event log's retention.
+    #[serde(default)]
+    pub security: SecurityConfig,
     #[serde(skip)]
     config_dir: PathBuf,
 }
@@ -252,6 +255,31 @@ impl LimitsConfig {
     }
     pub fn body_read_timeout(&self) -> Duration {
         Duration::from_secs(self.body_read_timeout_secs)
+    }
+}
+
+/// `[security]`: the security event log (`hubsync security-events`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// Days security events are kept; a master serving the sync protocol
+    /// deletes older ones at start-up and then hourly. 0 = keep forever.
+    pub events_retention_days: u32,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            events_retention_days: 90,
+        }
+    }
+}
+
+impl SecurityConfig {
+    /// How long events are kept; None = forever.
+    pub fn events_retention(&self) -> Option<chrono::Duration> {
+        (self.events_retention_days > 0)
+            .then(|| chrono::Duration::days(i64::from(self.events_retention_days)))
     }
 }
 
@@ -559,6 +587,7 @@ impl Config {
             plugins: Vec::new(),
             log: LogConfig::default(),
             limits: LimitsConfig::default(),
+            security: SecurityConfig::default(),
             config_dir: absolute(config_dir),
         };
         config.resolve_paths();
@@ -1075,6 +1104,17 @@ impl Config {
             );
             let _ = writeln!(w, "lockout_secs = {}", l.lockout_secs);
             let _ = writeln!(w, "auth_failure_delay_ms = {}", l.auth_failure_delay_ms);
+            let _ = writeln!(w);
+            let _ = writeln!(w, "[security]");
+            let _ = writeln!(
+                w,
+                "# Days security events are kept (pruned at start-up, then hourly); 0 = forever."
+            );
+            let _ = writeln!(
+                w,
+                "events_retention_days = {}",
+                self.security.events_retention_days
+            );
         }
         let _ = writeln!(w);
         let _ = writeln!(

@@ -26,6 +26,8 @@ pub struct RunningNode {
     pub sync_addr: Option<SocketAddr>,
     servers: Vec<ServerHandle>,
     sync_loop: Option<JoinHandle<()>>,
+    /// Master only: prunes old security events.
+    retention: Option<JoinHandle<()>>,
     stop: watch::Sender<bool>,
 }
 
@@ -78,8 +80,12 @@ impl RunningNode {
         let sync_loop = (config.mode == Mode::Client && config.sync.interval_secs > 0).then(|| {
             let node = node.clone();
             let every = Duration::from_secs(config.sync.interval_secs);
-            tokio::spawn(sync_loop(node, every, stop_rx))
+            tokio::spawn(sync_loop(node, every, stop_rx.clone()))
         });
+        let retention = (config.mode == Mode::Master)
+            .then(|| config.security.events_retention())
+            .flatten()
+            .map(|keep| tokio::spawn(prune_security_events(node.clone(), keep, stop_rx)));
         tracing::info!(mode = ?node.config.mode, node_id = %node.engine.identity().node_id, api = %api_addr, sync = ?sync_addr, "node running");
         Ok(RunningNode {
             node,
@@ -87,6 +93,7 @@ impl RunningNode {
             sync_addr,
             servers,
             sync_loop,
+            retention,
             stop,
         })
     }
@@ -96,6 +103,9 @@ impl RunningNode {
         let _ = self.stop.send(true);
         if let Some(task) = self.sync_loop {
             // A session in progress finishes its current exchange first.
+            let _ = tokio::time::timeout(grace, task).await;
+        }
+        if let Some(task) = self.retention {
             let _ = tokio::time::timeout(grace, task).await;
         }
         for s in self.servers {
@@ -148,6 +158,42 @@ async fn sync_loop(node: Arc<Node>, every: Duration, mut stop: watch::Receiver<b
                 wait = crate::node::retry_wait(backoff, node.requested_retry_after(), max);
                 tracing::warn!(error = %e, failures, retry_in_ms = wait.as_millis() as u64, "sync session failed; nothing is lost, the changes stay queued");
             }
+        }
+    }
+}
+
+/// How often a master prunes its security event log.
+pub const SECURITY_EVENTS_PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Deletes security events older than `keep` (`[security]
+/// events_retention_days`) now and then every
+/// [`SECURITY_EVENTS_PRUNE_EVERY`], until stopped. Several master hosts on
+/// one store may all prune: deleting is idempotent. A failure is logged and
+/// retried at the next round.
+async fn prune_security_events(
+    node: Arc<Node>,
+    keep: chrono::Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        // A retention longer than the calendar reaches back keeps everything.
+        if let Some(before) = chrono::Utc::now().checked_sub_signed(keep) {
+            match node.engine.store().prune_security_events(before).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(deleted = n, before = %before, "pruned old security events")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not prune old security events; retrying in an hour")
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(SECURITY_EVENTS_PRUNE_EVERY) => {}
+            _ = stop.changed() => return,
         }
     }
 }

@@ -609,6 +609,104 @@ async fn mutual_tls_requires_a_certificate_naming_the_tokens_node() {
     c.shutdown().await;
 }
 
+/// Events recorded `days_ago` days back (the log as a long-running master
+/// would have it).
+async fn record_aged(c: &Cluster, days_ago: i64, detail: &str) {
+    let mut event = SecurityEvent::new(SecurityEventKind::AuthFailed, detail);
+    event.at -= chrono::Duration::days(days_ago);
+    c.master()
+        .store()
+        .record_security_event(&event)
+        .await
+        .expect("record an event");
+}
+
+async fn details(c: &Cluster) -> Vec<String> {
+    let mut all: Vec<String> = events(c, SecurityEventKind::AuthFailed)
+        .await
+        .into_iter()
+        .map(|e| e.detail)
+        .collect();
+    all.sort();
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_prunes_security_events_past_the_retention_and_keeps_the_rest() {
+    // The cluster's own master keeps everything, so that only the hosts
+    // started below prune.
+    let c = bounded(
+        "cluster",
+        Cluster::start(
+            1,
+            ClusterOptions {
+                master_toml: "\n[security]\nevents_retention_days = 0\n".into(),
+                ..ClusterOptions::default()
+            },
+        ),
+    )
+    .await
+    .expect("cluster");
+    record_aged(&c, 400, "old-400").await;
+    record_aged(&c, 91, "old-91").await;
+    record_aged(&c, 89, "recent-89").await;
+    record_aged(&c, 10, "recent-10").await;
+    record_aged(&c, 0, "today").await;
+
+    // Retention 0 keeps everything, however old.
+    let forever = host_with(&c, |cfg| cfg.security.events_retention_days = 0).await;
+    forever.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(details(&c).await.len(), 5);
+
+    // The default (90 days) prunes at start-up what is older.
+    assert_eq!(
+        hubsync::config::SecurityConfig::default().events_retention_days,
+        90
+    );
+    let host = host_with(&c, |cfg| cfg.security = Default::default()).await;
+    let expected = ["recent-10", "recent-89", "today"];
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        seen = details(&c).await;
+        if seen == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, expected, "events older than 90 days are pruned");
+    host.shutdown(Duration::from_secs(5)).await;
+
+    // A shorter retention from the configuration file.
+    let dir = c.dir.path().join("master");
+    let text = std::fs::read_to_string(dir.join("hubsync.toml")).expect("read config");
+    let file = dir.join("short-retention.toml");
+    std::fs::write(
+        &file,
+        text.replace("events_retention_days = 0", "events_retention_days = 30"),
+    )
+    .expect("write config");
+    let mut short = Config::load_with_env(&file, &[]).expect("config loads");
+    assert_eq!(short.security.events_retention_days, 30);
+    if let Some(listen) = short.listen.as_mut() {
+        listen.addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    }
+    short.api.addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let host = bounded("a master host", RunningNode::start(short))
+        .await
+        .expect("host starts");
+    let expected = ["recent-10", "today"];
+    for _ in 0..100 {
+        seen = details(&c).await;
+        if seen == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, expected);
+    host.shutdown(Duration::from_secs(5)).await;
+    c.shutdown().await;
+}
+
 #[test]
 fn the_local_api_on_a_public_address_without_a_token_is_refused_at_start() {
     // Only the configuration check: nothing listens on 0.0.0.0.

@@ -243,6 +243,7 @@ fn check_records(
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(100))]
 
+    // Feature: sync-system, Property 9: For any entity modified simultaneously on multiple nodes, conflicts should be detected during synchronization
     // Feature: sync-system, Property 10: For any detected conflict, the server version should be preserved by default
     // Feature: sync-system, Property 12: For any resolved conflict, an audit log entry should be created documenting the resolution decision
     // Feature: sync-system, Property 31: For any conflict when versioning is enabled, conflicting object versions should be preserved in ObjectVersionHistory
@@ -259,6 +260,7 @@ proptest! {
         check_records(&r, |_, _| 0)?;
     }
 
+    // Feature: sync-system, Property 9: For any entity modified simultaneously on multiple nodes, conflicts should be detected during synchronization
     // Feature: sync-system, Property 11: For any conflict resolution using timestamps, the change with the most recent UTC timestamp should be selected
     // Feature: sync-system, Property 12: For any resolved conflict, an audit log entry should be created documenting the resolution decision
     // Feature: sync-system, Property 31: For any conflict when versioning is enabled, conflicting object versions should be preserved in ObjectVersionHistory

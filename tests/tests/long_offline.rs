@@ -8,8 +8,9 @@
 //! likewise resumes.
 //!
 //! Size: 10,000 changes in CI; `HUBSYNC_LONG=1` runs 100,000 (the issue's
-//! "months offline"). The peak memory of a real `hubsync sync` process
-//! draining such a queue is measured in `host/tests/queue_memory.rs`.
+//! "months offline"). Bounded memory is not measured here: this test shows
+//! bounded packets and resumption; no test yet compares the peak memory of
+//! a `hubsync sync` process over two queue sizes (docs/testing.md).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

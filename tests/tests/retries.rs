@@ -364,3 +364,160 @@ async fn a_packet_refused_as_corrupt_is_rebuilt_from_current_state_and_sent_agai
     door.shutdown().await;
     cluster.shutdown().await;
 }
+
+/// A TCP relay on loopback in front of `upstream`: while `hang` is set it
+/// accepts connections and reads them but never answers (a master that
+/// stopped responding mid-request, so the client's request timeout fires);
+/// otherwise it relays bytes both ways. TLS passes through untouched.
+async fn relay(
+    upstream: std::net::SocketAddr,
+    hang: Arc<std::sync::atomic::AtomicBool>,
+    hung: Arc<std::sync::atomic::AtomicU64>,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let (hang, hung) = (hang.clone(), hung.clone());
+            tokio::spawn(async move {
+                if hang.load(Ordering::SeqCst) {
+                    hung.fetch_add(1, Ordering::SeqCst);
+                    let mut sink = [0u8; 4096];
+                    let read = async {
+                        use tokio::io::AsyncReadExt;
+                        while matches!(inbound.read(&mut sink).await, Ok(n) if n > 0) {}
+                    };
+                    let _ = tokio::time::timeout(Duration::from_secs(30), read).await;
+                } else if let Ok(mut out) = tokio::net::TcpStream::connect(upstream).await {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(60),
+                        tokio::io::copy_bidirectional(&mut inbound, &mut out),
+                    )
+                    .await;
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+// Feature: sync-system, Property 7: For any packet transmission that times out, the system should retry transmission
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transmission_that_times_out_is_retried_until_it_goes_through_once() {
+    let mut cluster = bounded("cluster", Cluster::start(1, ClusterOptions::default()))
+        .await
+        .unwrap();
+    let client = cluster.clients.remove(0);
+    let mut config = client.node.config.clone();
+    client.shutdown(Duration::from_secs(5)).await;
+    let link = config.master.clone().unwrap();
+    let upstream: std::net::SocketAddr = link
+        .url
+        .trim_start_matches("https://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let hang = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let hung = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (addr, relay_task) = relay(upstream, hang.clone(), hung.clone()).await;
+    config.sync.interval_secs = 1;
+    config.sync.retry_initial_ms = 50;
+    config.sync.retry_max_secs = 1;
+    config.sync.request_timeout_secs = 1;
+    if let Some(l) = config.master.as_mut() {
+        l.url = format!("https://{addr}");
+    }
+    let running = RunningNode::start(config).await.unwrap();
+    let node = running.node.clone();
+    let b = node
+        .engine
+        .create("Brigade", None, json!({"name": "sent into the void"}))
+        .await
+        .unwrap();
+
+    // The master never answers: each attempt times out, is recorded, and
+    // the loop tries again.
+    eventually("three timed-out attempts", Duration::from_secs(60), || {
+        let node = node.clone();
+        async move {
+            node.sync_state()
+                .is_some_and(|s| s.consecutive_failures >= 3)
+        }
+    })
+    .await;
+    let state = node.sync_state().unwrap();
+    assert!(
+        state
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("no complete response")),
+        "the error says it timed out: {state:?}"
+    );
+    assert!(
+        hung.load(Ordering::SeqCst) >= 3,
+        "every attempt reached the relay"
+    );
+    let master = cluster.master().clone();
+    let master_id = master.identity().node_id;
+    assert!(master.get("Brigade", b.uuid).await.is_err());
+    let peer = node
+        .engine
+        .store()
+        .get_node(master_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(peer.out_packet_no, 1, "the change went out as packet 1");
+    assert_eq!(peer.sent_packet_no, 0, "and was never acknowledged");
+
+    // The master answers again: the next retry delivers packet 1, once.
+    hang.store(false, Ordering::SeqCst);
+    eventually(
+        "the retried packet reaches the master",
+        Duration::from_secs(30),
+        || {
+            let master = master.clone();
+            async move { master.get("Brigade", b.uuid).await.is_ok() }
+        },
+    )
+    .await;
+    eventually(
+        "the client sees the acknowledgement",
+        Duration::from_secs(30),
+        || {
+            let node = node.clone();
+            async move {
+                node.engine
+                    .store()
+                    .get_node(master_id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|p| p.sent_packet_no == 1)
+            }
+        },
+    )
+    .await;
+    let peer = node
+        .engine
+        .store()
+        .get_node(master_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(peer.out_packet_no, 1, "retried under the same number");
+    let row = master
+        .store()
+        .get_node(node.engine.identity().node_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.received_packet_no, 1, "applied once");
+    assert_eq!(
+        node.engine.store().count_queued(master_id).await.unwrap(),
+        0
+    );
+    cluster.clients.insert(0, running);
+    cluster.shutdown().await;
+    relay_task.abort();
+}

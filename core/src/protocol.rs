@@ -63,6 +63,18 @@ pub struct Body {
     /// this packet (for progress and its ETA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remaining: Option<u64>,
+    /// Master to client only: entities that left the node's routing scope;
+    /// the client drops its copies (unless it has unsent changes of them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evict: Vec<Eviction>,
+}
+
+/// An entity a node no longer receives (it left the node's scope).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Eviction {
+    #[serde(rename = "type")]
+    pub entity_type: String,
+    pub uuid: Uuid,
 }
 
 /// One entity change as it travels: the complete state of the entity.
@@ -279,6 +291,7 @@ mod tests {
                 results: vec![],
                 more: false,
                 remaining: None,
+                evict: Vec::new(),
             },
         }
     }

@@ -182,6 +182,30 @@ impl NodeRecord {
     }
 }
 
+/// Routing state of one node on the master (store migration 5): the scope
+/// it receives (`None`: everything) and a scope change that takes effect
+/// with the next new packet built for it. The scope is JSON in the form
+/// documented in docs/operations.md ("Routing"); the engine parses it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScopeRecord {
+    pub scope: Option<Value>,
+    /// `Some(new)`: a change waiting (`Some(None)` clears the scope).
+    pub pending: Option<Option<Value>>,
+    /// The log revision the last scope change took effect at: up to it, the
+    /// node's own versions are sent back to it too (it may have dropped
+    /// them while scoped).
+    pub resend_own_to: i64,
+}
+
+/// What the master sent a scoped node of one entity: first sent in packet
+/// `since_packet`; `evicted_in` is the packet that told the node to drop
+/// it (None while the node holds it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holding {
+    pub since_packet: i64,
+    pub evicted_in: Option<i64>,
+}
+
 /// A row of a client's outgoing queue (`sync_changes` with a target node).
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueuedChange {
@@ -471,5 +495,84 @@ pub trait StoreTx: Send {
     async fn add_history(&mut self, record: &HistoryRecord) -> StoreResult<()>;
     async fn add_audit(&mut self, record: &AuditRecord) -> StoreResult<()>;
 
+    // --- routing (master: what scoped nodes hold; client: eviction) --------
+
+    /// The node's routing state (the default when none was ever set).
+    async fn get_scope(&mut self, node: Uuid) -> StoreResult<ScopeRecord>;
+    /// Replaces the node's routing state.
+    async fn put_scope(&mut self, node: Uuid, scope: &ScopeRecord) -> StoreResult<()>;
+    /// What `node` was sent of the entity, if anything.
+    async fn holding(
+        &mut self,
+        node: Uuid,
+        entity_type: &str,
+        uuid: Uuid,
+    ) -> StoreResult<Option<Holding>>;
+    /// Records what `node` was sent of the entity.
+    async fn put_holding(
+        &mut self,
+        node: Uuid,
+        entity_type: &str,
+        uuid: Uuid,
+        holding: Holding,
+    ) -> StoreResult<()>;
+    /// Whether a live entity that `node` holds (not evicted) refers to the
+    /// entity `(target_type, target)`.
+    async fn referenced_by_holding(
+        &mut self,
+        node: Uuid,
+        target_type: &str,
+        target: Uuid,
+    ) -> StoreResult<bool>;
+    /// The highest revision in the master's change log (0 when empty).
+    async fn log_head(&mut self) -> StoreResult<i64>;
+    /// Records every current entity as possibly held by `node` (sent before
+    /// packet 1): a node that received everything becomes scoped, and the
+    /// rescan evicts what is out of its scope. Returns how many.
+    async fn seed_holdings(&mut self, node: Uuid) -> StoreResult<u64>;
+    /// Forgets everything recorded as sent to `node` (its scope was removed:
+    /// it receives everything again).
+    async fn clear_holdings(&mut self, node: Uuid) -> StoreResult<u64>;
+    /// Client: removes an entity the master no longer routes to this node
+    /// (its row and its references; history is kept). Returns whether it
+    /// was there.
+    async fn purge_entity(&mut self, entity_type: &str, uuid: Uuid) -> StoreResult<bool>;
+
     async fn commit(self: Box<Self>) -> StoreResult<()>;
+
+    // --- batches (performance; the defaults do it one row at a time) -------
+
+    /// Reads several entities at once, as [`StoreTx::get_entity`] would one
+    /// by one (with the same locking): the ones found, in any order. Keys
+    /// may repeat.
+    async fn get_entities(&mut self, keys: &[(String, Uuid)]) -> StoreResult<Vec<Entity>> {
+        let mut found = Vec::with_capacity(keys.len());
+        for (entity_type, uuid) in keys {
+            if let Some(e) = self.get_entity(entity_type, *uuid).await? {
+                found.push(e);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Inserts or replaces several entities, as [`StoreTx::put_entity`] of
+    /// each in order would (a key given twice ends with its last version).
+    async fn put_entities(&mut self, entities: &[Entity]) -> StoreResult<()> {
+        for e in entities {
+            self.put_entity(e).await?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the recorded references of several entities, as
+    /// [`StoreTx::set_references`] of each in order would.
+    async fn set_references_many(
+        &mut self,
+        items: &[((String, Uuid), Vec<EntityRef>)],
+    ) -> StoreResult<()> {
+        for ((entity_type, uuid), refs) in items {
+            self.set_references(entity_type, *uuid, refs).await?;
+        }
+        Ok(())
+    }
 }

@@ -529,7 +529,9 @@ fn engine_error(e: EngineError) -> Response {
         | EngineError::ConflictResolved { .. }
         | EngineError::IncomingVersionMissing { .. }
         | EngineError::StillReferenced(_) => StatusCode::CONFLICT,
-        EngineError::Invalid(_) | EngineError::Batch(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        EngineError::Invalid(_) | EngineError::Batch(_) | EngineError::InvalidScope(_) => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
         EngineError::WrongRole { .. } | EngineError::MasterOnly { .. } => StatusCode::BAD_REQUEST,
         EngineError::Transport(_) | EngineError::Sync(_) => StatusCode::BAD_GATEWAY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,

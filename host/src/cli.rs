@@ -228,6 +228,25 @@ pub enum NodeCommand {
         #[command(flatten)]
         json: JsonArg,
     },
+    /// Show or change which rows a node receives (its routing scope).
+    ///
+    /// A scope is JSON: {"types": {"Site": "all", "DailyReport": {"brigade":
+    /// ["<uuid>"]}}, "with_references": true}. A change takes effect with the
+    /// node's next packet: it then receives what it newly covers and is told
+    /// to drop what it no longer covers.
+    Scope {
+        #[command(flatten)]
+        config: ConfigArg,
+        code: String,
+        /// The new scope: JSON text, or @FILE to read it from a file.
+        #[arg(long, conflicts_with = "clear")]
+        set: Option<String>,
+        /// Remove the scope: the node receives everything again.
+        #[arg(long)]
+        clear: bool,
+        #[command(flatten)]
+        json: JsonArg,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -680,6 +699,9 @@ async fn node_command(cmd: NodeCommand) -> Result<(), HostError> {
                     &crate::auth::token_hash(&token),
                 )
                 .await?;
+            if node.config.routing.nodes.contains_key(&code) {
+                crate::serve::apply_routing(&node).await?;
+            }
             let store = node.engine.store();
             let issued = match &cert_plan {
                 Some((tls_dir, out)) => {
@@ -765,6 +787,50 @@ async fn node_command(cmd: NodeCommand) -> Result<(), HostError> {
                 json,
             );
         }
+        NodeCommand::Scope {
+            config,
+            code,
+            set,
+            clear,
+            json,
+        } => {
+            let node = Node::open(load(&config.config)?).await?;
+            let change = match (&set, clear) {
+                (Some(text), _) => Some(Some(read_scope(text)?)),
+                (None, true) => Some(None),
+                (None, false) => None,
+            };
+            let result = match change {
+                Some(scope) => node.engine.set_node_scope(&code, scope).await,
+                None => node.engine.node_scope(&code).await,
+            };
+            node.engine.store().close().await;
+            let record = result?;
+            if node.config.routing.nodes.contains_key(&code) && (set.is_some() || clear) {
+                eprintln!(
+                    "note: [routing.nodes.{code}] in the configuration sets this node's scope again when the master starts"
+                );
+            }
+            let describe = |v: &Option<serde_json::Value>| match v {
+                Some(s) => serde_json::to_string(s).unwrap_or_default(),
+                None => "everything (no scope)".to_string(),
+            };
+            let mut text = format!("node {code} receives: {}\n", describe(&record.scope));
+            if let Some(next) = &record.pending {
+                text.push_str(&format!("from its next packet: {}\n", describe(next)));
+            }
+            print(
+                Output {
+                    json: json!({
+                        "code": code,
+                        "scope": record.scope,
+                        "pending": record.pending.as_ref().map(|p| json!({"scope": p})),
+                    }),
+                    text,
+                },
+                json,
+            );
+        }
         NodeCommand::RotateToken { config, code, json } => {
             let node = Node::open(load(&config.config)?).await?;
             let token = crate::auth::new_token(node.engine.identity().node_id)
@@ -794,6 +860,23 @@ async fn node_command(cmd: NodeCommand) -> Result<(), HostError> {
         }
     }
     Ok(())
+}
+
+/// A scope given on the command line: JSON text, or @FILE.
+fn read_scope(text: &str) -> Result<serde_json::Value, HostError> {
+    let (source, body) = match text.strip_prefix('@') {
+        Some(path) => (
+            path.to_string(),
+            std::fs::read_to_string(path)
+                .map_err(|e| HostError::Other(format!("reading the scope file {path}: {e}")))?,
+        ),
+        None => ("--set".to_string(), text.to_string()),
+    };
+    serde_json::from_str(&body).map_err(|e| {
+        HostError::Other(format!(
+            "the scope in {source} is not JSON ({e}); expected e.g. {{\"types\": {{\"Site\": \"all\", \"DailyReport\": {{\"brigade\": [\"<uuid>\"]}}}}}}"
+        ))
+    })
 }
 
 async fn conflicts_command(cmd: ConflictsCommand) -> Result<(), HostError> {

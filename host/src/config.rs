@@ -84,8 +84,22 @@ pub struct Config {
     /// Master only: the security event log's retention.
     #[serde(default)]
     pub security: SecurityConfig,
+    /// Master only: which rows each node receives.
+    #[serde(default)]
+    pub routing: RoutingConfig,
     #[serde(skip)]
     config_dir: PathBuf,
+}
+
+/// `[routing]`: per node code, the scope it receives
+/// (`[routing.nodes.DESKTOP-1]` with `types` and `with_references`, the
+/// form of `hubsync node scope`; docs/operations.md "Routing"). Nodes not
+/// listed keep the scope set with `hubsync node scope` (everything by
+/// default). Applied when the master starts.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    pub nodes: BTreeMap<String, serde_json::Value>,
 }
 
 /// `[storage]`: where the node keeps its data, and the connection pool of
@@ -370,6 +384,9 @@ pub struct SyncConfig {
     pub retry_initial_ms: u64,
     /// The longest wait between background attempts after failures.
     pub retry_max_secs: u64,
+    /// Master: how long a received change whose reference never arrived is
+    /// held before it goes to the manual queue.
+    pub hold_timeout_secs: u64,
 }
 
 impl Default for SyncConfig {
@@ -381,6 +398,7 @@ impl Default for SyncConfig {
             request_timeout_secs: 30,
             retry_initial_ms: 1000,
             retry_max_secs: 300,
+            hold_timeout_secs: 24 * 3600,
         }
     }
 }
@@ -588,6 +606,7 @@ impl Config {
             log: LogConfig::default(),
             limits: LimitsConfig::default(),
             security: SecurityConfig::default(),
+            routing: RoutingConfig::default(),
             config_dir: absolute(config_dir),
         };
         config.resolve_paths();

@@ -123,6 +123,7 @@ impl Node {
                 max_bytes: config.sync.max_packet_bytes,
             },
             versioning: config.conflicts.versioning,
+            hold_timeout: std::time::Duration::from_secs(config.sync.hold_timeout_secs),
             ..EngineOptions::default()
         };
         let engine = Engine::open(store, registry, policy, options).await?;

@@ -49,6 +49,9 @@ impl RunningNode {
     /// Starts the servers of an opened node.
     pub async fn start_node(node: Arc<Node>) -> Result<RunningNode, HostError> {
         let config = &node.config;
+        if config.mode == Mode::Master {
+            apply_routing(&node).await?;
+        }
         let mut servers = Vec::new();
         let api_listener = bind(config.api.addr, "local API").await?;
         let api = crate::api::authorized(config.api.token.clone())
@@ -241,4 +244,27 @@ pub fn try_lock(config: &Config) -> Result<Option<std::fs::File>, HostError> {
         Err(std::fs::TryLockError::WouldBlock) => Ok(None),
         Err(std::fs::TryLockError::Error(e)) => Err(HostError::io("could not lock", &path, e)),
     }
+}
+
+/// Applies the scopes of `[routing.nodes]` (a no-op for those already in
+/// effect). A scope that does not fit the schema set refuses the start; a
+/// code not registered yet is reported and applied by `node add`.
+pub async fn apply_routing(node: &Node) -> Result<(), HostError> {
+    for (code, scope) in &node.config.routing.nodes {
+        match node.engine.set_node_scope(code, Some(scope.clone())).await {
+            Ok(r) if r.pending.is_some() => {
+                tracing::info!(node = %code, "routing scope from [routing.nodes] takes effect with the node's next packet");
+            }
+            Ok(_) => {}
+            Err(hubsync_core::engine::EngineError::UnknownNode(_)) => {
+                tracing::warn!(node = %code, "[routing.nodes.{code}] names a node that is not registered; `hubsync node add --code {code}` applies it");
+            }
+            Err(e) => {
+                return Err(HostError::Other(format!(
+                    "[routing.nodes.{code}] in the configuration: {e}"
+                )));
+            }
+        }
+    }
+    Ok(())
 }

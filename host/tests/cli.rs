@@ -815,6 +815,7 @@ fn every_command_has_help() {
         &["node", "list"],
         &["node", "revoke"],
         &["node", "rotate-token"],
+        &["node", "scope"],
         &["serve"],
         &["sync"],
         &["status"],
@@ -890,5 +891,131 @@ fn errors_are_one_clear_paragraph() {
     assert!(
         !root.join("client/hubsync.toml").exists(),
         "a refused init must not leave a configuration behind"
+    );
+}
+
+#[test]
+fn node_scope_is_set_shown_refused_when_invalid_cleared_and_read_from_config() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    let master = init_master(root);
+    node_add(root, &master, "DESKTOP-1");
+    let cfg = path_str(&master.config);
+    let scope = r#"{"types": {"Site": "all", "DailyReport": {"brigade": ["0190a1b2-0000-7000-8000-000000000001"]}}}"#;
+
+    let shown = run(
+        root,
+        &["node", "scope", "--config", cfg, "DESKTOP-1", "--json"],
+    )
+    .ok()
+    .json();
+    assert_eq!(shown["scope"], Value::Null, "no scope by default: {shown}");
+    let set = run(
+        root,
+        &[
+            "node",
+            "scope",
+            "--config",
+            cfg,
+            "DESKTOP-1",
+            "--set",
+            scope,
+            "--json",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(
+        set["pending"]["scope"]["types"]["Site"], "all",
+        "the change waits for the node's next packet: {set}"
+    );
+    // From a file, in text form.
+    let file = root.join("scope.json");
+    std::fs::write(&file, scope).expect("write scope");
+    let text = run(
+        root,
+        &[
+            "node",
+            "scope",
+            "--config",
+            cfg,
+            "DESKTOP-1",
+            "--set",
+            &format!("@{}", path_str(&file)),
+        ],
+    )
+    .ok();
+    assert!(
+        text.stdout.contains("from its next packet"),
+        "{}",
+        text.stdout
+    );
+
+    // Invalid: every problem named, nothing changed.
+    let bad = run(
+        root,
+        &[
+            "node",
+            "scope",
+            "--config",
+            cfg,
+            "DESKTOP-1",
+            "--set",
+            r#"{"types": {"Nope": "all", "Site": {"colour": ["red"]}}}"#,
+        ],
+    )
+    .failed();
+    assert!(
+        bad.stderr.contains("Nope") && bad.stderr.contains("colour"),
+        "{}",
+        bad.stderr
+    );
+    assert_one_paragraph(&bad);
+    let not_json = run(
+        root,
+        &[
+            "node",
+            "scope",
+            "--config",
+            cfg,
+            "DESKTOP-1",
+            "--set",
+            "{types",
+        ],
+    )
+    .failed();
+    assert!(not_json.stderr.contains("not JSON"), "{}", not_json.stderr);
+    let unknown = run(root, &["node", "scope", "--config", cfg, "NOBODY"]).failed();
+    assert!(unknown.stderr.contains("NOBODY"), "{}", unknown.stderr);
+    let cleared = run(
+        root,
+        &[
+            "node",
+            "scope",
+            "--config",
+            cfg,
+            "DESKTOP-1",
+            "--clear",
+            "--json",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(cleared["pending"]["scope"], Value::Null, "{cleared}");
+
+    // Declared in the configuration: applied when the node is added.
+    let mut toml = std::fs::read_to_string(&master.config).expect("config");
+    toml.push_str("\n[routing.nodes.DESKTOP-2.types]\nSite = \"all\"\n");
+    std::fs::write(&master.config, toml).expect("config");
+    node_add(root, &master, "DESKTOP-2");
+    let declared = run(
+        root,
+        &["node", "scope", "--config", cfg, "DESKTOP-2", "--json"],
+    )
+    .ok()
+    .json();
+    assert_eq!(
+        declared["pending"]["scope"]["types"]["Site"], "all",
+        "{declared}"
     );
 }

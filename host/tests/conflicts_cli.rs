@@ -183,6 +183,7 @@ async fn master_with_deferred_conflicts(root: &Path, n: usize) -> (PathBuf, Vec<
                     results: Vec::new(),
                     more: false,
                     remaining: None,
+                    evict: Vec::new(),
                 },
             },
         )

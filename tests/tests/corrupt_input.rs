@@ -57,6 +57,7 @@ impl Probe {
                 results: vec![],
                 more: false,
                 remaining: None,
+                evict: Vec::new(),
             },
         }
     }

@@ -116,6 +116,7 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
                 results: Vec::new(),
                 more: false,
                 remaining: None,
+                evict: Vec::new(),
             },
         };
         let answer = master

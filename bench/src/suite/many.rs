@@ -139,6 +139,7 @@ async fn one(
                 results: Vec::new(),
                 more: false,
                 remaining: None,
+                evict: Vec::new(),
             },
         };
         let t = Instant::now();

@@ -13,6 +13,7 @@
 
 use serde::Serialize;
 
+use super::cached_tx::CachedTx;
 use super::{Engine, EngineError, ImportReport};
 use crate::entity::{Entity, now_utc};
 use crate::protocol::{
@@ -84,6 +85,8 @@ pub struct SyncSummary {
     /// Changes held (by the master for our packets, or here for the
     /// master's) until an entity they reference arrives.
     pub held: u64,
+    /// Entities dropped because they left this node's routing scope.
+    pub evicted: u64,
     pub acked_packet_no: i64,
     pub received_packet_no: i64,
 }
@@ -219,8 +222,17 @@ impl Engine {
         let mut entities = Vec::with_capacity(rows.len());
         let mut ids = Vec::with_capacity(rows.len());
         let mut bytes = 0usize;
+        // The rows' entities in one read (nothing is written here).
+        let mut cached = CachedTx::new(tx.as_mut());
+        cached
+            .prefetch(
+                rows.iter()
+                    .map(|r| (r.entity_type.clone(), r.entity_uuid))
+                    .collect(),
+            )
+            .await?;
         for row in &rows {
-            let change = wire_change(tx.as_mut(), row).await?;
+            let change = wire_change(&mut cached, row).await?;
             let size = approx_size(std::slice::from_ref(&change));
             if !resend && !entities.is_empty() && bytes + size > limits.max_bytes {
                 break;
@@ -229,6 +241,7 @@ impl Engine {
             ids.push(row.id);
             entities.push(change);
         }
+        cached.finish().await?;
         super::order::order_for_apply(&self.registry, &mut entities);
         let carries_packet = if resend {
             Some(packet_no)
@@ -258,6 +271,7 @@ impl Engine {
                     results: Vec::new(),
                     more: false,
                     remaining: None,
+                    evict: Vec::new(),
                 },
             },
             carries_packet,
@@ -340,23 +354,30 @@ impl Engine {
         let new_master_packet = m == peer.received_packet_no + 1;
         if new_master_packet {
             let now = now_utc();
+            // The packet's entities and what they reference read in one
+            // batch, their rows written in batches (cached_tx.rs).
+            let mut cached = CachedTx::new(tx.as_mut());
+            cached
+                .prefetch(self.packet_keys(&response.body.entities))
+                .await?;
+            let ctx: &mut dyn StoreTx = &mut cached;
+            // Held changes are looked for only when some may be waiting.
+            let mut may_release = super::master::held_exists(ctx).await?;
             for w in &response.body.entities {
                 // What it references has not arrived (it travels in a later
                 // packet): hold it until it does.
-                if let Some(missing) = self.missing_reference(tx.as_mut(), w).await? {
-                    self.hold(tx.as_mut(), master, m, w, missing, now).await?;
+                if let Some(missing) = self.missing_reference(ctx, w).await? {
+                    self.hold(ctx, master, m, w, missing, now).await?;
+                    may_release = true;
                     summary.held += 1;
                     continue;
                 }
-                if self
-                    .store_master_version(tx.as_mut(), master, w, summary)
-                    .await?
-                {
+                if self.store_master_version(ctx, master, w, summary).await? && may_release {
                     let mut work = vec![w.uuid];
                     while let Some(u) = work.pop() {
-                        for (_, released) in self.unblocked_by(tx.as_mut(), u, now).await? {
+                        for (_, released) in self.unblocked_by(ctx, u, now).await? {
                             if self
-                                .store_master_version(tx.as_mut(), master, &released, summary)
+                                .store_master_version(ctx, master, &released, summary)
                                 .await?
                             {
                                 work.push(released.uuid);
@@ -365,6 +386,16 @@ impl Engine {
                     }
                 }
             }
+            // Rows that left this node's routing scope. One with a local
+            // change still queued stays: the change goes to the master.
+            for ev in &response.body.evict {
+                if ctx.has_queued(master, &ev.entity_type, ev.uuid).await? {
+                    summary.kept_local += 1;
+                } else if ctx.purge_entity(&ev.entity_type, ev.uuid).await? {
+                    summary.evicted += 1;
+                }
+            }
+            cached.finish().await?;
             peer.received_packet_no = m;
             peer.last_sync_in = Some(now_utc());
         } else if m > peer.received_packet_no + 1 {

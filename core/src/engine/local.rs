@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::cached_tx::CachedTx;
 use super::{Engine, EngineError};
 use crate::entity::{Entity, Operation, next_updated_at};
 use crate::schema::{Issue, ValidateError, ValidationError};
@@ -125,6 +126,10 @@ impl Engine {
             return Err(EngineError::Batch(errors));
         }
         let mut tx = self.store.begin().await?;
+        // The batch's entities and what they reference read in one go, the
+        // rows written in batches (cached_tx.rs).
+        let mut cached = CachedTx::new(tx.as_mut());
+        cached.prefetch(self.batch_keys(&ops)).await?;
         let mut out = Vec::with_capacity(ops.len());
         for (index, op) in ops.into_iter().enumerate() {
             let res = match op {
@@ -133,11 +138,11 @@ impl Engine {
                     uuid,
                     data,
                 } => {
-                    self.write_in(tx.as_mut(), &entity_type, uuid, Some(data))
+                    self.write_in(&mut cached, &entity_type, uuid, Some(data))
                         .await
                 }
                 BatchOp::Delete { entity_type, uuid } => {
-                    self.write_in(tx.as_mut(), &entity_type, uuid, None).await
+                    self.write_in(&mut cached, &entity_type, uuid, None).await
                 }
             };
             match res {
@@ -166,8 +171,32 @@ impl Engine {
                 Err(e) => return Err(e),
             }
         }
+        cached.finish().await?;
         tx.commit().await?;
         Ok(out)
+    }
+
+    /// The keys of a batch's entities and of what its puts reference.
+    fn batch_keys(&self, ops: &[BatchOp]) -> Vec<(String, Uuid)> {
+        let mut keys = Vec::with_capacity(ops.len() * 2);
+        for op in ops {
+            match op {
+                BatchOp::Put {
+                    entity_type,
+                    uuid,
+                    data,
+                } => {
+                    keys.push((entity_type.clone(), *uuid));
+                    if let Some(ty) = self.registry.get(entity_type) {
+                        for (r, target) in ty.reference_values(data) {
+                            keys.push((r.target.clone(), target));
+                        }
+                    }
+                }
+                BatchOp::Delete { entity_type, uuid } => keys.push((entity_type.clone(), *uuid)),
+            }
+        }
+        keys
     }
 
     pub(super) fn validate(&self, entity_type: &str, data: &Value) -> Result<(), EngineError> {

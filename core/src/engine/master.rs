@@ -17,12 +17,14 @@ use super::{Engine, EngineError};
 use crate::conflict::{ConflictInput, Decision, Version};
 use crate::entity::{Entity, Operation, format_ts, now_utc};
 use crate::protocol::{
-    Body, ChangeResult, Envelope, Header, Outcome, PROTOCOL_VERSION, WireChange,
+    Body, ChangeResult, Envelope, Eviction, Header, Outcome, PROTOCOL_VERSION, WireChange,
 };
 use crate::schema::{Issue, SchemaVersion};
 use crate::store::{AuditRecord, HistoryRecord, NodeRecord, NodeRole, StoreError, StoreTx};
 
+use super::cached_tx::CachedTx;
 use super::client::approx_size;
+use super::routing::Route;
 
 /// Why the master refused an exchange. Nothing of a refused packet is
 /// applied.
@@ -120,6 +122,7 @@ struct Received {
 struct Reply {
     packet_no: i64,
     entities: Vec<WireChange>,
+    evict: Vec<Eviction>,
     more: bool,
     remaining: Option<u64>,
 }
@@ -317,6 +320,7 @@ impl Engine {
                 results,
                 more: reply.more,
                 remaining: reply.remaining,
+                evict: reply.evict,
             },
         }
     }
@@ -400,11 +404,33 @@ impl Engine {
     ) -> Result<Reply, ExchangeError> {
         let limits = self.options.limits;
         let resend_to = (node.out_packet_no > node.sent_packet_no).then_some(node.out_up_to_rev);
+        // The packet being built: the one in flight again, or the next.
+        let building = match resend_to {
+            Some(_) => node.out_packet_no,
+            None => node.out_packet_no + 1,
+        };
+        let (mut routing, restart, resend_own_to) = self
+            .packet_routing(
+                tx,
+                node.id,
+                building,
+                resend_to.is_none(),
+                node.out_packet_no > 0,
+            )
+            .await
+            .map_err(routing_error)?;
+        if restart {
+            // A new scope: the node's position in the log starts over, so
+            // that it receives what it now covers and drops what it no
+            // longer does.
+            node.acked_rev = 0;
+        }
         let rows = tx
             .revisions_after(node.id, node.acked_rev, limits.max_entities)
             .await?;
         let mut more = rows.len() >= limits.max_entities as usize;
         let mut entities = Vec::new();
+        let mut evict = Vec::new();
         let mut up_to = node.acked_rev;
         let mut bytes = 0usize;
         for (rev, e) in rows {
@@ -412,26 +438,74 @@ impl Engine {
                 more = true;
                 break;
             }
-            // A node never gets back its own version, unless addressed to it.
-            if rev.target.is_some() || e.origin != Some(node.id) {
-                let change = WireChange {
-                    entity_type: e.entity_type,
-                    uuid: e.uuid,
-                    operation: rev.operation,
-                    data: e.data,
-                    updated_at: e.updated_at,
-                    is_deleted: e.is_deleted,
-                    base_rev: None,
-                    rev: e.rev,
-                    origin_node_id: e.origin,
-                };
-                let size = approx_size(std::slice::from_ref(&change));
-                if resend_to.is_none() && !entities.is_empty() && bytes + size > limits.max_bytes {
-                    more = true;
-                    break;
+            // A node never gets back its own version, unless addressed to it
+            // (or, up to a scope change, because it may have dropped it).
+            let addressed = rev.target.is_some();
+            let own = !addressed && e.origin == Some(node.id) && rev.rev > resend_own_to;
+            let route = match routing.as_mut() {
+                None if own => Route::Skip,
+                None => Route::Send,
+                Some(_) if addressed => Route::Send,
+                Some(r) => {
+                    if !r.seen.insert(e.uuid) {
+                        // Already in this packet (it rode along as a
+                        // reference, at its current state).
+                        up_to = rev.rev;
+                        continue;
+                    }
+                    match self.route(tx, r, &e).await.map_err(routing_error)? {
+                        Route::Send if own => Route::Skip,
+                        // The node wrote it, so it has it, even where the
+                        // master had evicted it before (a local change kept
+                        // the row): out of scope, it goes.
+                        Route::Skip if own => Route::Evict,
+                        other => other,
+                    }
                 }
-                bytes += size;
-                entities.push(change);
+            };
+            match route {
+                Route::Skip => {}
+                Route::Evict => {
+                    if let Some(r) = routing.as_mut() {
+                        for gone in self
+                            .eviction_closure(tx, r, &e)
+                            .await
+                            .map_err(routing_error)?
+                        {
+                            evict.push(Eviction {
+                                entity_type: gone.entity_type,
+                                uuid: gone.uuid,
+                            });
+                        }
+                    }
+                    evict.push(Eviction {
+                        entity_type: e.entity_type,
+                        uuid: e.uuid,
+                    });
+                }
+                Route::Send => {
+                    let mut batch = Vec::new();
+                    if let Some(r) = routing.as_mut() {
+                        for found in self
+                            .referenced_closure(tx, r, &e)
+                            .await
+                            .map_err(routing_error)?
+                        {
+                            batch.push(master_wire(found, Operation::Update));
+                        }
+                    }
+                    batch.push(master_wire(e, rev.operation));
+                    let size = approx_size(&batch);
+                    if resend_to.is_none()
+                        && !entities.is_empty()
+                        && bytes + size > limits.max_bytes
+                    {
+                        more = true;
+                        break;
+                    }
+                    bytes += size;
+                    entities.extend(batch);
+                }
             }
             up_to = rev.rev;
         }
@@ -458,6 +532,7 @@ impl Engine {
         Ok(Reply {
             packet_no,
             entities,
+            evict,
             more,
             remaining,
         })
@@ -545,6 +620,16 @@ impl Engine {
         changes: &[WireChange],
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<Vec<ChangeResult>, ExchangeError> {
+        // The packet's entities and everything they reference, read in one
+        // batch; the changes then read them from memory, and their rows are
+        // written in batches (cached_tx.rs).
+        let mut cached = CachedTx::new(tx);
+        cached.prefetch(self.packet_keys(changes)).await?;
+        let tx: &mut dyn StoreTx = &mut cached;
+        // Held changes are looked for only when some may be waiting: none
+        // were held before this packet (read under the write lock taken by
+        // the prefetch) and none was held by it, in the common case.
+        let mut may_release = held_exists(tx).await?;
         let mut results = Vec::with_capacity(changes.len());
         for c in changes {
             if let Some(missing) = self
@@ -555,6 +640,7 @@ impl Engine {
                 self.hold(tx, node.id, packet_no, c, missing, now)
                     .await
                     .map_err(engine_to_exchange)?;
+                may_release = true;
                 results.push(ChangeResult {
                     entity_type: c.entity_type.clone(),
                     uuid: c.uuid,
@@ -567,11 +653,29 @@ impl Engine {
             let result = self.apply_change(tx, node, packet_no, c, now).await?;
             let applied = result.outcome != Outcome::Rejected;
             results.push(result);
-            if applied {
+            if applied && may_release {
                 self.release_held(tx, c.uuid, now).await?;
             }
         }
+        cached.finish().await?;
         Ok(results)
+    }
+
+    /// The keys of a packet's entities and of what they reference.
+    pub(super) fn packet_keys(&self, changes: &[WireChange]) -> Vec<(String, Uuid)> {
+        let mut keys = Vec::with_capacity(changes.len() * 2);
+        for c in changes {
+            keys.push((c.entity_type.clone(), c.uuid));
+            if c.is_deleted {
+                continue;
+            }
+            if let Some(ty) = self.registry.get(&c.entity_type) {
+                for (r, target) in ty.reference_values(&c.data) {
+                    keys.push((r.target.clone(), target));
+                }
+            }
+        }
+        keys
     }
 
     /// Applies the held changes that the arrival of `arrived` unblocks, and
@@ -1054,6 +1158,17 @@ impl Engine {
     }
 }
 
+/// Whether any change is held (waiting for a reference) in the store.
+pub(super) async fn held_exists(tx: &mut dyn StoreTx) -> Result<bool, StoreError> {
+    // A far but four-digit year: the SQLite backend compares timestamps
+    // as text.
+    let end = chrono::NaiveDate::from_ymd_opt(9999, 12, 31)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+        .unwrap_or_else(now_utc);
+    Ok(!tx.held_before(end, 1).await?.is_empty())
+}
+
 /// An engine error met while applying a packet: storage errors stay
 /// storage errors, the rest refuse the packet as invalid.
 fn engine_to_exchange(e: EngineError) -> ExchangeError {
@@ -1087,4 +1202,29 @@ pub(super) fn master_snapshot(e: &Entity) -> Value {
         obj.insert("rev".into(), serde_json::json!(e.rev));
     }
     v
+}
+
+/// The wire form of the master's current state of an entity.
+fn master_wire(e: Entity, operation: Operation) -> WireChange {
+    WireChange {
+        entity_type: e.entity_type,
+        uuid: e.uuid,
+        operation,
+        data: e.data,
+        updated_at: e.updated_at,
+        is_deleted: e.is_deleted,
+        base_rev: None,
+        rev: e.rev,
+        origin_node_id: e.origin,
+    }
+}
+
+/// An engine error met while building a packet, as an exchange error.
+fn routing_error(e: EngineError) -> ExchangeError {
+    match e {
+        EngineError::Store(s) => ExchangeError::Store(s),
+        other => ExchangeError::Store(StoreError::corrupt(format!(
+            "{other}; set the node's scope again with `hubsync node scope`"
+        ))),
+    }
 }

@@ -6,12 +6,14 @@
 //! exchange (`master`) are its methods. Every write path runs in one store
 //! transaction; nothing is acknowledged before it is committed.
 
+mod cached_tx;
 mod client;
 mod integrity;
 mod local;
 mod manual;
 mod master;
 mod order;
+mod routing;
 
 use std::sync::Arc;
 
@@ -30,6 +32,7 @@ pub use manual::{
     Choice, ConflictStatus, ConflictView, MANUAL_RESOLVED, ManualResolution, PendingConflict,
 };
 pub use master::{ExchangeError, ImportReport};
+pub use routing::{Scope, TypeRule};
 
 /// Meta keys of the store.
 const META_NODE_ID: &str = "node_id";
@@ -119,6 +122,8 @@ pub enum EngineError {
         "the store belongs to node {found}, but the configuration names node {configured}; point the configuration at the right store"
     )]
     IdentityMismatch { found: Uuid, configured: Uuid },
+    #[error("the routing scope is not valid: {0}")]
+    InvalidScope(String),
     #[error("node code '{0}' is already registered; choose another code")]
     DuplicateNode(String),
     #[error("no node with code '{0}'")]
@@ -167,7 +172,9 @@ impl EngineError {
             EngineError::UnknownType { .. } | EngineError::NotFound { .. } => "not_found",
             EngineError::AlreadyExists { .. } => "conflict",
             EngineError::StillReferenced(_) => "still_referenced",
-            EngineError::Invalid(_) | EngineError::Batch(_) => "validation_failed",
+            EngineError::Invalid(_) | EngineError::Batch(_) | EngineError::InvalidScope(_) => {
+                "validation_failed"
+            }
             EngineError::NotInitialized => "not_initialized",
             EngineError::WrongRole { .. } => "wrong_mode",
             EngineError::IdentityMismatch { .. } => "identity_mismatch",

@@ -48,7 +48,35 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "references index and held changes",
         sql: V4_REFERENCES_AND_HELD,
     },
+    Migration {
+        version: 5,
+        name: "routing scopes and what scoped nodes hold",
+        sql: V5_ROUTING,
+    },
 ];
+
+/// `node_scopes`: the scope each node receives and a change waiting to take
+/// effect. `node_holdings`: what the master sent each scoped node, so that
+/// a row leaving the scope can be evicted from exactly the nodes that have
+/// it (unscoped nodes have no rows here).
+const V5_ROUTING: &str = r#"
+CREATE TABLE node_scopes (
+    node_id     UUID PRIMARY KEY,
+    scope       JSONB,
+    has_pending BOOLEAN NOT NULL DEFAULT FALSE,
+    pending     JSONB,
+    resend_own_to BIGINT NOT NULL DEFAULT 0
+);
+
+CREATE TABLE node_holdings (
+    node_id      UUID NOT NULL,
+    entity_type  TEXT NOT NULL,
+    entity_uuid  UUID NOT NULL,
+    since_packet BIGINT NOT NULL,
+    evicted_in   BIGINT,
+    PRIMARY KEY (node_id, entity_uuid, entity_type)
+);
+"#;
 
 /// `entity_refs`: the references live entities hold (so that a delete finds
 /// its dependants by index). `held_changes`: changes received before an

@@ -4,8 +4,8 @@
 
 use hubsync_core::entity::{Entity, Operation, now_utc};
 use hubsync_core::store::{
-    AuditRecord, EntityRef, HeldChange, HistoryRecord, NodeRecord, QueuedChange, Revision,
-    StoreError, StoreResult, StoreTx,
+    AuditRecord, EntityRef, HeldChange, HistoryRecord, Holding, NodeRecord, QueuedChange, Revision,
+    ScopeRecord, StoreError, StoreResult, StoreTx,
 };
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
@@ -660,10 +660,315 @@ impl StoreTx for PgTx {
         Ok(())
     }
 
+    async fn get_scope(&mut self, node: Uuid) -> StoreResult<ScopeRecord> {
+        let row = sqlx::query(
+            "SELECT scope, has_pending, pending, resend_own_to FROM node_scopes WHERE node_id = $1",
+        )
+        .bind(node)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("reading a node's scope", e))?;
+        let Some(row) = row else {
+            return Ok(ScopeRecord::default());
+        };
+        let r = RowReader::new(&row, "node_scopes");
+        Ok(ScopeRecord {
+            scope: r.opt_json("scope")?,
+            pending: if r.bool("has_pending")? {
+                Some(r.opt_json("pending")?)
+            } else {
+                None
+            },
+            resend_own_to: r.i64("resend_own_to")?,
+        })
+    }
+
+    async fn put_scope(&mut self, node: Uuid, scope: &ScopeRecord) -> StoreResult<()> {
+        let op = "storing a node's scope";
+        let active = scope
+            .scope
+            .as_ref()
+            .map(|v| jsonb(op, "the node's scope", v))
+            .transpose()?;
+        let pending = scope
+            .pending
+            .as_ref()
+            .and_then(|p| p.as_ref())
+            .map(|v| jsonb(op, "the node's next scope", v))
+            .transpose()?;
+        self.lock_writes().await?;
+        sqlx::query(
+            "INSERT INTO node_scopes (node_id, scope, has_pending, pending, resend_own_to)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (node_id) DO UPDATE SET scope = excluded.scope,
+                 has_pending = excluded.has_pending, pending = excluded.pending,
+                 resend_own_to = excluded.resend_own_to",
+        )
+        .bind(node)
+        .bind(active)
+        .bind(scope.pending.is_some())
+        .bind(pending)
+        .bind(scope.resend_own_to)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend(op, e))?;
+        Ok(())
+    }
+
+    async fn holding(
+        &mut self,
+        node: Uuid,
+        entity_type: &str,
+        uuid: Uuid,
+    ) -> StoreResult<Option<Holding>> {
+        let row = sqlx::query(
+            "SELECT since_packet, evicted_in FROM node_holdings
+             WHERE node_id = $1 AND entity_uuid = $2 AND entity_type = $3",
+        )
+        .bind(node)
+        .bind(uuid)
+        .bind(entity_type)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("reading what a node holds", e))?;
+        row.map(|row| {
+            let r = RowReader::new(&row, "node_holdings");
+            Ok(Holding {
+                since_packet: r.i64("since_packet")?,
+                evicted_in: r.opt_i64("evicted_in")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn put_holding(
+        &mut self,
+        node: Uuid,
+        entity_type: &str,
+        uuid: Uuid,
+        holding: Holding,
+    ) -> StoreResult<()> {
+        self.lock_writes().await?;
+        sqlx::query(
+            "INSERT INTO node_holdings (node_id, entity_type, entity_uuid, since_packet, evicted_in)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (node_id, entity_uuid, entity_type) DO UPDATE SET
+                 since_packet = excluded.since_packet, evicted_in = excluded.evicted_in",
+        )
+        .bind(node)
+        .bind(entity_type)
+        .bind(uuid)
+        .bind(holding.since_packet)
+        .bind(holding.evicted_in)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("recording what a node holds", e))?;
+        Ok(())
+    }
+
+    async fn referenced_by_holding(
+        &mut self,
+        node: Uuid,
+        target_type: &str,
+        target: Uuid,
+    ) -> StoreResult<bool> {
+        let row = sqlx::query(
+            "SELECT 1 FROM entity_refs r
+             JOIN node_holdings h ON h.node_id = $1 AND h.entity_uuid = r.source_uuid
+                  AND h.entity_type = r.source_type AND h.evicted_in IS NULL
+             WHERE r.target_uuid = $2 AND r.target_type = $3 LIMIT 1",
+        )
+        .bind(node)
+        .bind(target)
+        .bind(target_type)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("checking what refers to a held entity", e))?;
+        Ok(row.is_some())
+    }
+
+    async fn log_head(&mut self) -> StoreResult<i64> {
+        let row = sqlx::query("SELECT COALESCE(MAX(id), 0) AS head FROM sync_changes")
+            .fetch_one(&mut *self.tx)
+            .await
+            .map_err(|e| StoreError::backend("reading the change log's head", e))?;
+        RowReader::new(&row, "sync_changes").i64("head")
+    }
+
+    async fn seed_holdings(&mut self, node: Uuid) -> StoreResult<u64> {
+        self.lock_writes().await?;
+        let done = sqlx::query(
+            "INSERT INTO node_holdings (node_id, entity_type, entity_uuid, since_packet, evicted_in)
+             SELECT $1, entity_type, uuid, 0, NULL FROM entities WHERE true
+             ON CONFLICT (node_id, entity_uuid, entity_type) DO NOTHING",
+        )
+        .bind(node)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("recording what a node may hold", e))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn clear_holdings(&mut self, node: Uuid) -> StoreResult<u64> {
+        self.lock_writes().await?;
+        let done = sqlx::query("DELETE FROM node_holdings WHERE node_id = $1")
+            .bind(node)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(|e| StoreError::backend("forgetting what a node holds", e))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn purge_entity(&mut self, entity_type: &str, uuid: Uuid) -> StoreResult<bool> {
+        self.lock_writes().await?;
+        let done = sqlx::query("DELETE FROM entities WHERE entity_type = $1 AND uuid = $2")
+            .bind(entity_type)
+            .bind(uuid)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(|e| StoreError::backend("removing an evicted entity", e))?;
+        sqlx::query("DELETE FROM entity_refs WHERE source_type = $1 AND source_uuid = $2")
+            .bind(entity_type)
+            .bind(uuid)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(|e| StoreError::backend("removing an evicted entity's references", e))?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn commit(self: Box<Self>) -> StoreResult<()> {
         self.tx
             .commit()
             .await
             .map_err(|e| StoreError::backend("committing", e))
+    }
+
+    /// Takes the write lock, as `get_entity` does; one statement for the
+    /// keys (arrays joined on the primary key).
+    async fn get_entities(&mut self, keys: &[(String, Uuid)]) -> StoreResult<Vec<Entity>> {
+        self.lock_writes().await?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let types: Vec<&str> = keys.iter().map(|(t, _)| t.as_str()).collect();
+        let uuids: Vec<Uuid> = keys.iter().map(|(_, u)| *u).collect();
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            rows::entity_cols!(),
+            " FROM entities WHERE (entity_type, uuid) IN
+                 (SELECT t, u FROM unnest($1::text[], $2::uuid[]) AS k(t, u))"
+        ))
+        .bind(&types)
+        .bind(&uuids)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("reading entities", e))?;
+        rows.iter().map(rows::entity_from_row).collect()
+    }
+
+    /// One upsert from arrays. PostgreSQL refuses to update a row twice in
+    /// one statement, so a key given twice is sent once, with its last
+    /// version (what writing them in order leaves).
+    async fn put_entities(&mut self, entities: &[Entity]) -> StoreResult<()> {
+        if entities.is_empty() {
+            return Ok(());
+        }
+        let mut last: std::collections::HashMap<(&str, Uuid), usize> =
+            std::collections::HashMap::with_capacity(entities.len());
+        for (i, e) in entities.iter().enumerate() {
+            last.insert((e.entity_type.as_str(), e.uuid), i);
+        }
+        let mut picked: Vec<usize> = last.into_values().collect();
+        picked.sort_unstable();
+        let mut data = Vec::with_capacity(picked.len());
+        for &i in &picked {
+            data.push(jsonb(
+                "writing entities",
+                "the entity's data",
+                &entities[i].data,
+            )?);
+        }
+        let rows: Vec<&Entity> = picked.iter().map(|&i| &entities[i]).collect();
+        let types: Vec<&str> = rows.iter().map(|e| e.entity_type.as_str()).collect();
+        let uuids: Vec<Uuid> = rows.iter().map(|e| e.uuid).collect();
+        let updated: Vec<chrono::DateTime<chrono::Utc>> =
+            rows.iter().map(|e| e.updated_at).collect();
+        let deleted: Vec<bool> = rows.iter().map(|e| e.is_deleted).collect();
+        let revs: Vec<Option<i64>> = rows.iter().map(|e| e.rev).collect();
+        let origins: Vec<Option<Uuid>> = rows.iter().map(|e| e.origin).collect();
+        self.lock_writes().await?;
+        sqlx::query(
+            "INSERT INTO entities (entity_type, uuid, updated_at, is_deleted, data, rev, origin_node_id)
+             SELECT * FROM unnest($1::text[], $2::uuid[], $3::timestamptz[], $4::bool[],
+                                  $5::jsonb[], $6::int8[], $7::uuid[])
+             ON CONFLICT (entity_type, uuid) DO UPDATE SET
+                 updated_at = excluded.updated_at,
+                 is_deleted = excluded.is_deleted,
+                 data = excluded.data,
+                 rev = excluded.rev,
+                 origin_node_id = excluded.origin_node_id",
+        )
+        .bind(&types)
+        .bind(&uuids)
+        .bind(&updated)
+        .bind(&deleted)
+        .bind(&data)
+        .bind(&revs)
+        .bind(&origins)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("writing entities", e))?;
+        Ok(())
+    }
+
+    /// One DELETE and one INSERT from arrays for all the entities.
+    async fn set_references_many(
+        &mut self,
+        items: &[((String, Uuid), Vec<EntityRef>)],
+    ) -> StoreResult<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        self.lock_writes().await?;
+        let types: Vec<&str> = items.iter().map(|((t, _), _)| t.as_str()).collect();
+        let uuids: Vec<Uuid> = items.iter().map(|((_, u), _)| *u).collect();
+        sqlx::query(
+            "DELETE FROM entity_refs WHERE (source_type, source_uuid) IN
+                 (SELECT t, u FROM unnest($1::text[], $2::uuid[]) AS k(t, u))",
+        )
+        .bind(&types)
+        .bind(&uuids)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("replacing entities' references", e))?;
+        let refs: Vec<(&str, Uuid, &EntityRef)> = items
+            .iter()
+            .flat_map(|((t, u), refs)| refs.iter().map(move |r| (t.as_str(), *u, r)))
+            .collect();
+        if refs.is_empty() {
+            return Ok(());
+        }
+        let source_types: Vec<&str> = refs.iter().map(|(t, _, _)| *t).collect();
+        let source_uuids: Vec<Uuid> = refs.iter().map(|(_, u, _)| *u).collect();
+        let pointers: Vec<&str> = refs.iter().map(|(_, _, r)| r.pointer.as_str()).collect();
+        let target_types: Vec<&str> = refs
+            .iter()
+            .map(|(_, _, r)| r.target_type.as_str())
+            .collect();
+        let targets: Vec<Uuid> = refs.iter().map(|(_, _, r)| r.target_uuid).collect();
+        sqlx::query(
+            "INSERT INTO entity_refs (source_type, source_uuid, pointer, target_type, target_uuid)
+             SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::uuid[])
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&source_types)
+        .bind(&source_uuids)
+        .bind(&pointers)
+        .bind(&target_types)
+        .bind(&targets)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("recording entities' references", e))?;
+        Ok(())
     }
 }

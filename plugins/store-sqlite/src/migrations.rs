@@ -42,7 +42,35 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "references index and held changes",
         sql: V4_REFERENCES_AND_HELD,
     },
+    Migration {
+        version: 5,
+        name: "routing scopes and what scoped nodes hold",
+        sql: V5_ROUTING,
+    },
 ];
+
+/// `node_scopes`: the scope each node receives and a change waiting to take
+/// effect. `node_holdings`: what the master sent each scoped node, so that
+/// a row leaving the scope can be evicted from exactly the nodes that have
+/// it (unscoped nodes have no rows here).
+const V5_ROUTING: &str = r#"
+CREATE TABLE node_scopes (
+    node_id     TEXT PRIMARY KEY,
+    scope       TEXT,
+    has_pending INTEGER NOT NULL DEFAULT 0,
+    pending     TEXT,
+    resend_own_to INTEGER NOT NULL DEFAULT 0
+);
+
+CREATE TABLE node_holdings (
+    node_id      TEXT NOT NULL,
+    entity_type  TEXT NOT NULL,
+    entity_uuid  TEXT NOT NULL,
+    since_packet INTEGER NOT NULL,
+    evicted_in   INTEGER,
+    PRIMARY KEY (node_id, entity_uuid, entity_type)
+) WITHOUT ROWID;
+"#;
 
 /// `entity_refs`: the references live entities hold (so that a delete finds
 /// its dependants by index). `held_changes`: changes received before an

@@ -6,10 +6,10 @@ use std::fmt::Write as _;
 
 use hubsync_core::entity::{Entity, Operation, now_utc};
 use hubsync_core::store::{
-    AuditRecord, EntityRef, HeldChange, HistoryRecord, NodeRecord, QueuedChange, Revision,
-    StoreError, StoreResult, StoreTx,
+    AuditRecord, EntityRef, HeldChange, HistoryRecord, Holding, NodeRecord, QueuedChange, Revision,
+    ScopeRecord, StoreError, StoreResult, StoreTx,
 };
-use sqlx::{Sqlite, Transaction};
+use sqlx::{QueryBuilder, Sqlite, Transaction};
 use uuid::Uuid;
 
 use crate::codec::{RowReader, json_text, opt_ts_text, opt_uuid_text, ts_text, uuid_text};
@@ -35,6 +35,10 @@ fn held_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<HeldChange> {
         held_at: r.ts("held_at")?,
     })
 }
+
+/// Rows per statement in the batch methods (7 values a row stays far below
+/// SQLite's limit of 32,766 bound values).
+const BATCH_ROWS: usize = 500;
 
 pub(crate) struct SqliteTx {
     tx: Transaction<'static, Sqlite>,
@@ -621,10 +625,292 @@ impl StoreTx for SqliteTx {
         Ok(())
     }
 
+    async fn get_scope(&mut self, node: Uuid) -> StoreResult<ScopeRecord> {
+        let row = sqlx::query(
+            "SELECT scope, has_pending, pending, resend_own_to FROM node_scopes WHERE node_id = ?",
+        )
+        .bind(uuid_text(node))
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("reading a node's scope", e))?;
+        let Some(row) = row else {
+            return Ok(ScopeRecord::default());
+        };
+        let r = RowReader::new(&row, "node_scopes");
+        Ok(ScopeRecord {
+            scope: r.opt_json("scope")?,
+            pending: if r.bool("has_pending")? {
+                Some(r.opt_json("pending")?)
+            } else {
+                None
+            },
+            resend_own_to: r.i64("resend_own_to")?,
+        })
+    }
+
+    async fn put_scope(&mut self, node: Uuid, scope: &ScopeRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO node_scopes (node_id, scope, has_pending, pending, resend_own_to)
+             VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (node_id) DO UPDATE SET scope = excluded.scope,
+                 has_pending = excluded.has_pending, pending = excluded.pending,
+                 resend_own_to = excluded.resend_own_to",
+        )
+        .bind(uuid_text(node))
+        .bind(scope.scope.as_ref().map(json_text))
+        .bind(scope.pending.is_some())
+        .bind(
+            scope
+                .pending
+                .as_ref()
+                .and_then(|p| p.as_ref())
+                .map(json_text),
+        )
+        .bind(scope.resend_own_to)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("storing a node's scope", e))?;
+        Ok(())
+    }
+
+    async fn holding(
+        &mut self,
+        node: Uuid,
+        entity_type: &str,
+        uuid: Uuid,
+    ) -> StoreResult<Option<Holding>> {
+        let row = sqlx::query(
+            "SELECT since_packet, evicted_in FROM node_holdings
+             WHERE node_id = ? AND entity_uuid = ? AND entity_type = ?",
+        )
+        .bind(uuid_text(node))
+        .bind(uuid_text(uuid))
+        .bind(entity_type)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("reading what a node holds", e))?;
+        row.map(|row| {
+            let r = RowReader::new(&row, "node_holdings");
+            Ok(Holding {
+                since_packet: r.i64("since_packet")?,
+                evicted_in: r.opt_i64("evicted_in")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn put_holding(
+        &mut self,
+        node: Uuid,
+        entity_type: &str,
+        uuid: Uuid,
+        holding: Holding,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO node_holdings (node_id, entity_type, entity_uuid, since_packet, evicted_in)
+             VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (node_id, entity_uuid, entity_type) DO UPDATE SET
+                 since_packet = excluded.since_packet, evicted_in = excluded.evicted_in",
+        )
+        .bind(uuid_text(node))
+        .bind(entity_type)
+        .bind(uuid_text(uuid))
+        .bind(holding.since_packet)
+        .bind(holding.evicted_in)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("recording what a node holds", e))?;
+        Ok(())
+    }
+
+    async fn referenced_by_holding(
+        &mut self,
+        node: Uuid,
+        target_type: &str,
+        target: Uuid,
+    ) -> StoreResult<bool> {
+        let row = sqlx::query(
+            "SELECT 1 FROM entity_refs r
+             JOIN node_holdings h ON h.node_id = ? AND h.entity_uuid = r.source_uuid
+                  AND h.entity_type = r.source_type AND h.evicted_in IS NULL
+             WHERE r.target_uuid = ? AND r.target_type = ? LIMIT 1",
+        )
+        .bind(uuid_text(node))
+        .bind(uuid_text(target))
+        .bind(target_type)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("checking what refers to a held entity", e))?;
+        Ok(row.is_some())
+    }
+
+    async fn log_head(&mut self) -> StoreResult<i64> {
+        let row = sqlx::query("SELECT COALESCE(MAX(id), 0) AS head FROM sync_changes")
+            .fetch_one(&mut *self.tx)
+            .await
+            .map_err(|e| StoreError::backend("reading the change log's head", e))?;
+        RowReader::new(&row, "sync_changes").i64("head")
+    }
+
+    async fn seed_holdings(&mut self, node: Uuid) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "INSERT INTO node_holdings (node_id, entity_type, entity_uuid, since_packet, evicted_in)
+             SELECT ?, entity_type, uuid, 0, NULL FROM entities WHERE true
+             ON CONFLICT (node_id, entity_uuid, entity_type) DO NOTHING",
+        )
+        .bind(uuid_text(node))
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("recording what a node may hold", e))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn clear_holdings(&mut self, node: Uuid) -> StoreResult<u64> {
+        let done = sqlx::query("DELETE FROM node_holdings WHERE node_id = ?")
+            .bind(uuid_text(node))
+            .execute(&mut *self.tx)
+            .await
+            .map_err(|e| StoreError::backend("forgetting what a node holds", e))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn purge_entity(&mut self, entity_type: &str, uuid: Uuid) -> StoreResult<bool> {
+        let done = sqlx::query("DELETE FROM entities WHERE entity_type = ? AND uuid = ?")
+            .bind(entity_type)
+            .bind(uuid_text(uuid))
+            .execute(&mut *self.tx)
+            .await
+            .map_err(|e| StoreError::backend("removing an evicted entity", e))?;
+        sqlx::query("DELETE FROM entity_refs WHERE source_type = ? AND source_uuid = ?")
+            .bind(entity_type)
+            .bind(uuid_text(uuid))
+            .execute(&mut *self.tx)
+            .await
+            .map_err(|e| StoreError::backend("removing an evicted entity's references", e))?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn commit(self: Box<Self>) -> StoreResult<()> {
         self.tx
             .commit()
             .await
             .map_err(|e| StoreError::backend("committing", e))
+    }
+
+    /// One `SELECT … WHERE (entity_type, uuid) IN (VALUES …)` per
+    /// [`BATCH_ROWS`] keys: each key is a primary-key lookup, and the whole
+    /// batch one round trip to the connection's worker thread instead of
+    /// one per key.
+    async fn get_entities(&mut self, keys: &[(String, Uuid)]) -> StoreResult<Vec<Entity>> {
+        let mut found = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(BATCH_ROWS) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(concat!(
+                "SELECT ",
+                crate::queries::entity_cols!(),
+                " FROM entities WHERE (entity_type, uuid) IN (VALUES "
+            ));
+            for (i, (t, u)) in chunk.iter().enumerate() {
+                if i > 0 {
+                    q.push(", ");
+                }
+                q.push("(")
+                    .push_bind(t.as_str())
+                    .push(", ")
+                    .push_bind(uuid_text(*u))
+                    .push(")");
+            }
+            q.push(")");
+            let rows = q
+                .build()
+                .fetch_all(&mut *self.tx)
+                .await
+                .map_err(|e| StoreError::backend("reading entities", e))?;
+            for row in &rows {
+                found.push(crate::queries::entity_from_row(row)?);
+            }
+        }
+        Ok(found)
+    }
+
+    /// One multi-row upsert per [`BATCH_ROWS`] entities (a key given twice
+    /// keeps its last version: SQLite applies the rows in order).
+    async fn put_entities(&mut self, entities: &[Entity]) -> StoreResult<()> {
+        for chunk in entities.chunks(BATCH_ROWS) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO entities (entity_type, uuid, updated_at, is_deleted, data, rev, origin_node_id) ",
+            );
+            q.push_values(chunk, |mut b, e| {
+                b.push_bind(e.entity_type.as_str())
+                    .push_bind(uuid_text(e.uuid))
+                    .push_bind(ts_text(e.updated_at))
+                    .push_bind(e.is_deleted)
+                    .push_bind(json_text(&e.data))
+                    .push_bind(e.rev)
+                    .push_bind(opt_uuid_text(e.origin));
+            });
+            q.push(
+                " ON CONFLICT (entity_type, uuid) DO UPDATE SET
+                     updated_at = excluded.updated_at,
+                     is_deleted = excluded.is_deleted,
+                     data = excluded.data,
+                     rev = excluded.rev,
+                     origin_node_id = excluded.origin_node_id",
+            );
+            q.build()
+                .execute(&mut *self.tx)
+                .await
+                .map_err(|e| StoreError::backend("writing entities", e))?;
+        }
+        Ok(())
+    }
+
+    /// One DELETE per [`BATCH_ROWS`] entities and one multi-row INSERT per
+    /// [`BATCH_ROWS`] references.
+    async fn set_references_many(
+        &mut self,
+        items: &[((String, Uuid), Vec<EntityRef>)],
+    ) -> StoreResult<()> {
+        for chunk in items.chunks(BATCH_ROWS) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "DELETE FROM entity_refs WHERE (source_type, source_uuid) IN (VALUES ",
+            );
+            for (i, ((t, u), _)) in chunk.iter().enumerate() {
+                if i > 0 {
+                    q.push(", ");
+                }
+                q.push("(")
+                    .push_bind(t.as_str())
+                    .push(", ")
+                    .push_bind(uuid_text(*u))
+                    .push(")");
+            }
+            q.push(")");
+            q.build()
+                .execute(&mut *self.tx)
+                .await
+                .map_err(|e| StoreError::backend("replacing entities' references", e))?;
+        }
+        let rows: Vec<(&str, Uuid, &EntityRef)> = items
+            .iter()
+            .flat_map(|((t, u), refs)| refs.iter().map(move |r| (t.as_str(), *u, r)))
+            .collect();
+        for chunk in rows.chunks(BATCH_ROWS) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT OR IGNORE INTO entity_refs
+                     (source_type, source_uuid, pointer, target_type, target_uuid) ",
+            );
+            q.push_values(chunk, |mut b, (t, u, r)| {
+                b.push_bind(*t)
+                    .push_bind(uuid_text(*u))
+                    .push_bind(r.pointer.as_str())
+                    .push_bind(r.target_type.as_str())
+                    .push_bind(uuid_text(r.target_uuid));
+            });
+            q.build()
+                .execute(&mut *self.tx)
+                .await
+                .map_err(|e| StoreError::backend("recording entities' references", e))?;
+        }
+        Ok(())
     }
 }

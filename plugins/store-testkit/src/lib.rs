@@ -122,6 +122,10 @@ macro_rules! store_conformance_suite {
             // referential integrity
             references_are_replaced_per_source_and_found_by_target,
             held_changes_are_kept_replaced_found_and_released,
+            // routing
+            scopes_round_trip_with_a_pending_change_and_default_to_none,
+            holdings_are_per_node_and_referrers_count_only_while_held,
+            seeding_marks_every_entity_and_purge_removes_one,
             // security events
             security_events_are_recorded_filtered_newest_first_and_pruned,
             // transactions
@@ -134,6 +138,9 @@ macro_rules! store_conformance_suite {
             concurrent_writers_lose_nothing_and_revisions_appear_in_order,
             read_decide_write_transactions_never_lose_an_update,
             transactions_on_one_node_row_serialize,
+            // batches
+            batched_entity_reads_and_writes_match_the_one_row_methods,
+            batched_references_replace_each_sources_references,
         }
     };
 }

@@ -1,0 +1,409 @@
+//! Routing scopes end to end over real HTTPS (issue 5 item 5): each node
+//! receives only its scope, with what its rows reference; a row leaving a
+//! node's scope is evicted from it; a scope change sends what the node newly
+//! covers and evicts what it no longer covers; the master holds everything.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use hubsync_core::engine::{Engine, EngineError};
+use hubsync_tests::scenario::{create, sync, update};
+use hubsync_tests::{Cluster, ClusterOptions, bounded, dump, registry};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// The master's rows, by uuid.
+async fn rows(e: &Engine) -> BTreeMap<Uuid, (String, Value)> {
+    dump(e)
+        .await
+        .expect("dump")
+        .into_iter()
+        .map(|(ty, uuid, _, _, data)| (uuid, (ty, data)))
+        .collect()
+}
+
+/// What a node with `scope` must hold of `master`: the rows its rules
+/// match and, transitively, everything they reference.
+fn expected(master: &BTreeMap<Uuid, (String, Value)>, scope: &Value) -> BTreeSet<Uuid> {
+    let reg = registry();
+    let parsed = hubsync_core::engine::Scope::parse(scope, &reg).expect("scope");
+    let mut out = BTreeSet::new();
+    let mut work: Vec<Uuid> = master
+        .iter()
+        .filter(|(uuid, (ty, data))| {
+            let e = hubsync_core::entity::Entity {
+                entity_type: ty.clone(),
+                uuid: **uuid,
+                updated_at: hubsync_core::entity::now_utc(),
+                is_deleted: false,
+                data: data.clone(),
+                rev: None,
+                origin: None,
+            };
+            parsed.matches(&e)
+        })
+        .map(|(u, _)| *u)
+        .collect();
+    while let Some(u) = work.pop() {
+        if !out.insert(u) {
+            continue;
+        }
+        let Some((ty, data)) = master.get(&u) else {
+            continue;
+        };
+        for r in &reg.get(ty).expect("type").references {
+            work.extend(r.values(data));
+        }
+    }
+    out
+}
+
+/// The client holds exactly what its scope says, each row as the master
+/// has it, and every reference it holds resolves locally.
+async fn check_scoped(c: &Cluster, i: usize, scope: &Value) {
+    let master = rows(c.master()).await;
+    let mine = rows(c.client(i)).await;
+    let want = expected(&master, scope);
+    let have: BTreeSet<Uuid> = mine.keys().copied().collect();
+    let missing: Vec<_> = want.difference(&have).map(|u| &master[u].0).collect();
+    let extra: Vec<_> = have.difference(&want).map(|u| &mine[u].0).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "client {i}: missing {missing:?}, extra {extra:?}"
+    );
+    let reg = registry();
+    for (uuid, (ty, data)) in &mine {
+        assert_eq!(
+            master.get(uuid),
+            Some(&(ty.clone(), data.clone())),
+            "client {i}: {ty} {uuid} differs from the master"
+        );
+        for r in &reg.get(ty).expect("type").references {
+            for target in r.values(data) {
+                assert!(
+                    mine.contains_key(&target),
+                    "client {i}: {ty} {uuid} refers to {target}, which it does not hold"
+                );
+            }
+        }
+    }
+}
+
+fn scope_for(brigade: Uuid) -> Value {
+    json!({"types": {
+        "Site": "all",
+        "Brigade": {"uuid": [brigade.to_string()]},
+        "Employee": {"brigade": [brigade.to_string()]},
+        "DailyReport": {"brigade": [brigade.to_string()]}
+    }})
+}
+
+fn report(brigade: Uuid, site: Uuid, employees: &[Uuid], n: usize) -> Value {
+    json!({
+        "date": "2026-11-24", "brigade": brigade, "site": site, "status": "draft",
+        "notes": format!("report {n}"),
+        "lines": employees.iter().map(|e| json!({"employee": e, "hours": 8, "task": "work"})).collect::<Vec<_>>()
+    })
+}
+
+async fn reports_of(e: &Engine) -> BTreeSet<Uuid> {
+    rows(e)
+        .await
+        .into_iter()
+        .filter(|(_, (ty, _))| ty == "DailyReport")
+        .map(|(u, _)| u)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_receive_only_their_scope_and_moves_travel_between_them() {
+    let c = bounded(
+        "starting the cluster",
+        Cluster::start(3, ClusterOptions::default()),
+    )
+    .await
+    .expect("cluster");
+    // DESKTOP-3, the office, is unscoped: it enters the reference data and
+    // reports of both brigades.
+    let office = c.client(2);
+    let root = create(office, "Site", json!({"name": "Region"})).await;
+    let north_site = create(office, "Site", json!({"name": "North", "parent": root})).await;
+    let south_site = create(office, "Site", json!({"name": "South", "parent": root})).await;
+    let north = create(office, "Brigade", json!({"name": "North brigade"})).await;
+    let south = create(office, "Brigade", json!({"name": "South brigade"})).await;
+    let mut crew = BTreeMap::new();
+    for (b, name) in [(north, "n"), (south, "s")] {
+        let mut ids = Vec::new();
+        for k in 0..3 {
+            ids.push(
+                create(
+                    office,
+                    "Employee",
+                    json!({"full_name": format!("{name}{k}"), "brigade": b}),
+                )
+                .await,
+            );
+        }
+        crew.insert(b, ids);
+    }
+    let mut north_reports = Vec::new();
+    for n in 0..20 {
+        north_reports.push(
+            create(
+                office,
+                "DailyReport",
+                report(north, north_site, &crew[&north], n),
+            )
+            .await,
+        );
+        create(
+            office,
+            "DailyReport",
+            report(south, south_site, &crew[&south], n),
+        )
+        .await;
+    }
+    sync(&c, 2).await;
+
+    // Scopes set before the field nodes' first sync; an invalid one is
+    // refused with every problem named.
+    let bad = c
+        .master()
+        .set_node_scope(
+            "DESKTOP-1",
+            Some(json!({"types": {"Nope": "all", "DailyReport": {"colour": ["red"]}}})),
+        )
+        .await;
+    match bad {
+        Err(EngineError::InvalidScope(msg)) => {
+            assert!(
+                msg.contains("Nope") && msg.contains("colour"),
+                "the error names both problems: {msg}"
+            );
+        }
+        other => panic!("an invalid scope must be refused: {other:?}"),
+    }
+    let scope_n = scope_for(north);
+    let scope_s = scope_for(south);
+    c.master()
+        .set_node_scope("DESKTOP-1", Some(scope_n.clone()))
+        .await
+        .expect("scope north");
+    c.master()
+        .set_node_scope("DESKTOP-2", Some(scope_s.clone()))
+        .await
+        .expect("scope south");
+    sync(&c, 0).await;
+    sync(&c, 1).await;
+    check_scoped(&c, 0, &scope_n).await;
+    check_scoped(&c, 1, &scope_s).await;
+    assert_eq!(reports_of(c.client(0)).await.len(), 20);
+    assert_eq!(reports_of(c.client(1)).await.len(), 20);
+    assert_eq!(reports_of(c.master()).await.len(), 40, "the master has all");
+
+    // A field node writes in its scope: the master and the office get it,
+    // the other field node does not.
+    let mine = create(
+        c.client(0),
+        "DailyReport",
+        report(north, north_site, &crew[&north][..1], 99),
+    )
+    .await;
+    sync(&c, 0).await;
+    sync(&c, 1).await;
+    sync(&c, 2).await;
+    assert!(reports_of(c.master()).await.contains(&mine));
+    assert!(reports_of(c.client(2)).await.contains(&mine));
+    assert!(!reports_of(c.client(1)).await.contains(&mine));
+
+    // The office moves a north report to the south brigade (its lines still
+    // name north employees, who travel with it).
+    let moved = north_reports[0];
+    let mut data = c
+        .client(2)
+        .get("DailyReport", moved)
+        .await
+        .expect("get")
+        .data;
+    data["brigade"] = json!(south);
+    data["site"] = json!(south_site);
+    update(c.client(2), "DailyReport", moved, data).await;
+    sync(&c, 2).await;
+    let s0 = sync(&c, 0).await;
+    sync(&c, 1).await;
+    assert_eq!(s0.evicted, 1, "the north node was told to drop the report");
+    assert!(!reports_of(c.client(0)).await.contains(&moved));
+    assert!(reports_of(c.client(1)).await.contains(&moved));
+    check_scoped(&c, 0, &scope_n).await;
+    check_scoped(&c, 1, &scope_s).await;
+
+    // Widening a scope sends what it newly covers; narrowing it again
+    // evicts it.
+    let both = json!({"types": {
+        "Site": "all", "Brigade": "all", "Employee": "all",
+        "DailyReport": {"brigade": [north.to_string(), south.to_string()]}
+    }});
+    let pending = c
+        .master()
+        .set_node_scope("DESKTOP-2", Some(both.clone()))
+        .await
+        .expect("widen");
+    assert!(
+        pending.pending.is_some(),
+        "takes effect with the next packet"
+    );
+    bounded("sync until quiet", c.sync_until_quiet(6))
+        .await
+        .expect("quiet");
+    check_scoped(&c, 1, &both).await;
+    assert_eq!(reports_of(c.client(1)).await.len(), 41);
+    c.master()
+        .set_node_scope("DESKTOP-2", Some(scope_s.clone()))
+        .await
+        .expect("narrow");
+    bounded("sync until quiet", c.sync_until_quiet(6))
+        .await
+        .expect("quiet");
+    check_scoped(&c, 1, &scope_s).await;
+
+    // The unscoped office becomes scoped: what it held outside its new
+    // scope is evicted (it had received everything before).
+    c.master()
+        .set_node_scope("DESKTOP-3", Some(scope_n.clone()))
+        .await
+        .expect("scope the office");
+    bounded("sync until quiet", c.sync_until_quiet(6))
+        .await
+        .expect("quiet");
+    check_scoped(&c, 2, &scope_n).await;
+    // And cleared: everything again.
+    c.master()
+        .set_node_scope("DESKTOP-3", None)
+        .await
+        .expect("clear");
+    bounded("sync until quiet", c.sync_until_quiet(6))
+        .await
+        .expect("quiet");
+    assert_eq!(
+        dump(c.client(2)).await.expect("dump"),
+        dump(c.master()).await.expect("dump"),
+        "an unscoped node holds everything again"
+    );
+    c.shutdown().await;
+}
+
+/// Runs sessions of client `i` through `transport` until one completes
+/// (the front door loses some answers); bounded.
+async fn sync_through(
+    c: &Cluster,
+    i: usize,
+    transport: &hubsync::transport::HttpsTransport,
+) -> u32 {
+    let mut failures = 0;
+    for _ in 0..50 {
+        match bounded(
+            "session",
+            c.client(i)
+                .sync_session(transport, &hubsync_core::engine::NoProgress),
+        )
+        .await
+        {
+            Ok(_) => return failures,
+            Err(_) => failures += 1,
+        }
+    }
+    panic!("client {i} never completed a session in 50 tries");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_answers_while_rows_move_and_scopes_change_leave_nodes_exactly_in_scope() {
+    use hubsync_tests::front_door::{Fault, FrontDoor};
+    let c = bounded(
+        "starting the cluster",
+        Cluster::start(2, ClusterOptions::default()),
+    )
+    .await
+    .expect("cluster");
+    let office = c.client(1);
+    let site = create(office, "Site", json!({"name": "Site"})).await;
+    let brigades = [
+        create(office, "Brigade", json!({"name": "A"})).await,
+        create(office, "Brigade", json!({"name": "B"})).await,
+        create(office, "Brigade", json!({"name": "C"})).await,
+    ];
+    let mut reports = Vec::new();
+    for n in 0..30 {
+        reports.push(create(office, "DailyReport", report(brigades[n % 3], site, &[], n)).await);
+    }
+    sync(&c, 1).await;
+    let mut scope = scope_for(brigades[0]);
+    c.master()
+        .set_node_scope("DESKTOP-1", Some(scope.clone()))
+        .await
+        .expect("scope");
+    // Every other request of the field node: the master commits, the
+    // answer is lost; the packet is then built again and resent.
+    let mut n = 0u64;
+    let door = FrontDoor::for_cluster(
+        &c,
+        Box::new(move |_| {
+            n += 1;
+            if n.is_multiple_of(2) {
+                Fault::LoseAnswer
+            } else {
+                Fault::Forward
+            }
+        }),
+    )
+    .await
+    .expect("front door");
+    let link = c.clients[0].node.config.master.clone().expect("link");
+    let transport = hubsync::transport::HttpsTransport::new(
+        hubsync::tls::client_config(&link.ca_cert).expect("tls"),
+        &door.url(),
+        c.tokens[0].clone(),
+        std::time::Duration::from_secs(60),
+    );
+    let mut seed: u64 = 0x5eed;
+    let mut next = move |m: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % m
+    };
+    let mut lost = 0;
+    for round in 0..12 {
+        // The office moves a few reports between brigades…
+        for _ in 0..4 {
+            let r = reports[next(reports.len() as u64) as usize];
+            let b = brigades[next(3) as usize];
+            let mut data = office.get("DailyReport", r).await.expect("get").data;
+            data["brigade"] = json!(b);
+            update(office, "DailyReport", r, data).await;
+        }
+        sync(&c, 1).await;
+        // …and now and then the field node's scope changes.
+        if round % 4 == 3 {
+            let mine: Vec<String> = brigades
+                .iter()
+                .filter(|_| next(2) == 0)
+                .map(|b| b.to_string())
+                .collect();
+            scope = json!({"types": {
+                "Site": "all",
+                "Brigade": {"uuid": mine},
+                "DailyReport": {"brigade": mine}
+            }});
+            c.master()
+                .set_node_scope("DESKTOP-1", Some(scope.clone()))
+                .await
+                .expect("scope change");
+        }
+        lost += sync_through(&c, 0, &transport).await;
+        lost += sync_through(&c, 0, &transport).await;
+        check_scoped(&c, 0, &scope).await;
+    }
+    assert!(lost > 0, "the front door lost answers");
+    assert!(door.traffic().forwarded > 0);
+    door.shutdown().await;
+    c.shutdown().await;
+}

@@ -105,7 +105,7 @@ pub enum EngineError {
     AlreadyExists { entity_type: String, uuid: Uuid },
     #[error("{0}")]
     Invalid(crate::schema::ValidationError),
-    #[error("{0}")]
+    #[error("this {} cannot be deleted: {}", .0.entity_type, issue_list(.0))]
     StillReferenced(crate::schema::ValidationError),
     #[error("the batch was not applied: {} of its operations are invalid", .0.len())]
     Batch(Vec<BatchItemError>),
@@ -163,6 +163,15 @@ pub enum EngineError {
     IncomingVersionMissing { id: Uuid },
     #[error(transparent)]
     Transport(#[from] crate::transport::TransportError),
+}
+
+/// The issues of a refusal, one after the other.
+fn issue_list(e: &crate::schema::ValidationError) -> String {
+    e.issues
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl EngineError {

@@ -4,58 +4,20 @@
 //! path, everything listens on loopback only.
 
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_hubsync");
+mod support;
+use support::{Guard, free_addr, hubsync, path_str as p, wait_for_exit};
+
 const COMMAND_DEADLINE: Duration = Duration::from_secs(30);
 const READY_DEADLINE: Duration = Duration::from_secs(20);
 const STOP_DEADLINE: Duration = Duration::from_secs(15);
-
-fn hubsync(cwd: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("HUBSYNC_") {
-            cmd.env_remove(&key);
-        }
-    }
-    cmd.env("HUBSYNC_LOG", "warn")
-        .env("NO_COLOR", "1")
-        .current_dir(cwd)
-        .args(args)
-        .stdin(Stdio::null());
-    cmd
-}
-
-/// Kills the child when dropped.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-fn wait_for_exit(child: &mut Child, deadline: Duration) -> Option<ExitStatus> {
-    let until = Instant::now() + deadline;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return Some(status);
-        }
-        if Instant::now() >= until {
-            return None;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-}
 
 #[derive(Debug)]
 struct Outcome {
@@ -132,16 +94,6 @@ fn run(cwd: &Path, args: &[&str]) -> Outcome {
         stdout: out.join().unwrap_or_default(),
         stderr: err.join().unwrap_or_default(),
     }
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("UTF-8 temp path")
-}
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
 }
 
 fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {

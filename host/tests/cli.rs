@@ -7,15 +7,19 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod support;
+// The binary with a clean environment (no inherited HUBSYNC_* variables,
+// run from a given directory), children killed on drop, free loopback ports.
+use support::{Guard, free_addr, hubsync, path_str, wait_for_exit};
+
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_hubsync");
 /// A one-shot command (init, node add, sync, status…) must finish within this.
 const COMMAND_DEADLINE: Duration = Duration::from_secs(30);
 /// A `hubsync serve` must answer /health within this.
@@ -27,24 +31,6 @@ const POLL: Duration = Duration::from_millis(100);
 // ---------------------------------------------------------------------------
 // Running the binary
 // ---------------------------------------------------------------------------
-
-/// The binary with a clean environment: no inherited HUBSYNC_* variables
-/// (HUBSYNC_CONFIG, HUBSYNC_TOKEN… would change what the command does), run
-/// from `cwd` so that no stray ./hubsync.toml is picked up.
-fn hubsync(cwd: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("HUBSYNC_") {
-            cmd.env_remove(&key);
-        }
-    }
-    cmd.env("HUBSYNC_LOG", "warn")
-        .env("NO_COLOR", "1")
-        .current_dir(cwd)
-        .args(args)
-        .stdin(Stdio::null());
-    cmd
-}
 
 /// What a finished command left behind.
 #[derive(Debug)]
@@ -130,33 +116,6 @@ fn run(cwd: &Path, args: &[&str]) -> Outcome {
     run_within(cwd, args, COMMAND_DEADLINE)
 }
 
-/// Polls `child` until it exits or `deadline` passes.
-fn wait_for_exit(child: &mut Child, deadline: Duration) -> Option<ExitStatus> {
-    let until = Instant::now() + deadline;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return Some(status);
-        }
-        if Instant::now() >= until {
-            return None;
-        }
-        // Fine-grained, so that the elapsed times the tests print are exact.
-        thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Kills the child when dropped (a panicking test leaves no process behind).
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
 /// A running `hubsync serve`, its stderr captured in a log file.
 struct Served {
     name: &'static str,
@@ -225,18 +184,6 @@ impl Served {
         );
         status
     }
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 temp path")
-}
-
-/// A free loopback port: bind port 0, read it, release it (a tiny race is
-/// accepted).
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
 }
 
 /// One request to a node's local API (plain HTTP on loopback), bounded.

@@ -4,7 +4,7 @@
 //! alone says little on a shared machine.
 //!
 //! ```text
-//! cargo run --release -p hubsync-bench -- suite [--quick] [--n N] [--clients C] [--nodes K] [--json FILE]
+//! cargo run --release -p hubsync-bench -- suite [--quick] [--only LIST] [--n N] [--clients C] [--nodes K] [--json FILE]
 //! cargo run --release -p hubsync-bench -- pg-ingest [--quick] [--n N] [--json FILE]
 //! ```
 //!
@@ -41,6 +41,9 @@ pub struct Args {
     pub nodes: Option<usize>,
     /// Where the JSON report goes.
     pub out: Option<PathBuf>,
+    /// Only these parts of the scenario (suite: `--only push,download`);
+    /// None runs them all.
+    pub only: Option<Vec<String>>,
 }
 
 type Scenario = fn(&Args) -> std::pin::Pin<Box<dyn Future<Output = anyhow::Result<Outcome>>>>;
@@ -71,11 +74,15 @@ const SCENARIOS: &[(&str, &str, Scenario)] = &[
 
 fn usage() -> String {
     let mut s = String::from(
-        "usage: hubsync-bench SCENARIO [--quick] [--n N] [--clients C] [--nodes K] [--json FILE]\n\nscenarios:\n",
+        "usage: hubsync-bench SCENARIO [--quick] [--only LIST] [--n N] [--clients C] [--nodes K] [--json FILE]\n\nscenarios:\n",
     );
     for (name, what, _) in SCENARIOS {
         s.push_str(&format!("  {name:<10} {what}\n"));
     }
+    s.push_str(&format!(
+        "\n--only LIST (suite): comma-separated parts to run, of {}; all when absent.\n",
+        suite::PARTS.join(",")
+    ));
     s.push_str(
         "\nPostgreSQL scenarios read HUBSYNC_BENCH_POSTGRES_URL or HUBSYNC_TEST_POSTGRES_URL.\nThe JSON report goes to target/bench/SCENARIO.json unless --json (or --out) names a file.\n",
     );
@@ -97,6 +104,7 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<(String, Args), Strin
         clients: None,
         nodes: None,
         out: None,
+        only: None,
     };
     while let Some(a) = argv.next() {
         match a.as_str() {
@@ -106,6 +114,18 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<(String, Args), Strin
             "--nodes" => args.nodes = Some(number(&mut argv, "--nodes")?.max(10)),
             "--json" | "--out" => {
                 args.out = Some(argv.next().ok_or(format!("{a} needs a file"))?.into())
+            }
+            "--only" => {
+                let list = argv.next().ok_or("--only needs a comma-separated list")?;
+                let names: Vec<String> = list
+                    .split(',')
+                    .map(|p| p.trim().to_string())
+                    .filter(|p| !p.is_empty())
+                    .collect();
+                if names.is_empty() {
+                    return Err(format!("--only {list:?}: no part named"));
+                }
+                args.only = Some(names);
             }
             "-h" | "--help" => return Err(usage()),
             other => return Err(format!("unknown argument {other}\n\n{}", usage())),
@@ -221,6 +241,8 @@ mod tests {
             "500",
             "--json",
             "x.json",
+            "--only",
+            "push, many",
         ])
         .expect("parses");
         assert_eq!(name, "suite");
@@ -229,6 +251,9 @@ mod tests {
         assert_eq!(a.clients, Some(20));
         assert_eq!(a.nodes, Some(500));
         assert_eq!(a.out, Some(PathBuf::from("x.json")));
+        assert_eq!(a.only, Some(vec!["push".to_string(), "many".to_string()]));
+        assert!(p(&["suite", "--only"]).is_err());
+        assert!(p(&["suite", "--only", ","]).is_err());
         assert!(p(&["suite", "--n", "many"]).is_err());
         assert!(p(&["suite", "--bogus"]).is_err());
         assert!(SCENARIOS.iter().any(|(n, _, _)| *n == "suite"));

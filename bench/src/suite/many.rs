@@ -58,8 +58,19 @@ impl Outcome {
     }
 }
 
+/// What one simulated client saw.
+struct ClientOutcome {
+    latencies: Vec<Duration>,
+    errors: usize,
+    /// The client's first error, verbatim, and when it happened.
+    first_error: Option<(Instant, String)>,
+    received: usize,
+}
+
 /// `peers` clients, all at once, each doing `rounds` exchanges one after
-/// the other (each exchange bounded by a 60 s timeout).
+/// the other (each exchange bounded by a 90 s timeout): a closed loop, a
+/// client sends its next packet when the previous answer is in. The first
+/// error reported is the earliest one in time, verbatim.
 pub async fn run(target: &Target, peers: &[Peer], rounds: usize) -> Outcome {
     let target = Arc::new(Target {
         tls: target.tls.clone(),
@@ -77,41 +88,44 @@ pub async fn run(target: &Target, peers: &[Peer], rounds: usize) -> Outcome {
         ));
     }
     let mut out = Outcome::default();
+    let mut first: Option<(Instant, String)> = None;
     for t in tasks {
-        match t.await {
-            Ok((lat, errors, first, received)) => {
-                out.latencies.extend(lat);
-                out.errors += errors;
-                out.received += received;
-                if out.first_error.is_none() {
-                    out.first_error = first;
-                }
-            }
-            Err(e) => {
-                out.errors += rounds;
-                out.first_error
-                    .get_or_insert(format!("client task failed: {e}"));
-            }
+        let c = match t.await {
+            Ok(c) => c,
+            Err(e) => ClientOutcome {
+                latencies: Vec::new(),
+                errors: rounds,
+                first_error: Some((Instant::now(), format!("client task failed: {e}"))),
+                received: 0,
+            },
+        };
+        out.latencies.extend(c.latencies);
+        out.errors += c.errors;
+        out.received += c.received;
+        if let Some((at, msg)) = c.first_error
+            && first.as_ref().is_none_or(|(f, _)| at < *f)
+        {
+            first = Some((at, msg));
         }
     }
     out.wall = started.elapsed();
+    out.first_error = first.map(|(_, msg)| msg);
     out
 }
 
-async fn one(
-    target: &Target,
-    p: &Peer,
-    k: usize,
-    rounds: usize,
-) -> (Vec<Duration>, usize, Option<String>, usize) {
+async fn one(target: &Target, p: &Peer, k: usize, rounds: usize) -> ClientOutcome {
     let transport = hubsync::transport::HttpsTransport::new(
         target.tls.clone(),
         &target.url,
         p.token.clone(),
         Duration::from_secs(60),
     );
-    let mut lat = Vec::with_capacity(rounds);
-    let (mut errors, mut first, mut received) = (0, None, 0);
+    let mut out = ClientOutcome {
+        latencies: Vec::with_capacity(rounds),
+        errors: 0,
+        first_error: None,
+        received: 0,
+    };
     let (mut packet_no, mut ack) = (0_i64, 0_i64);
     for r in 0..rounds {
         let request = Envelope {
@@ -143,22 +157,23 @@ async fn one(
             },
         };
         let t = Instant::now();
-        match tokio::time::timeout(Duration::from_secs(90), transport.exchange(&request)).await {
-            Ok(Ok(answer)) => {
-                lat.push(t.elapsed());
-                packet_no += 1;
-                ack = answer.header.packet_no;
-                received += answer.body.entities.len();
-            }
-            Ok(Err(e)) => {
-                errors += 1;
-                first.get_or_insert(e.to_string());
-            }
-            Err(_) => {
-                errors += 1;
-                first.get_or_insert("no answer within 90 s".to_string());
-            }
+        let failed =
+            match tokio::time::timeout(Duration::from_secs(90), transport.exchange(&request)).await
+            {
+                Ok(Ok(answer)) => {
+                    out.latencies.push(t.elapsed());
+                    packet_no += 1;
+                    ack = answer.header.packet_no;
+                    out.received += answer.body.entities.len();
+                    None
+                }
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some("no answer within 90 s".to_string()),
+            };
+        if let Some(msg) = failed {
+            out.errors += 1;
+            out.first_error.get_or_insert((Instant::now(), msg));
         }
     }
-    (lat, errors, first, received)
+    out
 }

@@ -120,10 +120,10 @@ impl NodeProc {
     }
 
     /// One sync session through the node's local API (`POST /api/v1/sync`,
-    /// what `hubsync sync` does against a running node); the summary.
-    pub async fn sync(&self) -> anyhow::Result<Value> {
-        self.call("POST", "/api/v1/sync", None, Duration::from_secs(3600))
-            .await
+    /// what `hubsync sync` does against a running node), bounded by
+    /// `timeout`; the summary.
+    pub async fn sync(&self, timeout: Duration) -> anyhow::Result<Value> {
+        self.call("POST", "/api/v1/sync", None, timeout).await
     }
 
     /// Stops the process (SIGKILL: every commit is already durable).
@@ -141,6 +141,44 @@ impl Drop for NodeProc {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Peak resident set size (`VmHWM`) of this bench process itself, in MB.
+pub fn self_peak_rss_mb() -> f64 {
+    proc_status_kb(std::process::id(), "VmHWM:") as f64 / 1024.0
+}
+
+/// Current resident set size (`VmRSS`) of this bench process, in MB.
+pub fn self_rss_mb() -> f64 {
+    proc_status_kb(std::process::id(), "VmRSS:") as f64 / 1024.0
+}
+
+/// Raises this process's soft limit on open files (`RLIMIT_NOFILE`) to at
+/// least `want`, as far as the hard limit allows; node processes started
+/// afterwards inherit it. Returns the soft and hard limits in force after.
+#[cfg(unix)]
+pub fn raise_open_files(want: libc::rlim_t) -> std::io::Result<(libc::rlim_t, libc::rlim_t)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct we pass, which we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if lim.rlim_cur >= want {
+        return Ok((lim.rlim_cur, lim.rlim_max));
+    }
+    let raised = libc::rlimit {
+        rlim_cur: want.min(lim.rlim_max),
+        rlim_max: lim.rlim_max,
+    };
+    // SAFETY: setrlimit only reads the struct we pass; the soft limit stays
+    // within the hard one, which an unprivileged process may always set.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((raised.rlim_cur, raised.rlim_max))
 }
 
 /// A `kB` field of `/proc/PID/status`, 0 when unreadable.

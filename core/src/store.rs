@@ -232,6 +232,39 @@ pub struct Revision {
     pub created_at: DateTime<Utc>,
 }
 
+/// A revision to append in a batch ([`StoreTx::append_revisions`]), its
+/// number reserved beforehand ([`StoreTx::reserve_revisions`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRevision {
+    pub rev: i64,
+    pub target: Option<Uuid>,
+    pub entity_type: String,
+    pub entity_uuid: Uuid,
+    pub operation: Operation,
+    pub origin: Option<Uuid>,
+}
+
+impl NewRevision {
+    /// Of revisions with the same entity and target, the one with the
+    /// highest number (what appending them one by one leaves in the log),
+    /// in number order.
+    pub fn latest_per_key(revisions: &[NewRevision]) -> Vec<&NewRevision> {
+        let mut last: std::collections::HashMap<(&str, Uuid, Option<Uuid>), &NewRevision> =
+            std::collections::HashMap::with_capacity(revisions.len());
+        for r in revisions {
+            let slot = last
+                .entry((r.entity_type.as_str(), r.entity_uuid, r.target))
+                .or_insert(r);
+            if r.rev > slot.rev {
+                *slot = r;
+            }
+        }
+        let mut picked: Vec<&NewRevision> = last.into_values().collect();
+        picked.sort_by_key(|r| r.rev);
+        picked
+    }
+}
+
 /// A stored version of an entity (`object_version_history`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistoryRecord {
@@ -575,4 +608,36 @@ pub trait StoreTx: Send {
         }
         Ok(())
     }
+
+    /// Reserves `n` revision numbers for [`StoreTx::append_revisions`] in
+    /// this transaction: increasing, above every number handed out before
+    /// (by this method or [`StoreTx::append_revision`]) and never handed
+    /// out again, used or not (an unused one is a gap in the log, which
+    /// nothing reads as a change). Takes the write lock.
+    async fn reserve_revisions(&mut self, n: usize) -> StoreResult<Vec<i64>>;
+
+    /// Appends revisions numbered by [`StoreTx::reserve_revisions`] in
+    /// this transaction, as [`StoreTx::append_revision`] of each in number
+    /// order would: each replaces the log row of the same entity and
+    /// target. Of a key given twice, the higher number stays.
+    async fn append_revisions(&mut self, revisions: &[NewRevision]) -> StoreResult<()>;
+
+    /// The queue rows of `node` for these entities, sent or not, in queue
+    /// order. Keys may repeat.
+    async fn queued_rows(
+        &mut self,
+        node: Uuid,
+        keys: &[(String, Uuid)],
+    ) -> StoreResult<Vec<QueuedChange>>;
+
+    /// Writes what [`StoreTx::queue_change`] of several changes decided
+    /// (the caller coalesced them against [`StoreTx::queued_rows`]): new
+    /// unsent rows for entities that have none, and new operations for
+    /// existing rows, by id.
+    async fn write_queue(
+        &mut self,
+        node: Uuid,
+        inserts: &[(String, Uuid, Operation)],
+        updates: &[(i64, Operation)],
+    ) -> StoreResult<()>;
 }

@@ -15,16 +15,26 @@
 //!   memory;
 //! - entity rows and reference rows are buffered and written with one
 //!   multi-row statement per table ([`StoreTx::put_entities`],
-//!   [`StoreTx::set_references_many`]).
+//!   [`StoreTx::set_references_many`]);
+//! - revisions (the master's change log) are numbered from a block reserved
+//!   at once ([`StoreTx::reserve_revisions`]) and written in batches
+//!   ([`StoreTx::append_revisions`]), so a received packet costs no
+//!   statement per change for its revisions;
+//! - the change queue of the entities at hand is read at once
+//!   ([`CachedTx::prefetch_queue`], [`StoreTx::queued_rows`]); queue
+//!   registrations of those entities are coalesced in memory, exactly as
+//!   [`StoreTx::queue_change`] would one by one, and written in batches
+//!   ([`StoreTx::write_queue`]).
 //!
 //! Correctness rests on two facts. Within one transaction nobody else
 //! writes the rows this one has read (SQLite has a single writer; the
 //! PostgreSQL backend takes its write lock on the first entity read, which
 //! reaches the store because the cache starts empty). And every write of
-//! `entities` or `entity_refs` inside the transaction goes through this
-//! wrapper, which answers reads of what it buffered from memory and writes
-//! its buffers before any call that reads those tables in SQL
-//! ([`StoreTx::revisions_after`], [`StoreTx::referrers`], …).
+//! `entities`, `entity_refs` or `sync_changes` inside the transaction goes
+//! through this wrapper, which answers reads of what it buffered from
+//! memory and writes its buffers before any call that reads those tables in
+//! SQL ([`StoreTx::revisions_after`], [`StoreTx::referrers`],
+//! [`StoreTx::unsent_changes`], …).
 //!
 //! The buffers must be written before the transaction commits: call
 //! [`CachedTx::finish`] at the end of the wrapped work. A wrapper dropped
@@ -32,18 +42,19 @@
 //! only because the transaction is then rolled back.
 //!
 //! Maintenance: a method added to [`StoreTx`] must be delegated here. If it
-//! reads or writes `entities` or `entity_refs` in SQL, call
-//! [`CachedTx::flush`] first (and, for a write, forget the cached rows).
+//! reads or writes `entities`, `entity_refs` or `sync_changes` in SQL, call
+//! [`CachedTx::flush`] first (and, for a write, forget or update the cached
+//! rows).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::entity::{Entity, Operation};
 use crate::store::{
-    AuditRecord, EntityRef, HeldChange, HistoryRecord, Holding, NodeRecord, QueuedChange, Revision,
-    ScopeRecord, StoreError, StoreResult, StoreTx,
+    AuditRecord, EntityRef, HeldChange, HistoryRecord, Holding, NewRevision, NodeRecord,
+    QueuedChange, Revision, ScopeRecord, StoreError, StoreResult, StoreTx,
 };
 
 type Key = (String, Uuid);
@@ -53,6 +64,29 @@ const FLUSH_AT: usize = 1_000;
 /// Cached entities kept at most (bounded memory); beyond it the cache
 /// starts over.
 const CACHE_MAX: usize = 20_000;
+/// Revision numbers reserved at once beyond what the work at hand said it
+/// needs (the block doubles while more are asked for). Unused ones are
+/// gaps in the log: the expected count is reserved exactly, so that the
+/// usual packet (one revision per change) leaves none.
+const REVS_AT_ONCE: usize = 16;
+
+/// New queue rows (entity, operation) and new operations of existing rows
+/// (by id), for one node.
+type QueueWrites = (Vec<(String, Uuid, Operation)>, Vec<(i64, Operation)>);
+
+/// The queue rows of one entity for one node, as the store holds them, and
+/// the operation its unsent row is to get (buffered).
+#[derive(Default)]
+struct QueueSlot {
+    rows: Vec<QueuedChange>,
+    pending: Option<Operation>,
+}
+
+impl QueueSlot {
+    fn unsent(&self) -> Option<&QueuedChange> {
+        self.rows.iter().find(|r| r.packet_no.is_none())
+    }
+}
 
 pub(crate) struct CachedTx<'a> {
     inner: &'a mut dyn StoreTx,
@@ -63,6 +97,16 @@ pub(crate) struct CachedTx<'a> {
     put_at: HashMap<Key, usize>,
     refs: Vec<(Key, Vec<EntityRef>)>,
     refs_at: HashMap<Key, usize>,
+    /// Revisions appended, not written yet.
+    revs: Vec<NewRevision>,
+    /// Reserved revision numbers not used yet, and how many to reserve next.
+    rev_pool: VecDeque<i64>,
+    rev_block: usize,
+    rev_expected: Option<usize>,
+    /// Queue rows of the prefetched entities, per (node, entity).
+    queue: HashMap<(Uuid, Key), QueueSlot>,
+    /// Slots with a buffered operation.
+    queue_dirty: Vec<(Uuid, Key)>,
 }
 
 impl<'a> CachedTx<'a> {
@@ -74,7 +118,101 @@ impl<'a> CachedTx<'a> {
             put_at: HashMap::new(),
             refs: Vec::new(),
             refs_at: HashMap::new(),
+            revs: Vec::new(),
+            rev_pool: VecDeque::new(),
+            rev_block: REVS_AT_ONCE,
+            rev_expected: None,
+            queue: HashMap::new(),
+            queue_dirty: Vec::new(),
         }
+    }
+
+    /// Says that about `n` revisions are coming (a packet's changes), so
+    /// that their numbers are reserved in one go.
+    pub(crate) fn expect_revisions(&mut self, n: usize) {
+        self.rev_expected = Some(n.clamp(1, 10 * FLUSH_AT));
+    }
+
+    /// Reads the queue rows of `node` for the entities of `keys` that are
+    /// not cached yet, in one batch; queue registrations and queue reads of
+    /// those entities are then answered from memory.
+    pub(crate) async fn prefetch_queue(&mut self, node: Uuid, keys: Vec<Key>) -> StoreResult<()> {
+        let mut missing: Vec<Key> = keys
+            .into_iter()
+            .filter(|k| !self.queue.contains_key(&(node, k.clone())))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if self.queue.len() + missing.len() > CACHE_MAX {
+            self.flush_queue().await?;
+            self.queue.clear();
+        }
+        for chunk in missing.chunks(FLUSH_AT) {
+            let rows = self.inner.queued_rows(node, chunk).await?;
+            for k in chunk {
+                self.queue.entry((node, k.clone())).or_default();
+            }
+            for r in rows {
+                let key = (node, (r.entity_type.clone(), r.entity_uuid));
+                self.queue.entry(key).or_default().rows.push(r);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the buffered queue registrations. Their slots are forgotten
+    /// (a new row's id is known only to the store).
+    async fn flush_queue(&mut self) -> StoreResult<()> {
+        if self.queue_dirty.is_empty() {
+            return Ok(());
+        }
+        let mut per_node: HashMap<Uuid, QueueWrites> = HashMap::new();
+        for key in std::mem::take(&mut self.queue_dirty) {
+            let Some(slot) = self.queue.remove(&key) else {
+                continue;
+            };
+            let Some(op) = slot.pending else { continue };
+            let (node, (entity_type, uuid)) = key;
+            let (inserts, updates) = per_node.entry(node).or_default();
+            match slot.unsent() {
+                Some(row) if row.operation != op => updates.push((row.id, op)),
+                Some(_) => {}
+                None => inserts.push((entity_type, uuid, op)),
+            }
+        }
+        for (node, (inserts, updates)) in per_node {
+            self.inner.write_queue(node, &inserts, &updates).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the buffered revisions.
+    async fn flush_revisions(&mut self) -> StoreResult<()> {
+        if !self.revs.is_empty() {
+            self.inner.append_revisions(&self.revs).await?;
+            self.revs.clear();
+        }
+        Ok(())
+    }
+
+    async fn next_rev(&mut self) -> StoreResult<i64> {
+        if self.rev_pool.is_empty() {
+            let n = match self.rev_expected.take() {
+                Some(n) => n,
+                None => {
+                    let n = self.rev_block;
+                    self.rev_block = (n * 2).min(10 * FLUSH_AT);
+                    n
+                }
+            };
+            self.rev_pool.extend(self.inner.reserve_revisions(n).await?);
+        }
+        self.rev_pool
+            .pop_front()
+            .ok_or_else(|| StoreError::corrupt("the store reserved no revision numbers"))
     }
 
     /// Reads the entities of `keys` that are not cached yet, in one batch.
@@ -104,6 +242,8 @@ impl<'a> CachedTx<'a> {
 
     /// Writes the buffered rows.
     pub(crate) async fn flush(&mut self) -> StoreResult<()> {
+        self.flush_revisions().await?;
+        self.flush_queue().await?;
         if !self.puts.is_empty() {
             self.inner.put_entities(&self.puts).await?;
             self.puts.clear();
@@ -134,11 +274,19 @@ impl<'a> CachedTx<'a> {
     }
 
     async fn buffered(&mut self) -> StoreResult<()> {
-        if self.puts.len() >= FLUSH_AT || self.refs.len() >= FLUSH_AT {
+        if self.puts.len() >= FLUSH_AT
+            || self.refs.len() >= FLUSH_AT
+            || self.revs.len() >= FLUSH_AT
+            || self.queue_dirty.len() >= FLUSH_AT
+        {
             self.flush().await?;
         }
         if self.cache.len() > CACHE_MAX {
             self.forget_cached().await?;
+        }
+        if self.queue.len() > CACHE_MAX {
+            self.flush_queue().await?;
+            self.queue.clear();
         }
         Ok(())
     }
@@ -198,12 +346,32 @@ impl StoreTx for CachedTx<'_> {
         uuid: Uuid,
         op: Operation,
     ) -> StoreResult<()> {
-        self.inner.queue_change(node, entity_type, uuid, op).await
+        let key = (node, (entity_type.to_string(), uuid));
+        let Some(slot) = self.queue.get_mut(&key) else {
+            // Not prefetched: nothing of it is buffered.
+            return self.inner.queue_change(node, entity_type, uuid, op).await;
+        };
+        let current = slot.pending.or(slot.unsent().map(|r| r.operation));
+        let next = match current {
+            Some(queued) => Operation::coalesce(queued, op),
+            None => op,
+        };
+        if current != Some(next) {
+            if slot.pending.is_none() {
+                self.queue_dirty.push(key);
+            }
+            slot.pending = Some(next);
+        }
+        self.buffered().await
     }
     async fn has_queued(&mut self, node: Uuid, entity_type: &str, uuid: Uuid) -> StoreResult<bool> {
-        self.inner.has_queued(node, entity_type, uuid).await
+        match self.queue.get(&(node, (entity_type.to_string(), uuid))) {
+            Some(slot) => Ok(!slot.rows.is_empty() || slot.pending.is_some()),
+            None => self.inner.has_queued(node, entity_type, uuid).await,
+        }
     }
     async fn unsent_changes(&mut self, node: Uuid, limit: u32) -> StoreResult<Vec<QueuedChange>> {
+        self.flush_queue().await?;
         self.inner.unsent_changes(node, limit).await
     }
     async fn unsent_change_for(
@@ -212,6 +380,14 @@ impl StoreTx for CachedTx<'_> {
         entity_type: &str,
         uuid: Uuid,
     ) -> StoreResult<Option<QueuedChange>> {
+        let key = (node, (entity_type.to_string(), uuid));
+        if let Some(slot) = self.queue.get(&key) {
+            if slot.pending.is_none() {
+                return Ok(slot.unsent().cloned());
+            }
+            // Its row may not exist yet: written, then read back.
+            self.flush_queue().await?;
+        }
         self.inner.unsent_change_for(node, entity_type, uuid).await
     }
     async fn changes_in_packet(
@@ -219,13 +395,32 @@ impl StoreTx for CachedTx<'_> {
         node: Uuid,
         packet_no: i64,
     ) -> StoreResult<Vec<QueuedChange>> {
+        self.flush_queue().await?;
         self.inner.changes_in_packet(node, packet_no).await
     }
     async fn assign_packet(&mut self, node: Uuid, ids: &[i64], packet_no: i64) -> StoreResult<()> {
-        self.inner.assign_packet(node, ids, packet_no).await
+        self.flush_queue().await?;
+        self.inner.assign_packet(node, ids, packet_no).await?;
+        let ids: std::collections::HashSet<i64> = ids.iter().copied().collect();
+        for ((n, _), slot) in self.queue.iter_mut() {
+            if *n == node {
+                for r in slot.rows.iter_mut().filter(|r| ids.contains(&r.id)) {
+                    r.packet_no = Some(packet_no);
+                }
+            }
+        }
+        Ok(())
     }
     async fn delete_acknowledged(&mut self, node: Uuid, packet_no: i64) -> StoreResult<u64> {
-        self.inner.delete_acknowledged(node, packet_no).await
+        self.flush_queue().await?;
+        let gone = self.inner.delete_acknowledged(node, packet_no).await?;
+        for ((n, _), slot) in self.queue.iter_mut() {
+            if *n == node {
+                slot.rows
+                    .retain(|r| r.packet_no.is_none_or(|p| p > packet_no));
+            }
+        }
+        Ok(gone)
     }
 
     async fn append_revision(
@@ -236,9 +431,17 @@ impl StoreTx for CachedTx<'_> {
         op: Operation,
         origin: Option<Uuid>,
     ) -> StoreResult<i64> {
-        self.inner
-            .append_revision(target, entity_type, uuid, op, origin)
-            .await
+        let rev = self.next_rev().await?;
+        self.revs.push(NewRevision {
+            rev,
+            target,
+            entity_type: entity_type.to_string(),
+            entity_uuid: uuid,
+            operation: op,
+            origin,
+        });
+        self.buffered().await?;
+        Ok(rev)
     }
     async fn revisions_after(
         &mut self,
@@ -355,7 +558,9 @@ impl StoreTx for CachedTx<'_> {
     async fn purge_entity(&mut self, entity_type: &str, uuid: Uuid) -> StoreResult<bool> {
         self.flush().await?;
         let gone = self.inner.purge_entity(entity_type, uuid).await?;
-        self.cache.insert((entity_type.to_string(), uuid), None);
+        let key = (entity_type.to_string(), uuid);
+        self.queue.retain(|(_, k), _| *k != key);
+        self.cache.insert(key, None);
         Ok(gone)
     }
 
@@ -388,6 +593,33 @@ impl StoreTx for CachedTx<'_> {
         for ((t, u), refs) in items {
             self.set_references(t, *u, refs).await?;
         }
+        Ok(())
+    }
+
+    async fn reserve_revisions(&mut self, n: usize) -> StoreResult<Vec<i64>> {
+        self.inner.reserve_revisions(n).await
+    }
+    async fn append_revisions(&mut self, revisions: &[NewRevision]) -> StoreResult<()> {
+        self.flush_revisions().await?;
+        self.inner.append_revisions(revisions).await
+    }
+    async fn queued_rows(
+        &mut self,
+        node: Uuid,
+        keys: &[(String, Uuid)],
+    ) -> StoreResult<Vec<QueuedChange>> {
+        self.flush_queue().await?;
+        self.inner.queued_rows(node, keys).await
+    }
+    async fn write_queue(
+        &mut self,
+        node: Uuid,
+        inserts: &[(String, Uuid, Operation)],
+        updates: &[(i64, Operation)],
+    ) -> StoreResult<()> {
+        self.flush_queue().await?;
+        self.inner.write_queue(node, inserts, updates).await?;
+        self.queue.retain(|(n, _), _| *n != node);
         Ok(())
     }
 }

@@ -314,24 +314,38 @@ impl Engine {
                 h.ack_packet_no
             )));
         }
+        // The entities and queue rows at hand are read in batches and the
+        // rows written in batches (cached_tx.rs).
+        let mut cached = CachedTx::new(tx.as_mut());
         if h.ack_packet_no > peer.sent_packet_no {
+            let taken: Vec<(String, uuid::Uuid)> = response
+                .body
+                .results
+                .iter()
+                .filter(|r| r.outcome.client_version_taken())
+                .map(|r| (r.entity_type.clone(), r.uuid))
+                .collect();
+            cached.prefetch(taken.clone()).await?;
+            cached.prefetch_queue(master, taken).await?;
+            let ctx: &mut dyn StoreTx = &mut cached;
             let mut redundant = Vec::new();
             for r in &response.body.results {
                 if r.outcome.client_version_taken()
-                    && let Some(mut e) = tx.get_entity(&r.entity_type, r.uuid).await?
+                    && let Some(mut e) = ctx.get_entity(&r.entity_type, r.uuid).await?
                 {
                     if e.rev.is_none_or(|rev| rev < r.rev) {
                         // Our version is the master's at r.rev: later local
                         // edits are based on it (no false conflict, §7.4).
                         e.rev = Some(r.rev);
-                        tx.put_entity(&e).await?;
+                        ctx.put_entity(&e).await?;
                     }
                     // A packet resent after an edit carried the edited state;
                     // if that is what the master took, the edit's own queue
                     // row has nothing left to send (Property 24).
                     if r.updated_at == Some(e.updated_at)
-                        && let Some(row) =
-                            tx.unsent_change_for(master, &r.entity_type, r.uuid).await?
+                        && let Some(row) = ctx
+                            .unsent_change_for(master, &r.entity_type, r.uuid)
+                            .await?
                     {
                         redundant.push(row.id);
                     }
@@ -343,10 +357,10 @@ impl Engine {
                 }
             }
             if !redundant.is_empty() {
-                tx.assign_packet(master, &redundant, h.ack_packet_no)
+                ctx.assign_packet(master, &redundant, h.ack_packet_no)
                     .await?;
             }
-            tx.delete_acknowledged(master, h.ack_packet_no).await?;
+            ctx.delete_acknowledged(master, h.ack_packet_no).await?;
             peer.sent_packet_no = h.ack_packet_no;
             peer.last_sync_out = Some(now_utc());
         }
@@ -354,12 +368,25 @@ impl Engine {
         let new_master_packet = m == peer.received_packet_no + 1;
         if new_master_packet {
             let now = now_utc();
-            // The packet's entities and what they reference read in one
-            // batch, their rows written in batches (cached_tx.rs).
-            let mut cached = CachedTx::new(tx.as_mut());
+            // The packet's entities, what they reference and their queue
+            // rows, read in batches.
             cached
                 .prefetch(self.packet_keys(&response.body.entities))
                 .await?;
+            let mut own: Vec<(String, uuid::Uuid)> = response
+                .body
+                .entities
+                .iter()
+                .map(|w| (w.entity_type.clone(), w.uuid))
+                .collect();
+            own.extend(
+                response
+                    .body
+                    .evict
+                    .iter()
+                    .map(|e| (e.entity_type.clone(), e.uuid)),
+            );
+            cached.prefetch_queue(master, own).await?;
             let ctx: &mut dyn StoreTx = &mut cached;
             // Held changes are looked for only when some may be waiting.
             let mut may_release = super::master::held_exists(ctx).await?;
@@ -395,7 +422,6 @@ impl Engine {
                     summary.evicted += 1;
                 }
             }
-            cached.finish().await?;
             peer.received_packet_no = m;
             peer.last_sync_in = Some(now_utc());
         } else if m > peer.received_packet_no + 1 {
@@ -404,6 +430,7 @@ impl Engine {
                 peer.received_packet_no + 1
             )));
         }
+        cached.finish().await?;
         summary.acked_packet_no = peer.sent_packet_no;
         summary.received_packet_no = peer.received_packet_no;
         tx.put_node(&peer).await?;

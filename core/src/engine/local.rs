@@ -29,6 +29,18 @@ pub enum BatchOp {
     },
 }
 
+impl BatchOp {
+    /// The entity the operation writes.
+    pub fn key(&self) -> (String, Uuid) {
+        match self {
+            BatchOp::Put {
+                entity_type, uuid, ..
+            }
+            | BatchOp::Delete { entity_type, uuid } => (entity_type.clone(), *uuid),
+        }
+    }
+}
+
 /// Why one operation of a batch is invalid.
 #[derive(Debug, Clone, Serialize)]
 pub struct BatchItemError {
@@ -130,6 +142,13 @@ impl Engine {
         // rows written in batches (cached_tx.rs).
         let mut cached = CachedTx::new(tx.as_mut());
         cached.prefetch(self.batch_keys(&ops)).await?;
+        match self.identity.role {
+            NodeRole::Client => {
+                let keys = ops.iter().map(BatchOp::key).collect();
+                cached.prefetch_queue(self.master_id()?, keys).await?;
+            }
+            NodeRole::Master => cached.expect_revisions(ops.len()),
+        }
         let mut out = Vec::with_capacity(ops.len());
         for (index, op) in ops.into_iter().enumerate() {
             let res = match op {

@@ -625,6 +625,7 @@ impl Engine {
         // written in batches (cached_tx.rs).
         let mut cached = CachedTx::new(tx);
         cached.prefetch(self.packet_keys(changes)).await?;
+        cached.expect_revisions(changes.len());
         let tx: &mut dyn StoreTx = &mut cached;
         // Held changes are looked for only when some may be waiting: none
         // were held before this packet (read under the write lock taken by

@@ -4,8 +4,8 @@
 
 use hubsync_core::entity::{Entity, Operation, now_utc};
 use hubsync_core::store::{
-    AuditRecord, EntityRef, HeldChange, HistoryRecord, Holding, NodeRecord, QueuedChange, Revision,
-    ScopeRecord, StoreError, StoreResult, StoreTx,
+    AuditRecord, EntityRef, HeldChange, HistoryRecord, Holding, NewRevision, NodeRecord,
+    QueuedChange, Revision, ScopeRecord, StoreError, StoreResult, StoreTx,
 };
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
@@ -969,6 +969,156 @@ impl StoreTx for PgTx {
         .execute(&mut *self.tx)
         .await
         .map_err(|e| StoreError::backend("recording entities' references", e))?;
+        Ok(())
+    }
+
+    /// Numbers from the log's identity sequence, taken under the write lock
+    /// (every writer of the log holds it, so they follow commit order).
+    async fn reserve_revisions(&mut self, n: usize) -> StoreResult<Vec<i64>> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let n = i64::try_from(n)
+            .map_err(|_| StoreError::corrupt("too many revision numbers asked for at once"))?;
+        self.lock_writes().await?;
+        let mut revs: Vec<i64> = sqlx::query_scalar(
+            "SELECT nextval(pg_get_serial_sequence('sync_changes', 'id'))
+             FROM generate_series(1, $1::int8)",
+        )
+        .bind(n)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("reserving revision numbers", e))?;
+        revs.sort_unstable();
+        Ok(revs)
+    }
+
+    /// One DELETE of the previous rows and one INSERT, from arrays.
+    async fn append_revisions(&mut self, revisions: &[NewRevision]) -> StoreResult<()> {
+        if revisions.is_empty() {
+            return Ok(());
+        }
+        self.lock_writes().await?;
+        let picked = NewRevision::latest_per_key(revisions);
+        let ids: Vec<i64> = picked.iter().map(|r| r.rev).collect();
+        let targets: Vec<Option<Uuid>> = picked.iter().map(|r| r.target).collect();
+        let types: Vec<&str> = picked.iter().map(|r| r.entity_type.as_str()).collect();
+        let uuids: Vec<Uuid> = picked.iter().map(|r| r.entity_uuid).collect();
+        let ops: Vec<&str> = picked.iter().map(|r| r.operation.as_str()).collect();
+        let origins: Vec<Option<Uuid>> = picked.iter().map(|r| r.origin).collect();
+        sqlx::query(
+            "DELETE FROM sync_changes AS c
+             USING unnest($1::text[], $2::uuid[], $3::uuid[]) AS k(t, u, n)
+             WHERE c.kind = 'log' AND c.entity_type = k.t AND c.entity_uuid = k.u
+               AND coalesce(c.node_id, '00000000-0000-0000-0000-000000000000'::uuid)
+                 = coalesce(k.n, '00000000-0000-0000-0000-000000000000'::uuid)",
+        )
+        .bind(&types)
+        .bind(&uuids)
+        .bind(&targets)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("replacing the previous revisions", e))?;
+        sqlx::query(
+            "INSERT INTO sync_changes
+                 (id, kind, node_id, entity_type, entity_uuid, operation, created_at, origin_node_id)
+             OVERRIDING SYSTEM VALUE
+             SELECT id, 'log', n, t, u, op, $7, o
+             FROM unnest($1::int8[], $2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::uuid[])
+                 AS k(id, n, t, u, op, o)",
+        )
+        .bind(&ids)
+        .bind(&targets)
+        .bind(&types)
+        .bind(&uuids)
+        .bind(&ops)
+        .bind(&origins)
+        .bind(now_utc())
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("appending revisions", e))?;
+        Ok(())
+    }
+
+    async fn queued_rows(
+        &mut self,
+        node: Uuid,
+        keys: &[(String, Uuid)],
+    ) -> StoreResult<Vec<QueuedChange>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let types: Vec<&str> = keys.iter().map(|(t, _)| t.as_str()).collect();
+        let uuids: Vec<Uuid> = keys.iter().map(|(_, u)| *u).collect();
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            queued_cols!(),
+            " FROM sync_changes
+              WHERE kind = 'queue' AND node_id = $1 AND (entity_type, entity_uuid) IN
+                  (SELECT t, u FROM unnest($2::text[], $3::uuid[]) AS k(t, u))
+              ORDER BY id"
+        ))
+        .bind(node)
+        .bind(&types)
+        .bind(&uuids)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("reading the change queue", e))?;
+        rows.iter().map(queued_from_row).collect()
+    }
+
+    /// One INSERT and one UPDATE, from arrays.
+    async fn write_queue(
+        &mut self,
+        node: Uuid,
+        inserts: &[(String, Uuid, Operation)],
+        updates: &[(i64, Operation)],
+    ) -> StoreResult<()> {
+        if inserts.is_empty() && updates.is_empty() {
+            return Ok(());
+        }
+        self.lock_writes().await?;
+        if !inserts.is_empty() {
+            let types: Vec<&str> = inserts.iter().map(|(t, _, _)| t.as_str()).collect();
+            let uuids: Vec<Uuid> = inserts.iter().map(|(_, u, _)| *u).collect();
+            let ops: Vec<&str> = inserts.iter().map(|(_, _, op)| op.as_str()).collect();
+            sqlx::query(
+                "INSERT INTO sync_changes (kind, node_id, entity_type, entity_uuid, operation, created_at)
+                 SELECT 'queue', $1, t, u, op, $5
+                 FROM unnest($2::text[], $3::uuid[], $4::text[]) WITH ORDINALITY AS k(t, u, op, i)
+                 ORDER BY i",
+            )
+            .bind(node)
+            .bind(&types)
+            .bind(&uuids)
+            .bind(&ops)
+            .bind(now_utc())
+            .execute(&mut *self.tx)
+            .await
+            .map_err(|e| StoreError::backend("queueing changes", e))?;
+        }
+        if !updates.is_empty() {
+            let ids: Vec<i64> = updates.iter().map(|(id, _)| *id).collect();
+            let ops: Vec<&str> = updates.iter().map(|(_, op)| op.as_str()).collect();
+            let done = sqlx::query(
+                "UPDATE sync_changes AS c SET operation = k.op
+                 FROM unnest($2::int8[], $3::text[]) AS k(id, op)
+                 WHERE c.id = k.id AND c.kind = 'queue' AND c.node_id = $1",
+            )
+            .bind(node)
+            .bind(&ids)
+            .bind(&ops)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(|e| StoreError::backend("updating queued changes", e))?;
+            if done.rows_affected() != updates.len() as u64 {
+                return Err(StoreError::corrupt(format!(
+                    "{} of {} queued changes to update are not queue rows of node {node}",
+                    updates.len() as u64 - done.rows_affected(),
+                    updates.len()
+                )));
+            }
+        }
         Ok(())
     }
 }

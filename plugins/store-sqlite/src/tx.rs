@@ -6,8 +6,8 @@ use std::fmt::Write as _;
 
 use hubsync_core::entity::{Entity, Operation, now_utc};
 use hubsync_core::store::{
-    AuditRecord, EntityRef, HeldChange, HistoryRecord, Holding, NodeRecord, QueuedChange, Revision,
-    ScopeRecord, StoreError, StoreResult, StoreTx,
+    AuditRecord, EntityRef, HeldChange, HistoryRecord, Holding, NewRevision, NodeRecord,
+    QueuedChange, Revision, ScopeRecord, StoreError, StoreResult, StoreTx,
 };
 use sqlx::{QueryBuilder, Sqlite, Transaction};
 use uuid::Uuid;
@@ -910,6 +910,189 @@ impl StoreTx for SqliteTx {
                 .execute(&mut *self.tx)
                 .await
                 .map_err(|e| StoreError::backend("recording entities' references", e))?;
+        }
+        Ok(())
+    }
+    /// Moves the table's AUTOINCREMENT high-water mark (`sqlite_sequence`)
+    /// up by `n`: the numbers below it are never handed out again, by
+    /// SQLite or by this method, whether they are used or not.
+    async fn reserve_revisions(&mut self, n: usize) -> StoreResult<Vec<i64>> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let n = i64::try_from(n)
+            .map_err(|_| StoreError::corrupt("too many revision numbers asked for at once"))?;
+        let err = |e| StoreError::backend("reserving revision numbers", e);
+        let top: Option<i64> = sqlx::query_scalar(
+            "UPDATE sqlite_sequence SET seq = seq + ? WHERE name = 'sync_changes' RETURNING seq",
+        )
+        .bind(n)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(err)?;
+        let top = match top {
+            Some(top) => top,
+            // Nothing was ever inserted into sync_changes.
+            None => sqlx::query_scalar(
+                "INSERT INTO sqlite_sequence (name, seq)
+                 SELECT 'sync_changes', coalesce(max(id), 0) + ? FROM sync_changes
+                 RETURNING seq",
+            )
+            .bind(n)
+            .fetch_one(&mut *self.tx)
+            .await
+            .map_err(err)?,
+        };
+        Ok((top - n + 1..=top).collect())
+    }
+
+    /// One DELETE of the previous rows and one multi-row INSERT per
+    /// [`BATCH_ROWS`] revisions.
+    async fn append_revisions(&mut self, revisions: &[NewRevision]) -> StoreResult<()> {
+        let picked = NewRevision::latest_per_key(revisions);
+        let created_at = ts_text(now_utc());
+        for chunk in picked.chunks(BATCH_ROWS) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "DELETE FROM sync_changes
+                 WHERE kind = 'log' AND (entity_type, entity_uuid, ifnull(node_id, '')) IN (VALUES ",
+            );
+            for (i, r) in chunk.iter().enumerate() {
+                if i > 0 {
+                    q.push(", ");
+                }
+                q.push("(")
+                    .push_bind(r.entity_type.as_str())
+                    .push(", ")
+                    .push_bind(uuid_text(r.entity_uuid))
+                    .push(", ")
+                    .push_bind(opt_uuid_text(r.target).unwrap_or_default())
+                    .push(")");
+            }
+            q.push(")");
+            q.build()
+                .execute(&mut *self.tx)
+                .await
+                .map_err(|e| StoreError::backend("replacing the previous revisions", e))?;
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO sync_changes
+                     (id, kind, node_id, entity_type, entity_uuid, operation, created_at, origin_node_id) ",
+            );
+            q.push_values(chunk, |mut b, r| {
+                b.push_bind(r.rev)
+                    .push_bind("log")
+                    .push_bind(opt_uuid_text(r.target))
+                    .push_bind(r.entity_type.as_str())
+                    .push_bind(uuid_text(r.entity_uuid))
+                    .push_bind(r.operation.as_str())
+                    .push_bind(created_at.as_str())
+                    .push_bind(opt_uuid_text(r.origin));
+            });
+            q.build()
+                .execute(&mut *self.tx)
+                .await
+                .map_err(|e| StoreError::backend("appending revisions", e))?;
+        }
+        Ok(())
+    }
+
+    async fn queued_rows(
+        &mut self,
+        node: Uuid,
+        keys: &[(String, Uuid)],
+    ) -> StoreResult<Vec<QueuedChange>> {
+        let node = uuid_text(node);
+        let mut found = Vec::new();
+        for chunk in keys.chunks(BATCH_ROWS) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(concat!(
+                "SELECT ",
+                queued_cols!(),
+                " FROM sync_changes WHERE kind = 'queue' AND node_id = "
+            ));
+            q.push_bind(node.as_str())
+                .push(" AND (entity_type, entity_uuid) IN (VALUES ");
+            for (i, (t, u)) in chunk.iter().enumerate() {
+                if i > 0 {
+                    q.push(", ");
+                }
+                q.push("(")
+                    .push_bind(t.as_str())
+                    .push(", ")
+                    .push_bind(uuid_text(*u))
+                    .push(")");
+            }
+            q.push(")");
+            let rows = q
+                .build()
+                .fetch_all(&mut *self.tx)
+                .await
+                .map_err(|e| StoreError::backend("reading the change queue", e))?;
+            for row in &rows {
+                found.push(queued_from_row(row)?);
+            }
+        }
+        found.sort_by_key(|r| r.id);
+        found.dedup_by_key(|r| r.id);
+        Ok(found)
+    }
+
+    /// One multi-row INSERT per [`BATCH_ROWS`] new rows and one UPDATE per
+    /// [`BATCH_ROWS`] changed ones.
+    async fn write_queue(
+        &mut self,
+        node: Uuid,
+        inserts: &[(String, Uuid, Operation)],
+        updates: &[(i64, Operation)],
+    ) -> StoreResult<()> {
+        let node = uuid_text(node);
+        let created_at = ts_text(now_utc());
+        for chunk in inserts.chunks(BATCH_ROWS) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO sync_changes (kind, node_id, entity_type, entity_uuid, operation, created_at) ",
+            );
+            q.push_values(chunk, |mut b, (t, u, op)| {
+                b.push_bind("queue")
+                    .push_bind(node.as_str())
+                    .push_bind(t.as_str())
+                    .push_bind(uuid_text(*u))
+                    .push_bind(op.as_str())
+                    .push_bind(created_at.as_str());
+            });
+            q.build()
+                .execute(&mut *self.tx)
+                .await
+                .map_err(|e| StoreError::backend("queueing changes", e))?;
+        }
+        for chunk in updates.chunks(BATCH_ROWS) {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("UPDATE sync_changes SET operation = CASE id");
+            for (id, op) in chunk {
+                q.push(" WHEN ")
+                    .push_bind(*id)
+                    .push(" THEN ")
+                    .push_bind(op.as_str());
+            }
+            q.push(" END WHERE kind = 'queue' AND node_id = ")
+                .push_bind(node.as_str())
+                .push(" AND id IN (");
+            for (i, (id, _)) in chunk.iter().enumerate() {
+                if i > 0 {
+                    q.push(", ");
+                }
+                q.push_bind(*id);
+            }
+            q.push(")");
+            let done = q
+                .build()
+                .execute(&mut *self.tx)
+                .await
+                .map_err(|e| StoreError::backend("updating queued changes", e))?;
+            if done.rows_affected() != chunk.len() as u64 {
+                return Err(StoreError::corrupt(format!(
+                    "{} of {} queued changes to update are not queue rows of node {node}",
+                    chunk.len() as u64 - done.rows_affected(),
+                    chunk.len()
+                )));
+            }
         }
         Ok(())
     }

@@ -141,6 +141,8 @@ macro_rules! store_conformance_suite {
             // batches
             batched_entity_reads_and_writes_match_the_one_row_methods,
             batched_references_replace_each_sources_references,
+            reserved_revisions_come_after_everything_and_batches_keep_the_latest_per_key,
+            batched_queue_reads_and_writes_match_queue_change,
         }
     };
 }

@@ -1,9 +1,10 @@
 //! The batch methods (`get_entities`, `put_entities`,
-//! `set_references_many`): the same results as the one-row methods, for
-//! batches larger than one statement's worth of rows.
+//! `set_references_many`, `reserve_revisions` and `append_revisions`,
+//! `queued_rows` and `write_queue`): the same results as the one-row
+//! methods, for batches larger than one statement's worth of rows.
 
-use hubsync_core::entity::Entity;
-use hubsync_core::store::EntityRef;
+use hubsync_core::entity::{Entity, Operation};
+use hubsync_core::store::{EntityRef, NewRevision, StoreError};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -145,4 +146,177 @@ pub async fn batched_references_replace_each_sources_references(s: &Subject) {
     let left = tx.referrers("Employee", id(100_000)).await.unwrap();
     assert_eq!(left.len(), MANY as usize - 3);
     assert!(left.iter().all(|r| r.source_uuid.as_u128() > 3));
+}
+
+fn new_rev(rev: i64, n: u128, target: Option<Uuid>, op: Operation) -> NewRevision {
+    NewRevision {
+        rev,
+        target,
+        entity_type: "DailyReport".into(),
+        entity_uuid: id(n),
+        operation: op,
+        origin: Some(id(9)),
+    }
+}
+
+pub async fn reserved_revisions_come_after_everything_and_batches_keep_the_latest_per_key(
+    s: &Subject,
+) {
+    let store = s.store.as_ref();
+    let node = crate::add_node(store, 100).await;
+    let other = crate::add_node(store, 101).await;
+    let mut tx = store.begin().await.unwrap();
+    let all: Vec<Entity> = (1..=MANY).map(|n| report(n, 1)).collect();
+    tx.put_entities(&all).await.unwrap();
+    assert!(tx.reserve_revisions(0).await.unwrap().is_empty());
+    tx.append_revisions(&[]).await.unwrap();
+    let r1 = tx
+        .append_revision(None, "DailyReport", id(1), Operation::Insert, None)
+        .await
+        .unwrap();
+
+    // Reserved numbers: increasing and above every number handed out.
+    let reserved = tx.reserve_revisions(MANY as usize + 2).await.unwrap();
+    assert_eq!(reserved.len(), MANY as usize + 2);
+    assert!(reserved[0] > r1);
+    assert!(reserved.windows(2).all(|w| w[0] < w[1]));
+    // Every entity once, the first again with a higher number (it keeps
+    // that one and its row of r1 is replaced), and one row addressed to
+    // the node beside the untargeted one.
+    let mut batch: Vec<NewRevision> = (1..=MANY)
+        .map(|n| new_rev(reserved[n as usize - 1], n, None, Operation::Insert))
+        .collect();
+    let last = reserved[MANY as usize];
+    batch.push(new_rev(last, 1, None, Operation::Update));
+    let targeted = reserved[MANY as usize + 1];
+    batch.push(new_rev(targeted, 2, Some(node), Operation::Update));
+    tx.append_revisions(&batch).await.unwrap();
+
+    // Unused reserved numbers are never handed out again, by either method.
+    let unused = tx.reserve_revisions(10).await.unwrap();
+    assert!(unused[0] > targeted);
+    let after = tx
+        .append_revision(None, "DailyReport", id(3), Operation::Update, None)
+        .await
+        .unwrap();
+    assert!(after > unused[9]);
+    tx.commit().await.unwrap();
+
+    let mut tx = store.begin().await.unwrap();
+    let seen = tx.revisions_after(node, 0, 10_000).await.unwrap();
+    // MANY entities, one of them (3) moved on, plus the targeted row.
+    assert_eq!(seen.len(), MANY as usize + 1);
+    assert!(seen.windows(2).all(|w| w[0].0.rev < w[1].0.rev));
+    let of = |n: u128, target: Option<Uuid>| {
+        seen.iter()
+            .filter(|(r, _)| r.entity_uuid == id(n) && r.target == target)
+            .map(|(r, _)| (r.rev, r.operation, r.origin))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(of(1, None), [(last, Operation::Update, Some(id(9)))]);
+    assert_eq!(
+        of(2, Some(node)),
+        [(targeted, Operation::Update, Some(id(9)))]
+    );
+    assert_eq!(of(2, None), [(reserved[1], Operation::Insert, Some(id(9)))]);
+    assert_eq!(of(3, None), [(after, Operation::Update, None)]);
+    assert_eq!(
+        of(MANY, None),
+        [(reserved[MANY as usize - 1], Operation::Insert, Some(id(9)))]
+    );
+    // Another node does not see the targeted row.
+    assert_eq!(
+        tx.revisions_after(other, 0, 10_000).await.unwrap().len(),
+        MANY as usize
+    );
+    // Across transactions, reserved numbers still come after everything.
+    let next = tx.reserve_revisions(1).await.unwrap();
+    assert!(next[0] > after);
+    drop(tx);
+    let mut tx = store.begin().await.unwrap();
+    let again = tx
+        .append_revision(None, "DailyReport", id(4), Operation::Update, None)
+        .await
+        .unwrap();
+    assert!(again > after);
+    drop(tx);
+}
+
+pub async fn batched_queue_reads_and_writes_match_queue_change(s: &Subject) {
+    let store = s.store.as_ref();
+    let node = crate::add_node(store, 100).await;
+    let other = crate::add_node(store, 101).await;
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx.queued_rows(node, &[]).await.unwrap().is_empty());
+    tx.write_queue(node, &[], &[]).await.unwrap();
+    // Entity 1: a sent row and an unsent one; 2: unsent; 3: another node's.
+    tx.queue_change(node, "DailyReport", id(1), Operation::Insert)
+        .await
+        .unwrap();
+    let sent = tx.unsent_changes(node, 10).await.unwrap();
+    tx.assign_packet(node, &[sent[0].id], 1).await.unwrap();
+    tx.queue_change(node, "DailyReport", id(1), Operation::Update)
+        .await
+        .unwrap();
+    tx.queue_change(node, "DailyReport", id(2), Operation::Insert)
+        .await
+        .unwrap();
+    tx.queue_change(other, "DailyReport", id(3), Operation::Insert)
+        .await
+        .unwrap();
+
+    let key = |n: u128| ("DailyReport".to_string(), id(n));
+    let rows = tx
+        .queued_rows(node, &[key(1), key(2), key(3), key(4), key(1)])
+        .await
+        .unwrap();
+    let seen: Vec<(Uuid, Option<i64>, Operation)> = rows
+        .iter()
+        .map(|r| (r.entity_uuid, r.packet_no, r.operation))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (id(1), Some(1), Operation::Insert),
+            (id(1), None, Operation::Update),
+            (id(2), None, Operation::Insert),
+        ]
+    );
+    assert!(rows.windows(2).all(|w| w[0].id < w[1].id));
+
+    // New rows for many entities (more than one statement's worth) and a
+    // new operation for 2's row.
+    let inserts: Vec<(String, Uuid, Operation)> = (10..10 + MANY)
+        .map(|n| ("DailyReport".to_string(), id(n), Operation::Insert))
+        .collect();
+    tx.write_queue(node, &inserts, &[(rows[2].id, Operation::Delete)])
+        .await
+        .unwrap();
+    let unsent = tx.unsent_changes(node, 10_000).await.unwrap();
+    assert_eq!(unsent.len(), MANY as usize + 2);
+    // Queue order: the earlier rows first, then the new ones as given.
+    assert_eq!(unsent[0].entity_uuid, id(1));
+    assert_eq!(
+        (unsent[1].entity_uuid, unsent[1].operation),
+        (id(2), Operation::Delete)
+    );
+    let new_order: Vec<Uuid> = unsent[2..].iter().map(|r| r.entity_uuid).collect();
+    let given: Vec<Uuid> = (10..10 + MANY).map(id).collect();
+    assert_eq!(new_order, given);
+    // The one-row reads agree.
+    assert!(tx.has_queued(node, "DailyReport", id(10)).await.unwrap());
+    assert!(!tx.has_queued(node, "DailyReport", id(3)).await.unwrap());
+
+    // Updating a row that is not a queue row of the node is refused.
+    let theirs = tx.queued_rows(other, &[key(3)]).await.unwrap();
+    let err = tx
+        .write_queue(node, &[], &[(theirs[0].id, Operation::Update)])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    drop(tx);
+    // Nothing of the dropped transaction stayed.
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx.queued_rows(node, &[key(1)]).await.unwrap().is_empty());
+    drop(tx);
 }

@@ -225,8 +225,8 @@ pub fn routes(
         .and(warp::post())
         .and(n())
         .then(|node: Arc<Node>| async move {
-            match node.sync_now(&NoProgress).await {
-                Ok(summary) => json_reply(StatusCode::OK, &summary),
+            match node.sync_now_reported(&NoProgress).await {
+                Ok(report) => json_reply(StatusCode::OK, &report),
                 Err(e) => host_error(e),
             }
         });

@@ -428,8 +428,16 @@ pub async fn run(cli: Cli) -> Result<(), HostError> {
         Command::Sync { config, json } => {
             let config = load(&config.config)?;
             let summary = sync_command(config, !json.json).await?;
+            let waits = &summary["retry_after_waits"];
+            let waited = match waits["count"].as_u64() {
+                Some(n) if n > 0 => format!(
+                    "; waited {n} time(s) as the master asked (Retry-After), {:.1} s in all",
+                    waits["total_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
+                ),
+                _ => String::new(),
+            };
             let text = format!(
-                "sync done: {} changes sent, {} received, {} conflicts, {} rounds\n",
+                "sync done: {} changes sent, {} received, {} conflicts, {} rounds{waited}\n",
                 summary["sent_changes"],
                 summary["received_changes"],
                 summary["conflicts"].as_array().map_or(0, |a| a.len()),
@@ -1099,7 +1107,7 @@ async fn sync_command(config: Config, show_progress: bool) -> Result<serde_json:
         Some(_lock) => {
             let node = Arc::new(Node::open(config).await?);
             let bar = crate::progress::TerminalProgress::new("sync", show_progress);
-            let result = node.sync_now(&bar).await;
+            let result = node.sync_now_reported(&bar).await;
             bar.finish();
             node.engine.store().close().await;
             Ok(serde_json::to_value(result?).unwrap_or_default())

@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::config::{Config, Mode};
 use crate::error::HostError;
 use crate::metrics::Metrics;
-use crate::transport::HttpsTransport;
+use crate::transport::{HttpsTransport, RetryAfterWaits, WaitPolicy};
 
 /// What `/api/v1/status` shows of the client's syncing.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -35,6 +35,9 @@ pub struct SyncState {
     /// The wait the master asked for (`Retry-After` on a 429 or 503) when
     /// it refused the last session, in seconds.
     pub retry_after_secs: Option<u64>,
+    /// The waits the master asked for (429/503 with `Retry-After`) in the
+    /// running or last session, each waited out before sending again.
+    pub retry_after_waits: RetryAfterWaits,
 }
 
 /// Store meta keys under which a client records its sync health, so that
@@ -148,7 +151,12 @@ impl Node {
                     &link.url,
                     config.master_token()?,
                     Duration::from_secs(config.sync.request_timeout_secs),
-                );
+                )
+                // A rate-limited session waits as asked and goes on; each
+                // wait at most retry_max_secs (transport.rs).
+                .waiting_on_retry_after(WaitPolicy::new(Duration::from_secs(
+                    config.sync.retry_max_secs,
+                )));
                 Some(ClientSync {
                     transport,
                     lock: tokio::sync::Mutex::new(()),
@@ -184,6 +192,15 @@ impl Node {
 
     /// Runs one sync session now, waiting for a running one to finish first.
     pub async fn sync_now(&self, progress: &dyn Progress) -> Result<SyncSummary, HostError> {
+        Ok(self.sync_now_reported(progress).await?.summary)
+    }
+
+    /// [`Node::sync_now`], with the waits the master asked for during the
+    /// session (as `hubsync sync` and `POST /api/v1/sync` report them).
+    pub async fn sync_now_reported(
+        &self,
+        progress: &dyn Progress,
+    ) -> Result<SyncReport, HostError> {
         let sync = self
             .sync
             .as_ref()
@@ -192,9 +209,11 @@ impl Node {
                 actual: "master",
             })?;
         let _guard = sync.lock.lock().await;
+        sync.transport.begin_session();
         set_state(sync, |s| {
             s.running = true;
             s.progress = Some(crate::progress::ProgressReport::starting());
+            s.retry_after_waits = RetryAfterWaits::default();
         });
         let observer = StateProgress {
             sync,
@@ -208,6 +227,7 @@ impl Node {
             s.running = false;
             s.progress = None;
             s.last_finished_at = Some(now);
+            s.retry_after_waits = sync.transport.session_waits();
             match &result {
                 Ok(summary) => {
                     s.last_summary = Some(summary.clone());
@@ -232,8 +252,20 @@ impl Node {
             self.metrics
                 .record_conflicts(summary.conflicts.len() as u64);
         }
-        Ok(result?)
+        Ok(SyncReport {
+            summary: result?,
+            retry_after_waits: sync.transport.session_waits(),
+        })
     }
+}
+
+/// What one session did, as `hubsync sync` and `POST /api/v1/sync` report
+/// it: the engine's summary, and the waits the master asked for.
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncReport {
+    #[serde(flatten)]
+    pub summary: SyncSummary,
+    pub retry_after_waits: RetryAfterWaits,
 }
 
 impl Node {
@@ -346,8 +378,10 @@ struct StateProgress<'a> {
 
 impl Progress for StateProgress<'_> {
     fn on_round(&self, progress: &SyncProgress) {
+        let waits = self.sync.transport.session_waits();
         set_state(self.sync, |s| {
-            s.progress = Some(self.meter.report(progress))
+            s.progress = Some(self.meter.report(progress));
+            s.retry_after_waits = waits;
         });
         self.inner.on_round(progress);
     }

@@ -199,13 +199,29 @@ impl Request {
         .into_response()
     }
 
+    /// A refusal for exceeding a limit, recorded as a security event. A
+    /// 429 is recorded at most once a minute per node, with the refusals
+    /// since (guard.rs, `note_refusal`): only 429s escape the token bucket,
+    /// so a flood would otherwise cost the store one write per request.
     async fn limit(&self, node: &NodeRecord, refusal: Refusal) -> Response {
-        self.event(
-            SecurityEventKind::LimitExceeded,
-            Some(node),
-            format!("{}: {}", refusal.code, refusal.message),
-        )
-        .await;
+        let record = if refusal.status == StatusCode::TOO_MANY_REQUESTS {
+            self.guard.note_refusal(node.id)
+        } else {
+            Some(0)
+        };
+        if let Some(since) = record {
+            let more = if since > 0 {
+                format!(" ({since} more 429s of this node since the last such event)")
+            } else {
+                String::new()
+            };
+            self.event(
+                SecurityEventKind::LimitExceeded,
+                Some(node),
+                format!("{}: {}{more}", refusal.code, refusal.message),
+            )
+            .await;
+        }
         refusal.into_response()
     }
 

@@ -1,7 +1,8 @@
 //! The sync endpoint's in-memory guards (issue 7 item 5): authentication
 //! failure tracking with slow-down and lockout (per address and per node),
 //! a per-node token-bucket rate limit, a per-node cap on exchanges served at
-//! once, and a JSON nesting-depth scan that runs before any parser.
+//! once, the once-a-minute recording of a node's 429 refusals, and a JSON
+//! nesting-depth scan that runs before any parser.
 //!
 //! State is per process: with several master hosts behind a load balancer
 //! each host enforces its own limits (an attacker spread over N hosts gets
@@ -25,6 +26,11 @@ use crate::config::LimitsConfig;
 pub const MAX_TRACKED: usize = 10_000;
 /// Longest delay added to one authentication failure's answer.
 pub const MAX_FAILURE_DELAY: Duration = Duration::from_secs(2);
+/// A node's 429 refusals (rate limit, exchanges at once) are recorded as
+/// security events at most once per this period, with the count of those
+/// refused since: a node flooding the master costs it one row a minute,
+/// not one write per refused request.
+pub const REFUSAL_EVENT_PERIOD: Duration = Duration::from_secs(60);
 
 /// Who failed to authenticate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -49,6 +55,13 @@ pub struct FailureVerdict {
     pub locked_now: bool,
 }
 
+/// When a node's last 429 was recorded, and how many were refused since.
+#[derive(Debug, Clone, Copy)]
+struct RefusalNote {
+    recorded_at: Instant,
+    since: u64,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
     tokens: f64,
@@ -67,6 +80,7 @@ struct State {
     failures: HashMap<Subject, Failures>,
     buckets: HashMap<Uuid, Bucket>,
     in_flight: HashMap<Uuid, u32>,
+    refusals: HashMap<Uuid, RefusalNote>,
 }
 
 impl Guard {
@@ -189,6 +203,51 @@ impl Guard {
             Ok(())
         } else {
             Err(Duration::from_secs_f64((1.0 - b.tokens) / per_sec))
+        }
+    }
+
+    /// Notes one 429 refusal of `node`. `Some(n)` when it is to be
+    /// recorded as a security event, `n` being the refusals of the node not
+    /// recorded since the last event; `None` when one was recorded less than
+    /// [`REFUSAL_EVENT_PERIOD`] ago (this refusal is counted into the next).
+    pub fn note_refusal(&self, node: Uuid) -> Option<u64> {
+        self.note_refusal_at(node, Instant::now())
+    }
+
+    fn note_refusal_at(&self, node: Uuid, now: Instant) -> Option<u64> {
+        let mut state = self.state();
+        if state.refusals.len() >= MAX_TRACKED && !state.refusals.contains_key(&node) {
+            state
+                .refusals
+                .retain(|_, r| now - r.recorded_at < REFUSAL_EVENT_PERIOD);
+            if state.refusals.len() >= MAX_TRACKED {
+                // Not tracked: recorded every time (as before this existed).
+                return Some(0);
+            }
+        }
+        match state.refusals.get_mut(&node) {
+            Some(r) if now - r.recorded_at < REFUSAL_EVENT_PERIOD => {
+                r.since = r.since.saturating_add(1);
+                None
+            }
+            Some(r) => {
+                let since = r.since;
+                *r = RefusalNote {
+                    recorded_at: now,
+                    since: 0,
+                };
+                Some(since)
+            }
+            None => {
+                state.refusals.insert(
+                    node,
+                    RefusalNote {
+                        recorded_at: now,
+                        since: 0,
+                    },
+                );
+                Some(0)
+            }
         }
     }
 
@@ -361,6 +420,33 @@ mod tests {
             Ok(()),
             "refilled at 1/s"
         );
+    }
+
+    #[test]
+    fn refusal_events_are_recorded_once_a_period_per_node_with_the_count_since() {
+        let g = Guard::new(limits());
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let t0 = Instant::now();
+        assert_eq!(g.note_refusal_at(a, t0), Some(0), "the first is recorded");
+        for i in 1..=500 {
+            assert_eq!(
+                g.note_refusal_at(a, t0 + Duration::from_millis(i)),
+                None,
+                "a flood within the period is counted, not recorded"
+            );
+        }
+        assert_eq!(
+            g.note_refusal_at(b, t0),
+            Some(0),
+            "another node has its own"
+        );
+        assert_eq!(
+            g.note_refusal_at(a, t0 + REFUSAL_EVENT_PERIOD),
+            Some(500),
+            "the next period's first says how many were refused since"
+        );
+        assert_eq!(g.note_refusal_at(a, t0 + REFUSAL_EVENT_PERIOD), None);
+        assert_eq!(g.note_refusal_at(a, t0 + REFUSAL_EVENT_PERIOD * 3), Some(1));
     }
 
     #[test]

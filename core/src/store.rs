@@ -232,6 +232,16 @@ pub struct Revision {
     pub created_at: DateTime<Utc>,
 }
 
+/// An entity's version stamp, without its data
+/// ([`StoreTx::entity_stamps`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntityStamp {
+    pub entity_type: String,
+    pub uuid: Uuid,
+    pub updated_at: DateTime<Utc>,
+    pub rev: Option<i64>,
+}
+
 /// A revision to append in a batch ([`StoreTx::append_revisions`]), its
 /// number reserved beforehand ([`StoreTx::reserve_revisions`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -488,6 +498,22 @@ pub trait StoreTx: Send {
         limit: u32,
     ) -> StoreResult<Vec<(Revision, Entity)>>;
 
+    /// As [`StoreTx::revisions_after`], except that an untargeted revision
+    /// above `own_above` whose entity's current version was written by
+    /// `node` itself comes without the entity's data (`Value::Null`): the
+    /// node has that version already, and reading it back was the largest
+    /// cost of answering a push. The default reads the data anyway.
+    async fn revisions_after_skipping_own(
+        &mut self,
+        node: Uuid,
+        after_rev: i64,
+        limit: u32,
+        own_above: i64,
+    ) -> StoreResult<Vec<(Revision, Entity)>> {
+        let _ = own_above;
+        self.revisions_after(node, after_rev, limit).await
+    }
+
     // --- referential integrity ---------------------------------------------
 
     /// Replaces the references recorded for the entity `(entity_type, uuid)`
@@ -605,6 +631,38 @@ pub trait StoreTx: Send {
     ) -> StoreResult<()> {
         for ((entity_type, uuid), refs) in items {
             self.set_references(entity_type, *uuid, refs).await?;
+        }
+        Ok(())
+    }
+
+    /// The stamps of several entities (when and at which revision they were
+    /// written), without reading their data: the ones found, in any order.
+    async fn entity_stamps(&mut self, keys: &[(String, Uuid)]) -> StoreResult<Vec<EntityStamp>> {
+        Ok(self
+            .get_entities(keys)
+            .await?
+            .into_iter()
+            .map(|e| EntityStamp {
+                entity_type: e.entity_type,
+                uuid: e.uuid,
+                updated_at: e.updated_at,
+                rev: e.rev,
+            })
+            .collect())
+    }
+
+    /// Raises the revision of each entity to the one given where it is
+    /// unset or lower, without touching anything else of the entity
+    /// (a client learning the master's revision of what it sent). Absent
+    /// entities are skipped.
+    async fn raise_revs(&mut self, items: &[(String, Uuid, i64)]) -> StoreResult<()> {
+        for (entity_type, uuid, rev) in items {
+            if let Some(mut e) = self.get_entity(entity_type, *uuid).await?
+                && e.rev.is_none_or(|r| r < *rev)
+            {
+                e.rev = Some(*rev);
+                self.put_entity(&e).await?;
+            }
         }
         Ok(())
     }

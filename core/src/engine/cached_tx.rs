@@ -53,8 +53,8 @@ use uuid::Uuid;
 
 use crate::entity::{Entity, Operation};
 use crate::store::{
-    AuditRecord, EntityRef, HeldChange, HistoryRecord, Holding, NewRevision, NodeRecord,
-    QueuedChange, Revision, ScopeRecord, StoreError, StoreResult, StoreTx,
+    AuditRecord, EntityRef, EntityStamp, HeldChange, HistoryRecord, Holding, NewRevision,
+    NodeRecord, QueuedChange, Revision, ScopeRecord, StoreError, StoreResult, StoreTx,
 };
 
 type Key = (String, Uuid);
@@ -452,6 +452,18 @@ impl StoreTx for CachedTx<'_> {
         self.flush().await?;
         self.inner.revisions_after(node, after_rev, limit).await
     }
+    async fn revisions_after_skipping_own(
+        &mut self,
+        node: Uuid,
+        after_rev: i64,
+        limit: u32,
+        own_above: i64,
+    ) -> StoreResult<Vec<(Revision, Entity)>> {
+        self.flush().await?;
+        self.inner
+            .revisions_after_skipping_own(node, after_rev, limit, own_above)
+            .await
+    }
 
     async fn set_references(
         &mut self,
@@ -596,6 +608,40 @@ impl StoreTx for CachedTx<'_> {
         Ok(())
     }
 
+    /// Cached entities are answered from memory (they include every
+    /// buffered write); the others have nothing buffered and are read.
+    async fn entity_stamps(&mut self, keys: &[(String, Uuid)]) -> StoreResult<Vec<EntityStamp>> {
+        let mut found = Vec::with_capacity(keys.len());
+        let mut unknown = Vec::new();
+        for k in keys {
+            match self.cache.get(k) {
+                Some(Some(e)) => found.push(EntityStamp {
+                    entity_type: e.entity_type.clone(),
+                    uuid: e.uuid,
+                    updated_at: e.updated_at,
+                    rev: e.rev,
+                }),
+                Some(None) => {}
+                None => unknown.push(k.clone()),
+            }
+        }
+        if !unknown.is_empty() {
+            found.extend(self.inner.entity_stamps(&unknown).await?);
+        }
+        Ok(found)
+    }
+    async fn raise_revs(&mut self, items: &[(String, Uuid, i64)]) -> StoreResult<()> {
+        self.flush().await?;
+        self.inner.raise_revs(items).await?;
+        for (t, u, rev) in items {
+            if let Some(Some(e)) = self.cache.get_mut(&(t.clone(), *u))
+                && e.rev.is_none_or(|r| r < *rev)
+            {
+                e.rev = Some(*rev);
+            }
+        }
+        Ok(())
+    }
     async fn reserve_revisions(&mut self, n: usize) -> StoreResult<Vec<i64>> {
         self.inner.reserve_revisions(n).await
     }

@@ -19,7 +19,7 @@ use crate::entity::{Entity, now_utc};
 use crate::protocol::{
     Body, ChangeResult, Envelope, Header, Outcome, PROTOCOL_VERSION, WireChange,
 };
-use crate::store::{NodeRole, QueuedChange, StoreError, StoreTx};
+use crate::store::{EntityStamp, NodeRole, QueuedChange, StoreError, StoreTx};
 use crate::transport::Transport;
 
 /// Where a running session is.
@@ -325,19 +325,25 @@ impl Engine {
                 .filter(|r| r.outcome.client_version_taken())
                 .map(|r| (r.entity_type.clone(), r.uuid))
                 .collect();
-            cached.prefetch(taken.clone()).await?;
+            // Only the stamps are read: the data stays where it is.
+            let stamps: std::collections::HashMap<(String, uuid::Uuid), EntityStamp> = cached
+                .entity_stamps(&taken)
+                .await?
+                .into_iter()
+                .map(|s| ((s.entity_type.clone(), s.uuid), s))
+                .collect();
             cached.prefetch_queue(master, taken).await?;
             let ctx: &mut dyn StoreTx = &mut cached;
             let mut redundant = Vec::new();
+            let mut raise = Vec::new();
             for r in &response.body.results {
                 if r.outcome.client_version_taken()
-                    && let Some(mut e) = ctx.get_entity(&r.entity_type, r.uuid).await?
+                    && let Some(e) = stamps.get(&(r.entity_type.clone(), r.uuid))
                 {
                     if e.rev.is_none_or(|rev| rev < r.rev) {
                         // Our version is the master's at r.rev: later local
                         // edits are based on it (no false conflict, §7.4).
-                        e.rev = Some(r.rev);
-                        ctx.put_entity(&e).await?;
+                        raise.push((r.entity_type.clone(), r.uuid, r.rev));
                     }
                     // A packet resent after an edit carried the edited state;
                     // if that is what the master took, the edit's own queue
@@ -356,6 +362,7 @@ impl Engine {
                     summary.conflicts.push(r.clone());
                 }
             }
+            ctx.raise_revs(&raise).await?;
             if !redundant.is_empty() {
                 ctx.assign_packet(master, &redundant, h.ack_packet_no)
                     .await?;
@@ -504,8 +511,25 @@ async fn wire_change(tx: &mut dyn StoreTx, row: &QueuedChange) -> Result<WireCha
 
 /// Serialized size of changes, for packet bounds and progress.
 pub(crate) fn approx_size(changes: &[WireChange]) -> usize {
+    /// Counts the bytes written to it (no buffer is built).
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
     changes
         .iter()
-        .map(|c| serde_json::to_vec(c).map(|v| v.len()).unwrap_or(0) + 1)
+        .map(|c| {
+            let mut n = Counter(0);
+            // Serializing a WireChange cannot fail (string keys, and the
+            // writer never does); a failure would only undercount.
+            let _ = serde_json::to_writer(&mut n, c);
+            n.0 + 1
+        })
         .sum()
 }

@@ -425,9 +425,23 @@ impl Engine {
             // longer does.
             node.acked_rev = 0;
         }
-        let rows = tx
-            .revisions_after(node.id, node.acked_rev, limits.max_entities)
-            .await?;
+        // Unscoped, the node's own versions are skipped below without
+        // being looked at: they are read without their data.
+        let rows = match routing {
+            None => {
+                tx.revisions_after_skipping_own(
+                    node.id,
+                    node.acked_rev,
+                    limits.max_entities,
+                    resend_own_to,
+                )
+                .await?
+            }
+            Some(_) => {
+                tx.revisions_after(node.id, node.acked_rev, limits.max_entities)
+                    .await?
+            }
+        };
         let mut more = rows.len() >= limits.max_entities as usize;
         let mut entities = Vec::new();
         let mut evict = Vec::new();

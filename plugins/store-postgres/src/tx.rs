@@ -4,8 +4,8 @@
 
 use hubsync_core::entity::{Entity, Operation, now_utc};
 use hubsync_core::store::{
-    AuditRecord, EntityRef, HeldChange, HistoryRecord, Holding, NewRevision, NodeRecord,
-    QueuedChange, Revision, ScopeRecord, StoreError, StoreResult, StoreTx,
+    AuditRecord, EntityRef, EntityStamp, HeldChange, HistoryRecord, Holding, NewRevision,
+    NodeRecord, QueuedChange, Revision, ScopeRecord, StoreError, StoreResult, StoreTx,
 };
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
@@ -67,7 +67,9 @@ impl PgTx {
 pub(crate) const REVISIONS_AFTER: &str = "
     SELECT c.id AS rev, c.node_id AS target, c.entity_type, c.entity_uuid, c.operation,
            c.origin_node_id, c.created_at,
-           e.updated_at AS e_updated_at, e.is_deleted AS e_is_deleted, e.data AS e_data,
+           e.updated_at AS e_updated_at, e.is_deleted AS e_is_deleted,
+           CASE WHEN c.node_id IS NULL AND e.origin_node_id = $4::uuid AND c.id > $5::int8
+                THEN NULL ELSE e.data END AS e_data,
            e.rev AS e_rev, e.origin_node_id AS e_origin_node_id
     FROM sync_changes AS c
     LEFT JOIN entities AS e ON e.entity_type = c.entity_type AND e.uuid = c.entity_uuid
@@ -401,10 +403,31 @@ impl StoreTx for PgTx {
             .bind(after_rev)
             .bind(node)
             .bind(i64::from(limit))
+            .bind(None::<Uuid>)
+            .bind(0_i64)
             .fetch_all(&mut *self.tx)
             .await
             .map_err(|e| StoreError::backend("reading revisions", e))?;
-        rows.iter().map(revision_from_row).collect()
+        rows.iter().map(|r| revision_from_row(r, false)).collect()
+    }
+
+    async fn revisions_after_skipping_own(
+        &mut self,
+        node: Uuid,
+        after_rev: i64,
+        limit: u32,
+        own_above: i64,
+    ) -> StoreResult<Vec<(Revision, Entity)>> {
+        let rows = sqlx::query(REVISIONS_AFTER)
+            .bind(after_rev)
+            .bind(node)
+            .bind(i64::from(limit))
+            .bind(Some(node))
+            .bind(own_above)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(|e| StoreError::backend("reading revisions", e))?;
+        rows.iter().map(|r| revision_from_row(r, true)).collect()
     }
 
     /// `FOR UPDATE`: the row stays locked until this transaction ends. A
@@ -969,6 +992,66 @@ impl StoreTx for PgTx {
         .execute(&mut *self.tx)
         .await
         .map_err(|e| StoreError::backend("recording entities' references", e))?;
+        Ok(())
+    }
+
+    /// Takes the write lock, as `get_entity` does; the data column is not
+    /// read.
+    async fn entity_stamps(&mut self, keys: &[(String, Uuid)]) -> StoreResult<Vec<EntityStamp>> {
+        self.lock_writes().await?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let types: Vec<&str> = keys.iter().map(|(t, _)| t.as_str()).collect();
+        let uuids: Vec<Uuid> = keys.iter().map(|(_, u)| *u).collect();
+        let rows = sqlx::query(
+            "SELECT entity_type, uuid, updated_at, rev FROM entities
+             WHERE (entity_type, uuid) IN (SELECT t, u FROM unnest($1::text[], $2::uuid[]) AS k(t, u))",
+        )
+        .bind(&types)
+        .bind(&uuids)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("reading entity stamps", e))?;
+        rows.iter()
+            .map(|row| {
+                let r = RowReader::new(row, "entities");
+                Ok(EntityStamp {
+                    entity_type: r.text("entity_type")?,
+                    uuid: r.uuid("uuid")?,
+                    updated_at: r.ts("updated_at")?,
+                    rev: r.opt_i64("rev")?,
+                })
+            })
+            .collect()
+    }
+
+    /// One UPDATE from arrays.
+    async fn raise_revs(&mut self, items: &[(String, Uuid, i64)]) -> StoreResult<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        self.lock_writes().await?;
+        let mut top: std::collections::HashMap<(&str, Uuid), i64> =
+            std::collections::HashMap::with_capacity(items.len());
+        for (t, u, rev) in items {
+            let slot = top.entry((t.as_str(), *u)).or_insert(*rev);
+            *slot = (*slot).max(*rev);
+        }
+        let types: Vec<&str> = top.keys().map(|(t, _)| *t).collect();
+        let uuids: Vec<Uuid> = top.keys().map(|(_, u)| *u).collect();
+        let revs: Vec<i64> = top.values().copied().collect();
+        sqlx::query(
+            "UPDATE entities AS e SET rev = k.r
+             FROM unnest($1::text[], $2::uuid[], $3::int8[]) AS k(t, u, r)
+             WHERE e.entity_type = k.t AND e.uuid = k.u AND (e.rev IS NULL OR e.rev < k.r)",
+        )
+        .bind(&types)
+        .bind(&uuids)
+        .bind(&revs)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("recording the master's revisions", e))?;
         Ok(())
     }
 

@@ -153,7 +153,12 @@ pub(crate) fn queued_from_row(row: &SqliteRow) -> StoreResult<QueuedChange> {
 
 /// A log row of `sync_changes` joined (LEFT) to its entity; the columns are
 /// those of `tx::REVISIONS_AFTER`.
-pub(crate) fn revision_from_row(row: &SqliteRow) -> StoreResult<(Revision, Entity)> {
+/// `data_may_be_left_out`: the statement leaves out the data of some rows
+/// on purpose (`revisions_after_skipping_own`); they read as `Null`.
+pub(crate) fn revision_from_row(
+    row: &SqliteRow,
+    data_may_be_left_out: bool,
+) -> StoreResult<(Revision, Entity)> {
     let c = RowReader::new(row, "sync_changes");
     let revision = Revision {
         rev: c.i64("rev")?,
@@ -176,7 +181,11 @@ pub(crate) fn revision_from_row(row: &SqliteRow) -> StoreResult<(Revision, Entit
         uuid: revision.entity_uuid,
         updated_at: e.ts("e_updated_at")?,
         is_deleted: e.bool("e_is_deleted")?,
-        data: e.json("e_data")?,
+        data: if data_may_be_left_out {
+            e.opt_json("e_data")?.unwrap_or(serde_json::Value::Null)
+        } else {
+            e.json("e_data")?
+        },
         rev: e.opt_i64("e_rev")?,
         origin: e.opt_uuid("e_origin_node_id")?,
     };

@@ -6,8 +6,8 @@ use std::fmt::Write as _;
 
 use hubsync_core::entity::{Entity, Operation, now_utc};
 use hubsync_core::store::{
-    AuditRecord, EntityRef, HeldChange, HistoryRecord, Holding, NewRevision, NodeRecord,
-    QueuedChange, Revision, ScopeRecord, StoreError, StoreResult, StoreTx,
+    AuditRecord, EntityRef, EntityStamp, HeldChange, HistoryRecord, Holding, NewRevision,
+    NodeRecord, QueuedChange, Revision, ScopeRecord, StoreError, StoreResult, StoreTx,
 };
 use sqlx::{QueryBuilder, Sqlite, Transaction};
 use uuid::Uuid;
@@ -58,7 +58,9 @@ impl SqliteTx {
 pub(crate) const REVISIONS_AFTER: &str = "
     SELECT c.id AS rev, c.node_id AS target, c.entity_type, c.entity_uuid, c.operation,
            c.origin_node_id, c.created_at,
-           e.updated_at AS e_updated_at, e.is_deleted AS e_is_deleted, e.data AS e_data,
+           e.updated_at AS e_updated_at, e.is_deleted AS e_is_deleted,
+           CASE WHEN c.node_id IS NULL AND e.origin_node_id = ?4 AND c.id > ?5
+                THEN NULL ELSE e.data END AS e_data,
            e.rev AS e_rev, e.origin_node_id AS e_origin_node_id
     FROM sync_changes AS c
     LEFT JOIN entities AS e ON e.entity_type = c.entity_type AND e.uuid = c.entity_uuid
@@ -399,10 +401,32 @@ impl StoreTx for SqliteTx {
             .bind(after_rev)
             .bind(uuid_text(node))
             .bind(i64::from(limit))
+            .bind(None::<&str>)
+            .bind(0_i64)
             .fetch_all(&mut *self.tx)
             .await
             .map_err(|e| StoreError::backend("reading revisions", e))?;
-        rows.iter().map(revision_from_row).collect()
+        rows.iter().map(|r| revision_from_row(r, false)).collect()
+    }
+
+    async fn revisions_after_skipping_own(
+        &mut self,
+        node: Uuid,
+        after_rev: i64,
+        limit: u32,
+        own_above: i64,
+    ) -> StoreResult<Vec<(Revision, Entity)>> {
+        let node = uuid_text(node);
+        let rows = sqlx::query(REVISIONS_AFTER)
+            .bind(after_rev)
+            .bind(node.as_str())
+            .bind(i64::from(limit))
+            .bind(node.as_str())
+            .bind(own_above)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(|e| StoreError::backend("reading revisions", e))?;
+        rows.iter().map(|r| revision_from_row(r, true)).collect()
     }
 
     /// SQLite has a single writer, so the row is already "locked": this
@@ -913,6 +937,80 @@ impl StoreTx for SqliteTx {
         }
         Ok(())
     }
+    /// One primary-key lookup per key, [`BATCH_ROWS`] keys a statement, the
+    /// data column not read.
+    async fn entity_stamps(&mut self, keys: &[(String, Uuid)]) -> StoreResult<Vec<EntityStamp>> {
+        let mut found = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(BATCH_ROWS) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "SELECT entity_type, uuid, updated_at, rev FROM entities
+                 WHERE (entity_type, uuid) IN (VALUES ",
+            );
+            for (i, (t, u)) in chunk.iter().enumerate() {
+                if i > 0 {
+                    q.push(", ");
+                }
+                q.push("(")
+                    .push_bind(t.as_str())
+                    .push(", ")
+                    .push_bind(uuid_text(*u))
+                    .push(")");
+            }
+            q.push(")");
+            let rows = q
+                .build()
+                .fetch_all(&mut *self.tx)
+                .await
+                .map_err(|e| StoreError::backend("reading entity stamps", e))?;
+            for row in &rows {
+                let r = RowReader::new(row, "entities");
+                found.push(EntityStamp {
+                    entity_type: r.text("entity_type")?.to_owned(),
+                    uuid: r.uuid("uuid")?,
+                    updated_at: r.ts("updated_at")?,
+                    rev: r.opt_i64("rev")?,
+                });
+            }
+        }
+        Ok(found)
+    }
+
+    /// One UPDATE … FROM (VALUES …) per [`BATCH_ROWS`] entities.
+    async fn raise_revs(&mut self, items: &[(String, Uuid, i64)]) -> StoreResult<()> {
+        let mut top: std::collections::HashMap<(&str, Uuid), i64> =
+            std::collections::HashMap::with_capacity(items.len());
+        for (t, u, rev) in items {
+            let slot = top.entry((t.as_str(), *u)).or_insert(*rev);
+            *slot = (*slot).max(*rev);
+        }
+        let rows: Vec<((&str, Uuid), i64)> = top.into_iter().collect();
+        for chunk in rows.chunks(BATCH_ROWS) {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("UPDATE entities SET rev = v.column3 FROM (VALUES ");
+            for (i, ((t, u), rev)) in chunk.iter().enumerate() {
+                if i > 0 {
+                    q.push(", ");
+                }
+                q.push("(")
+                    .push_bind(*t)
+                    .push(", ")
+                    .push_bind(uuid_text(*u))
+                    .push(", ")
+                    .push_bind(*rev)
+                    .push(")");
+            }
+            q.push(
+                ") AS v WHERE entities.entity_type = v.column1 AND entities.uuid = v.column2
+                   AND (entities.rev IS NULL OR entities.rev < v.column3)",
+            );
+            q.build()
+                .execute(&mut *self.tx)
+                .await
+                .map_err(|e| StoreError::backend("recording the master's revisions", e))?;
+        }
+        Ok(())
+    }
+
     /// Moves the table's AUTOINCREMENT high-water mark (`sqlite_sequence`)
     /// up by `n`: the numbers below it are never handed out again, by
     /// SQLite or by this method, whether they are used or not.

@@ -320,3 +320,138 @@ pub async fn batched_queue_reads_and_writes_match_queue_change(s: &Subject) {
     assert!(tx.queued_rows(node, &[key(1)]).await.unwrap().is_empty());
     drop(tx);
 }
+
+pub async fn stamps_and_raised_revisions_leave_the_data_alone(s: &Subject) {
+    let store = s.store.as_ref();
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx.entity_stamps(&[]).await.unwrap().is_empty());
+    tx.raise_revs(&[]).await.unwrap();
+    // report(n, v) has rev Some(v); 1..=MANY at rev 5, one without a rev.
+    let mut all: Vec<Entity> = (1..=MANY).map(|n| report(n, 5)).collect();
+    all[0].rev = None;
+    tx.put_entities(&all).await.unwrap();
+    let key = |n: u128| ("DailyReport".to_string(), id(n));
+    let mut keys: Vec<(String, Uuid)> = (1..=MANY).map(key).collect();
+    keys.push(key(MANY + 7)); // absent
+    keys.push(key(2)); // twice
+    let mut stamps = tx.entity_stamps(&keys).await.unwrap();
+    stamps.sort_by_key(|s| s.uuid);
+    stamps.dedup_by_key(|s| s.uuid);
+    assert_eq!(stamps.len(), MANY as usize);
+    for st in &stamps {
+        let e = all.iter().find(|e| e.uuid == st.uuid).unwrap();
+        assert_eq!(
+            (st.entity_type.as_str(), st.updated_at, st.rev),
+            ("DailyReport", e.updated_at, e.rev)
+        );
+    }
+    // Raised where unset or lower, never lowered; the highest of a key
+    // given twice wins; absent entities are skipped.
+    let mut items: Vec<(String, Uuid, i64)> = (1..=MANY).map(|n| (key(n).0, id(n), 7)).collect();
+    items[2].2 = 3; // entity 3 stays at 5
+    items.push(("DailyReport".into(), id(4), 9));
+    items.push(("DailyReport".into(), id(MANY + 7), 9));
+    tx.raise_revs(&items).await.unwrap();
+    tx.commit().await.unwrap();
+    for n in [1, 2, 3, 4, 600, MANY] {
+        let got = store
+            .get_entity("DailyReport", id(n))
+            .await
+            .unwrap()
+            .unwrap();
+        let want_rev = match n {
+            3 => 5,
+            4 => 9,
+            _ => 7,
+        };
+        let mut want = all[n as usize - 1].clone();
+        want.rev = Some(want_rev);
+        assert_eq!(got, want, "entity {n}");
+    }
+    assert!(
+        store
+            .get_entity("DailyReport", id(MANY + 7))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+pub async fn revisions_can_be_read_without_the_data_of_the_nodes_own_versions(s: &Subject) {
+    let store = s.store.as_ref();
+    let node = crate::add_node(store, 100).await;
+    let other = crate::add_node(store, 101).await;
+    let mut tx = store.begin().await.unwrap();
+    // 1 and 3 written by the node, 2 by the other; 3 also addressed to it.
+    for (n, origin) in [(1, node), (2, other), (3, node)] {
+        let mut e = report(n, 1);
+        e.origin = Some(origin);
+        tx.put_entity(&e).await.unwrap();
+    }
+    let r1 = tx
+        .append_revision(None, "DailyReport", id(1), Operation::Insert, Some(node))
+        .await
+        .unwrap();
+    tx.append_revision(None, "DailyReport", id(2), Operation::Insert, Some(other))
+        .await
+        .unwrap();
+    tx.append_revision(
+        Some(node),
+        "DailyReport",
+        id(3),
+        Operation::Update,
+        Some(node),
+    )
+    .await
+    .unwrap();
+    let full = tx.revisions_after(node, 0, 100).await.unwrap();
+    let data = |rows: &[(hubsync_core::store::Revision, Entity)]| {
+        rows.iter()
+            .map(|(r, e)| (r.entity_uuid, e.data.is_null(), e.origin))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        data(&full),
+        [
+            (id(1), false, Some(node)),
+            (id(2), false, Some(other)),
+            (id(3), false, Some(node))
+        ]
+    );
+    // Everything but the data is the same.
+    let skipping = tx
+        .revisions_after_skipping_own(node, 0, 100, 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        data(&skipping),
+        [
+            (id(1), true, Some(node)),
+            (id(2), false, Some(other)),
+            (id(3), false, Some(node))
+        ]
+    );
+    for ((a, ea), (b, eb)) in full.iter().zip(&skipping) {
+        assert_eq!(a, b);
+        assert_eq!(
+            (ea.updated_at, ea.is_deleted, ea.rev),
+            (eb.updated_at, eb.is_deleted, eb.rev)
+        );
+    }
+    // At or below `own_above`, the node's own versions come whole; another
+    // node reads everything.
+    let above = tx
+        .revisions_after_skipping_own(node, 0, 100, r1)
+        .await
+        .unwrap();
+    assert!(above.iter().all(|(_, e)| !e.data.is_null()));
+    let theirs = tx
+        .revisions_after_skipping_own(other, 0, 100, 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        data(&theirs),
+        [(id(1), false, Some(node)), (id(2), true, Some(other))]
+    );
+    drop(tx);
+}

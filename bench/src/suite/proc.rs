@@ -209,7 +209,7 @@ impl Perf {
         let _ = std::fs::create_dir_all(&dir);
         let out = Path::new(&dir).join(format!("{label}.perf.data"));
         let child = Command::new("perf")
-            .args(["record", "-F", "250", "--call-graph", "dwarf,16384", "-o"])
+            .args(["record", "-F", "1500", "--call-graph", "dwarf,16384", "-o"])
             .arg(&out)
             .arg("-p")
             .arg(node.pid().to_string())

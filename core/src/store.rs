@@ -616,11 +616,17 @@ pub trait StoreTx: Send {
 
     /// Inserts or replaces several entities, as [`StoreTx::put_entity`] of
     /// each in order would (a key given twice ends with its last version).
-    async fn put_entities(&mut self, entities: &[Entity]) -> StoreResult<()> {
+    async fn put_entities(&mut self, entities: &[&Entity]) -> StoreResult<()> {
         for e in entities {
             self.put_entity(e).await?;
         }
         Ok(())
+    }
+
+    /// Whether the entity is stored (deleted or not), as
+    /// `get_entity(..).is_some()` without handing out a copy.
+    async fn entity_exists(&mut self, entity_type: &str, uuid: Uuid) -> StoreResult<bool> {
+        Ok(self.get_entity(entity_type, uuid).await?.is_some())
     }
 
     /// Replaces the recorded references of several entities, as

@@ -93,8 +93,10 @@ pub(crate) struct CachedTx<'a> {
     /// What the store holds (or will once the buffers are written); `None`
     /// for an entity known to be absent.
     cache: HashMap<Key, Option<Entity>>,
-    puts: Vec<Entity>,
-    put_at: HashMap<Key, usize>,
+    /// Entities written and not flushed yet, in order (their latest
+    /// version is the cached one).
+    puts: Vec<Key>,
+    put_at: std::collections::HashSet<Key>,
     refs: Vec<(Key, Vec<EntityRef>)>,
     refs_at: HashMap<Key, usize>,
     /// Revisions appended, not written yet.
@@ -115,7 +117,7 @@ impl<'a> CachedTx<'a> {
             inner,
             cache: HashMap::new(),
             puts: Vec::new(),
-            put_at: HashMap::new(),
+            put_at: std::collections::HashSet::new(),
             refs: Vec::new(),
             refs_at: HashMap::new(),
             revs: Vec::new(),
@@ -245,7 +247,19 @@ impl<'a> CachedTx<'a> {
         self.flush_revisions().await?;
         self.flush_queue().await?;
         if !self.puts.is_empty() {
-            self.inner.put_entities(&self.puts).await?;
+            // Written from the cache, which holds the latest version of
+            // every buffered entity (it is only cleared after a flush).
+            let rows: Vec<&Entity> = self
+                .puts
+                .iter()
+                .filter_map(|k| self.cache.get(k).and_then(Option::as_ref))
+                .collect();
+            if rows.len() != self.puts.len() {
+                return Err(StoreError::corrupt(
+                    "an entity to write is no longer in the transaction's cache (engine bug)",
+                ));
+            }
+            self.inner.put_entities(&rows).await?;
             self.puts.clear();
             self.put_at.clear();
         }
@@ -266,11 +280,6 @@ impl<'a> CachedTx<'a> {
         self.flush().await?;
         self.cache.clear();
         Ok(())
-    }
-
-    fn remember(&mut self, e: &Entity) {
-        self.cache
-            .insert((e.entity_type.clone(), e.uuid), Some(e.clone()));
     }
 
     async fn buffered(&mut self) -> StoreResult<()> {
@@ -316,14 +325,11 @@ impl StoreTx for CachedTx<'_> {
 
     async fn put_entity(&mut self, entity: &Entity) -> StoreResult<()> {
         let key = (entity.entity_type.clone(), entity.uuid);
-        match self.put_at.get(&key) {
-            Some(&i) => self.puts[i] = entity.clone(),
-            None => {
-                self.put_at.insert(key, self.puts.len());
-                self.puts.push(entity.clone());
-            }
+        if self.put_at.insert(key.clone()) {
+            self.puts.push(key.clone());
         }
-        self.remember(entity);
+        // The one copy: the flush writes it from the cache.
+        self.cache.insert(key, Some(entity.clone()));
         self.buffered().await
     }
 
@@ -592,11 +598,17 @@ impl StoreTx for CachedTx<'_> {
             .filter_map(|k| self.cache.get(k).cloned().flatten())
             .collect())
     }
-    async fn put_entities(&mut self, entities: &[Entity]) -> StoreResult<()> {
+    async fn put_entities(&mut self, entities: &[&Entity]) -> StoreResult<()> {
         for e in entities {
             self.put_entity(e).await?;
         }
         Ok(())
+    }
+    async fn entity_exists(&mut self, entity_type: &str, uuid: Uuid) -> StoreResult<bool> {
+        match self.cache.get(&(entity_type.to_string(), uuid)) {
+            Some(hit) => Ok(hit.is_some()),
+            None => Ok(self.get_entity(entity_type, uuid).await?.is_some()),
+        }
     }
     async fn set_references_many(
         &mut self,

@@ -224,7 +224,7 @@ impl Engine {
             if r.target == change.entity_type && target == change.uuid {
                 continue;
             }
-            if tx.get_entity(&r.target, target).await?.is_none() {
+            if !tx.entity_exists(&r.target, target).await? {
                 return Ok(Some((r.target.clone(), target)));
             }
         }

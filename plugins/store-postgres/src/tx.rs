@@ -892,7 +892,7 @@ impl StoreTx for PgTx {
     /// One upsert from arrays. PostgreSQL refuses to update a row twice in
     /// one statement, so a key given twice is sent once, with its last
     /// version (what writing them in order leaves).
-    async fn put_entities(&mut self, entities: &[Entity]) -> StoreResult<()> {
+    async fn put_entities(&mut self, entities: &[&Entity]) -> StoreResult<()> {
         if entities.is_empty() {
             return Ok(());
         }
@@ -911,7 +911,7 @@ impl StoreTx for PgTx {
                 &entities[i].data,
             )?);
         }
-        let rows: Vec<&Entity> = picked.iter().map(|&i| &entities[i]).collect();
+        let rows: Vec<&Entity> = picked.iter().map(|&i| entities[i]).collect();
         let types: Vec<&str> = rows.iter().map(|e| e.entity_type.as_str()).collect();
         let uuids: Vec<Uuid> = rows.iter().map(|e| e.uuid).collect();
         let updated: Vec<chrono::DateTime<chrono::Utc>> =

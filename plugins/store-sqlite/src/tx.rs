@@ -858,7 +858,7 @@ impl StoreTx for SqliteTx {
 
     /// One multi-row upsert per [`BATCH_ROWS`] entities (a key given twice
     /// keeps its last version: SQLite applies the rows in order).
-    async fn put_entities(&mut self, entities: &[Entity]) -> StoreResult<()> {
+    async fn put_entities(&mut self, entities: &[&Entity]) -> StoreResult<()> {
         for chunk in entities.chunks(BATCH_ROWS) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO entities (entity_type, uuid, updated_at, is_deleted, data, rev, origin_node_id) ",

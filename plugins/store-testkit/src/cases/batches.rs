@@ -26,6 +26,10 @@ fn report(n: u128, v: i64) -> Entity {
     e
 }
 
+fn each(entities: &[Entity]) -> Vec<&Entity> {
+    entities.iter().collect()
+}
+
 fn employee_ref(source: u128, target: u128) -> EntityRef {
     EntityRef {
         source_type: "DailyReport".into(),
@@ -43,12 +47,12 @@ pub async fn batched_entity_reads_and_writes_match_the_one_row_methods(s: &Subje
     tx.put_entities(&[]).await.unwrap();
     assert!(tx.get_entities(&[]).await.unwrap().is_empty());
     let first: Vec<Entity> = (1..=MANY).map(|n| report(n, 1)).collect();
-    tx.put_entities(&first).await.unwrap();
+    tx.put_entities(&each(&first)).await.unwrap();
     // Replacing some, and a key given twice ends with its last version.
     let mut second: Vec<Entity> = (1..=MANY).step_by(3).map(|n| report(n, 2)).collect();
     second.push(report(2, 3));
     second.push(report(2, 4));
-    tx.put_entities(&second).await.unwrap();
+    tx.put_entities(&each(&second)).await.unwrap();
     tx.commit().await.unwrap();
 
     let expected = |n: u128| match n {
@@ -79,7 +83,7 @@ pub async fn batched_entity_reads_and_writes_match_the_one_row_methods(s: &Subje
         assert_eq!(e, &expected(e.uuid.as_u128()));
     }
     // Written in this transaction: read back by the batch read.
-    tx.put_entities(&[report(MANY + 1, 9)]).await.unwrap();
+    tx.put_entities(&[&report(MANY + 1, 9)]).await.unwrap();
     let found = tx
         .get_entities(&[("DailyReport".into(), id(MANY + 1))])
         .await
@@ -167,7 +171,7 @@ pub async fn reserved_revisions_come_after_everything_and_batches_keep_the_lates
     let other = crate::add_node(store, 101).await;
     let mut tx = store.begin().await.unwrap();
     let all: Vec<Entity> = (1..=MANY).map(|n| report(n, 1)).collect();
-    tx.put_entities(&all).await.unwrap();
+    tx.put_entities(&each(&all)).await.unwrap();
     assert!(tx.reserve_revisions(0).await.unwrap().is_empty());
     tx.append_revisions(&[]).await.unwrap();
     let r1 = tx
@@ -329,7 +333,7 @@ pub async fn stamps_and_raised_revisions_leave_the_data_alone(s: &Subject) {
     // report(n, v) has rev Some(v); 1..=MANY at rev 5, one without a rev.
     let mut all: Vec<Entity> = (1..=MANY).map(|n| report(n, 5)).collect();
     all[0].rev = None;
-    tx.put_entities(&all).await.unwrap();
+    tx.put_entities(&each(&all)).await.unwrap();
     let key = |n: u128| ("DailyReport".to_string(), id(n));
     let mut keys: Vec<(String, Uuid)> = (1..=MANY).map(key).collect();
     keys.push(key(MANY + 7)); // absent

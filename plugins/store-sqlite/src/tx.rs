@@ -833,17 +833,7 @@ impl StoreTx for SqliteTx {
                 crate::queries::entity_cols!(),
                 " FROM entities WHERE (entity_type, uuid) IN (VALUES "
             ));
-            for (i, (t, u)) in chunk.iter().enumerate() {
-                if i > 0 {
-                    q.push(", ");
-                }
-                q.push("(")
-                    .push_bind(t.as_str())
-                    .push(", ")
-                    .push_bind(uuid_text(*u))
-                    .push(")");
-            }
-            q.push(")");
+            push_keys(&mut q, chunk.iter().map(|(t, u)| (t.as_str(), *u)));
             let rows = q
                 .build()
                 .fetch_all(&mut *self.tx)
@@ -898,17 +888,7 @@ impl StoreTx for SqliteTx {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "DELETE FROM entity_refs WHERE (source_type, source_uuid) IN (VALUES ",
             );
-            for (i, ((t, u), _)) in chunk.iter().enumerate() {
-                if i > 0 {
-                    q.push(", ");
-                }
-                q.push("(")
-                    .push_bind(t.as_str())
-                    .push(", ")
-                    .push_bind(uuid_text(*u))
-                    .push(")");
-            }
-            q.push(")");
+            push_keys(&mut q, chunk.iter().map(|((t, u), _)| (t.as_str(), *u)));
             q.build()
                 .execute(&mut *self.tx)
                 .await
@@ -946,17 +926,7 @@ impl StoreTx for SqliteTx {
                 "SELECT entity_type, uuid, updated_at, rev FROM entities
                  WHERE (entity_type, uuid) IN (VALUES ",
             );
-            for (i, (t, u)) in chunk.iter().enumerate() {
-                if i > 0 {
-                    q.push(", ");
-                }
-                q.push("(")
-                    .push_bind(t.as_str())
-                    .push(", ")
-                    .push_bind(uuid_text(*u))
-                    .push(")");
-            }
-            q.push(")");
+            push_keys(&mut q, chunk.iter().map(|(t, u)| (t.as_str(), *u)));
             let rows = q
                 .build()
                 .fetch_all(&mut *self.tx)
@@ -1108,17 +1078,7 @@ impl StoreTx for SqliteTx {
             ));
             q.push_bind(node.as_str())
                 .push(" AND (entity_type, entity_uuid) IN (VALUES ");
-            for (i, (t, u)) in chunk.iter().enumerate() {
-                if i > 0 {
-                    q.push(", ");
-                }
-                q.push("(")
-                    .push_bind(t.as_str())
-                    .push(", ")
-                    .push_bind(uuid_text(*u))
-                    .push(")");
-            }
-            q.push(")");
+            push_keys(&mut q, chunk.iter().map(|(t, u)| (t.as_str(), *u)));
             let rows = q
                 .build()
                 .fetch_all(&mut *self.tx)
@@ -1194,4 +1154,20 @@ impl StoreTx for SqliteTx {
         }
         Ok(())
     }
+}
+
+/// Appends keys as the rows of a `VALUES` list, `(?, ?), (?, ?)`, and the
+/// `)` that closes the `IN (VALUES ` the statement ends with.
+fn push_keys<'a>(q: &mut QueryBuilder<Sqlite>, keys: impl IntoIterator<Item = (&'a str, Uuid)>) {
+    for (i, (t, u)) in keys.into_iter().enumerate() {
+        if i > 0 {
+            q.push(", ");
+        }
+        q.push("(")
+            .push_bind(t)
+            .push(", ")
+            .push_bind(uuid_text(u))
+            .push(")");
+    }
+    q.push(")");
 }

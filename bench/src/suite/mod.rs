@@ -146,8 +146,7 @@ fn schemas_dir() -> PathBuf {
 const BENCH_LIMITS: &str = "
 # hubsync-bench: the bench measures the sync, not the rate limiter. (The
 # default, 3000 requests a minute with a burst of 2000, already lets one
-# node move 1M entities without a wait; many-clients runs would still
-# share nothing with a real fleet's limits.)
+# node move 1M entities without waiting.)
 [limits]
 rate_limit_per_minute = 100000000
 rate_limit_burst = 100000000

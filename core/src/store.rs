@@ -242,6 +242,30 @@ pub struct EntityStamp {
     pub rev: Option<i64>,
 }
 
+impl EntityStamp {
+    /// The stamp of a stored entity.
+    pub fn of(e: &Entity) -> Self {
+        EntityStamp {
+            entity_type: e.entity_type.clone(),
+            uuid: e.uuid,
+            updated_at: e.updated_at,
+            rev: e.rev,
+        }
+    }
+
+    /// Of [`StoreTx::raise_revs`] items naming the same entity, the highest
+    /// revision: what raising them one by one leaves.
+    pub fn highest_per_entity(items: &[(String, Uuid, i64)]) -> Vec<(&str, Uuid, i64)> {
+        let mut top: std::collections::HashMap<(&str, Uuid), i64> =
+            std::collections::HashMap::with_capacity(items.len());
+        for (t, u, rev) in items {
+            let slot = top.entry((t.as_str(), *u)).or_insert(*rev);
+            *slot = (*slot).max(*rev);
+        }
+        top.into_iter().map(|((t, u), rev)| (t, u, rev)).collect()
+    }
+}
+
 /// A revision to append in a batch ([`StoreTx::append_revisions`]), its
 /// number reserved beforehand ([`StoreTx::reserve_revisions`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -647,13 +671,8 @@ pub trait StoreTx: Send {
         Ok(self
             .get_entities(keys)
             .await?
-            .into_iter()
-            .map(|e| EntityStamp {
-                entity_type: e.entity_type,
-                uuid: e.uuid,
-                updated_at: e.updated_at,
-                rev: e.rev,
-            })
+            .iter()
+            .map(EntityStamp::of)
             .collect())
     }
 

@@ -598,27 +598,14 @@ impl StoreTx for CachedTx<'_> {
             .filter_map(|k| self.cache.get(k).cloned().flatten())
             .collect())
     }
-    async fn put_entities(&mut self, entities: &[&Entity]) -> StoreResult<()> {
-        for e in entities {
-            self.put_entity(e).await?;
-        }
-        Ok(())
-    }
     async fn entity_exists(&mut self, entity_type: &str, uuid: Uuid) -> StoreResult<bool> {
         match self.cache.get(&(entity_type.to_string(), uuid)) {
             Some(hit) => Ok(hit.is_some()),
             None => Ok(self.get_entity(entity_type, uuid).await?.is_some()),
         }
     }
-    async fn set_references_many(
-        &mut self,
-        items: &[((String, Uuid), Vec<EntityRef>)],
-    ) -> StoreResult<()> {
-        for ((t, u), refs) in items {
-            self.set_references(t, *u, refs).await?;
-        }
-        Ok(())
-    }
+    // put_entities and set_references_many: the trait's defaults, which
+    // buffer through put_entity and set_references above.
 
     /// Cached entities are answered from memory (they include every
     /// buffered write); the others have nothing buffered and are read.
@@ -627,12 +614,7 @@ impl StoreTx for CachedTx<'_> {
         let mut unknown = Vec::new();
         for k in keys {
             match self.cache.get(k) {
-                Some(Some(e)) => found.push(EntityStamp {
-                    entity_type: e.entity_type.clone(),
-                    uuid: e.uuid,
-                    updated_at: e.updated_at,
-                    rev: e.rev,
-                }),
+                Some(Some(e)) => found.push(EntityStamp::of(e)),
                 Some(None) => {}
                 None => unknown.push(k.clone()),
             }

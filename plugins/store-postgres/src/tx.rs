@@ -45,6 +45,29 @@ impl PgTx {
         }
     }
 
+    /// [`REVISIONS_AFTER`]; with `own_above`, the node's own versions above
+    /// it come without their data (`revisions_after_skipping_own`).
+    async fn revisions(
+        &mut self,
+        node: Uuid,
+        after_rev: i64,
+        limit: u32,
+        own_above: Option<i64>,
+    ) -> StoreResult<Vec<(Revision, Entity)>> {
+        let rows = sqlx::query(REVISIONS_AFTER)
+            .bind(after_rev)
+            .bind(node)
+            .bind(i64::from(limit))
+            .bind(own_above.map(|_| node))
+            .bind(own_above.unwrap_or(0))
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(|e| StoreError::backend("reading revisions", e))?;
+        rows.iter()
+            .map(|r| revision_from_row(r, own_above.is_some()))
+            .collect()
+    }
+
     /// Takes the write lock, once; it is released when the transaction
     /// ends.
     async fn lock_writes(&mut self) -> StoreResult<()> {
@@ -399,16 +422,7 @@ impl StoreTx for PgTx {
         after_rev: i64,
         limit: u32,
     ) -> StoreResult<Vec<(Revision, Entity)>> {
-        let rows = sqlx::query(REVISIONS_AFTER)
-            .bind(after_rev)
-            .bind(node)
-            .bind(i64::from(limit))
-            .bind(None::<Uuid>)
-            .bind(0_i64)
-            .fetch_all(&mut *self.tx)
-            .await
-            .map_err(|e| StoreError::backend("reading revisions", e))?;
-        rows.iter().map(|r| revision_from_row(r, false)).collect()
+        self.revisions(node, after_rev, limit, None).await
     }
 
     async fn revisions_after_skipping_own(
@@ -418,16 +432,8 @@ impl StoreTx for PgTx {
         limit: u32,
         own_above: i64,
     ) -> StoreResult<Vec<(Revision, Entity)>> {
-        let rows = sqlx::query(REVISIONS_AFTER)
-            .bind(after_rev)
-            .bind(node)
-            .bind(i64::from(limit))
-            .bind(Some(node))
-            .bind(own_above)
-            .fetch_all(&mut *self.tx)
+        self.revisions(node, after_rev, limit, Some(own_above))
             .await
-            .map_err(|e| StoreError::backend("reading revisions", e))?;
-        rows.iter().map(|r| revision_from_row(r, true)).collect()
     }
 
     /// `FOR UPDATE`: the row stays locked until this transaction ends. A
@@ -1032,15 +1038,10 @@ impl StoreTx for PgTx {
             return Ok(());
         }
         self.lock_writes().await?;
-        let mut top: std::collections::HashMap<(&str, Uuid), i64> =
-            std::collections::HashMap::with_capacity(items.len());
-        for (t, u, rev) in items {
-            let slot = top.entry((t.as_str(), *u)).or_insert(*rev);
-            *slot = (*slot).max(*rev);
-        }
-        let types: Vec<&str> = top.keys().map(|(t, _)| *t).collect();
-        let uuids: Vec<Uuid> = top.keys().map(|(_, u)| *u).collect();
-        let revs: Vec<i64> = top.values().copied().collect();
+        let rows = EntityStamp::highest_per_entity(items);
+        let types: Vec<&str> = rows.iter().map(|(t, _, _)| *t).collect();
+        let uuids: Vec<Uuid> = rows.iter().map(|(_, u, _)| *u).collect();
+        let revs: Vec<i64> = rows.iter().map(|(_, _, r)| *r).collect();
         sqlx::query(
             "UPDATE entities AS e SET rev = k.r
              FROM unnest($1::text[], $2::uuid[], $3::int8[]) AS k(t, u, r)

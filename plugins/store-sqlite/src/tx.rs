@@ -48,6 +48,30 @@ impl SqliteTx {
     pub(crate) fn new(tx: Transaction<'static, Sqlite>) -> Self {
         SqliteTx { tx }
     }
+
+    /// [`REVISIONS_AFTER`]; with `own_above`, the node's own versions above
+    /// it come without their data (`revisions_after_skipping_own`).
+    async fn revisions(
+        &mut self,
+        node: Uuid,
+        after_rev: i64,
+        limit: u32,
+        own_above: Option<i64>,
+    ) -> StoreResult<Vec<(Revision, Entity)>> {
+        let node = uuid_text(node);
+        let rows = sqlx::query(REVISIONS_AFTER)
+            .bind(after_rev)
+            .bind(node.as_str())
+            .bind(i64::from(limit))
+            .bind(own_above.map(|_| node.as_str()))
+            .bind(own_above.unwrap_or(0))
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(|e| StoreError::backend("reading revisions", e))?;
+        rows.iter()
+            .map(|r| revision_from_row(r, own_above.is_some()))
+            .collect()
+    }
 }
 
 /// The log rows `node` must learn above a revision, each with its entity.
@@ -397,16 +421,7 @@ impl StoreTx for SqliteTx {
         after_rev: i64,
         limit: u32,
     ) -> StoreResult<Vec<(Revision, Entity)>> {
-        let rows = sqlx::query(REVISIONS_AFTER)
-            .bind(after_rev)
-            .bind(uuid_text(node))
-            .bind(i64::from(limit))
-            .bind(None::<&str>)
-            .bind(0_i64)
-            .fetch_all(&mut *self.tx)
-            .await
-            .map_err(|e| StoreError::backend("reading revisions", e))?;
-        rows.iter().map(|r| revision_from_row(r, false)).collect()
+        self.revisions(node, after_rev, limit, None).await
     }
 
     async fn revisions_after_skipping_own(
@@ -416,17 +431,8 @@ impl StoreTx for SqliteTx {
         limit: u32,
         own_above: i64,
     ) -> StoreResult<Vec<(Revision, Entity)>> {
-        let node = uuid_text(node);
-        let rows = sqlx::query(REVISIONS_AFTER)
-            .bind(after_rev)
-            .bind(node.as_str())
-            .bind(i64::from(limit))
-            .bind(node.as_str())
-            .bind(own_above)
-            .fetch_all(&mut *self.tx)
+        self.revisions(node, after_rev, limit, Some(own_above))
             .await
-            .map_err(|e| StoreError::backend("reading revisions", e))?;
-        rows.iter().map(|r| revision_from_row(r, true)).collect()
     }
 
     /// SQLite has a single writer, so the row is already "locked": this
@@ -947,17 +953,11 @@ impl StoreTx for SqliteTx {
 
     /// One UPDATE … FROM (VALUES …) per [`BATCH_ROWS`] entities.
     async fn raise_revs(&mut self, items: &[(String, Uuid, i64)]) -> StoreResult<()> {
-        let mut top: std::collections::HashMap<(&str, Uuid), i64> =
-            std::collections::HashMap::with_capacity(items.len());
-        for (t, u, rev) in items {
-            let slot = top.entry((t.as_str(), *u)).or_insert(*rev);
-            *slot = (*slot).max(*rev);
-        }
-        let rows: Vec<((&str, Uuid), i64)> = top.into_iter().collect();
+        let rows = EntityStamp::highest_per_entity(items);
         for chunk in rows.chunks(BATCH_ROWS) {
             let mut q: QueryBuilder<Sqlite> =
                 QueryBuilder::new("UPDATE entities SET rev = v.column3 FROM (VALUES ");
-            for (i, ((t, u), rev)) in chunk.iter().enumerate() {
+            for (i, (t, u, rev)) in chunk.iter().enumerate() {
                 if i > 0 {
                     q.push(", ");
                 }

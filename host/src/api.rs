@@ -146,8 +146,13 @@ pub fn routes(
                     let next = (items.len() as u32 == limit)
                         .then(|| items.last().map(|e| e.uuid))
                         .flatten();
-                    let items: Vec<Value> = items.iter().map(|e| e.to_api_json()).collect();
-                    json_reply(StatusCode::OK, &json!({"items": items, "next": next}))
+                    #[derive(serde::Serialize)]
+                    struct Page<'a> {
+                        items: Vec<hubsync_core::entity::ApiEntity<'a>>,
+                        next: Option<Uuid>,
+                    }
+                    let items = items.iter().map(|e| e.api_view()).collect();
+                    json_reply(StatusCode::OK, &Page { items, next })
                 }
                 Err(e) => engine_error(e),
             }
@@ -189,8 +194,17 @@ pub fn routes(
             }
             match node.engine.batch(ops).await {
                 Ok(entities) => {
-                    let results: Vec<Value> = entities.iter().enumerate().map(|(i, e)| json!({"index": i, "entity": e.to_api_json()})).collect();
-                    json_reply(StatusCode::OK, &json!({"results": results}))
+                    #[derive(serde::Serialize)]
+                    struct Item<'a> {
+                        index: usize,
+                        entity: hubsync_core::entity::ApiEntity<'a>,
+                    }
+                    #[derive(serde::Serialize)]
+                    struct Answer<'a> {
+                        results: Vec<Item<'a>>,
+                    }
+                    let results = entities.iter().enumerate().map(|(index, e)| Item { index, entity: e.api_view() }).collect();
+                    json_reply(StatusCode::OK, &Answer { results })
                 }
                 Err(e) => engine_error(e),
             }

@@ -574,7 +574,9 @@ async fn sqlite_parts(
     next += n;
     if parts.local {
         say(&format!("local writes: {n} batched"));
+        let perf = Perf::start(&a, "local-client");
         let batch_t = batch_write(&a, &refs, batch_from..next, "batched writes").await?;
+        perf.into_iter().for_each(Perf::stop);
         let base = raw_sqlite(
             &root.join("raw-batch.db"),
             &refs,
@@ -896,7 +898,9 @@ async fn many_part(plan: &Plan, root: &Path, rows: &mut Vec<Row>) -> anyhow::Res
         alone.errors,
         alone.first_error.as_deref().unwrap_or("")
     );
+    let perf = Perf::start(&master, "many-master");
     let crowd = many::run(&target, &peers[1..], plan.rounds).await;
+    perf.into_iter().for_each(Perf::stop);
     eprintln!(
         "suite:   {} clients: {} exchanges in {:.1} s, {} errors",
         plan.clients,

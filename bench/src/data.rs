@@ -85,7 +85,18 @@ pub fn daily_report(i: usize, refs: &Refs) -> Value {
 
 /// A small entity (a Brigade, ~70 bytes) for the many-clients scenario.
 pub fn small(i: usize) -> Value {
-    json!({"name": format!("Brigade {i}"), "foreman": "Ivan Petrov", "active": true})
+    small_of(i, "Ivan Petrov")
+}
+
+/// A small entity with its foreman: the field the scoped many-clients run
+/// routes on (each client receives its own foreman's brigades).
+pub fn small_of(i: usize, foreman: &str) -> Value {
+    json!({"name": format!("Brigade {i}"), "foreman": foreman, "active": true})
+}
+
+/// The foreman of simulated client `k` in the scoped many-clients run.
+pub fn foreman(k: usize) -> String {
+    format!("Foreman {k}")
 }
 
 #[cfg(test)]

@@ -23,6 +23,10 @@ pub struct Target {
     pub url: String,
     pub master_id: Uuid,
     pub schema_version: String,
+    /// Each client writes brigades of its own foreman
+    /// ([`crate::data::foreman`]), for a master where each is scoped to
+    /// them; otherwise all write the same foreman's.
+    pub own_foreman: bool,
 }
 
 /// What the clients saw.
@@ -67,16 +71,18 @@ struct ClientOutcome {
     received: usize,
 }
 
-/// `peers` clients, all at once, each doing `rounds` exchanges one after
+/// `peers` clients (numbered from `first`: client `k` is node
+/// `<prefix>-<k + 1>`), all at once, each doing `rounds` exchanges one after
 /// the other (each exchange bounded by a 90 s timeout): a closed loop, a
 /// client sends its next packet when the previous answer is in. The first
 /// error reported is the earliest one in time, verbatim.
-pub async fn run(target: &Target, peers: &[Peer], rounds: usize) -> Outcome {
+pub async fn run(target: &Target, peers: &[Peer], first: usize, rounds: usize) -> Outcome {
     let target = Arc::new(Target {
         tls: target.tls.clone(),
         url: target.url.clone(),
         master_id: target.master_id,
         schema_version: target.schema_version.clone(),
+        own_foreman: target.own_foreman,
     });
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(peers.len());
@@ -84,7 +90,7 @@ pub async fn run(target: &Target, peers: &[Peer], rounds: usize) -> Outcome {
         let target = target.clone();
         let p = p.clone();
         tasks.push(tokio::spawn(
-            async move { one(&target, &p, k, rounds).await },
+            async move { one(&target, &p, first + k, rounds).await },
         ));
     }
     let mut out = Outcome::default();
@@ -143,7 +149,11 @@ async fn one(target: &Target, p: &Peer, k: usize, rounds: usize) -> ClientOutcom
                     entity_type: "Brigade".into(),
                     uuid: Uuid::now_v7(),
                     operation: Operation::Insert,
-                    data: crate::data::small(k * 1000 + r),
+                    data: if target.own_foreman {
+                        crate::data::small_of(k * 1000 + r, &crate::data::foreman(k))
+                    } else {
+                        crate::data::small(k * 1000 + r)
+                    },
                     updated_at: now_utc(),
                     is_deleted: false,
                     base_rev: None,

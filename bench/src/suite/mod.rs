@@ -868,20 +868,42 @@ fn open_files_for(clients: usize) {
 #[cfg(not(unix))]
 fn open_files_for(_clients: usize) {}
 
-/// Part 7: many clients at once against one SQLite master.
+/// Part 7: many clients at once against one SQLite master, twice: every
+/// client receiving what all the others write (the fan-out worst case), and
+/// each client scoped to its own foreman's brigades (small packets both
+/// ways).
 async fn many_part(plan: &Plan, root: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
-    say(&format!("{} clients at once", plan.clients));
     open_files_for(plan.clients);
-    let mm = make_master(root, "master-many", None).await?;
+    many_run(plan, root, rows, false).await?;
+    many_run(plan, root, rows, true).await
+}
+
+async fn many_run(
+    plan: &Plan,
+    root: &Path,
+    rows: &mut Vec<Row>,
+    scoped: bool,
+) -> anyhow::Result<()> {
+    let (name, label) = if scoped {
+        ("master-scoped", "many clients, scoped")
+    } else {
+        ("master-many", "many clients")
+    };
+    say(&format!("{label}: {} clients at once", plan.clients));
+    let mm = make_master(root, name, None).await?;
     let started = Instant::now();
     let (master_id, peers) = register(&mm.cfg, "MANY", plan.clients + 1).await?;
+    if scoped {
+        scope_each(&mm.cfg, "MANY", plan.clients + 1).await?;
+    }
     let reg_t = started.elapsed();
     eprintln!(
-        "suite:   registered {} nodes in {:.1} s",
+        "suite:   registered {} nodes{} in {:.1} s",
         plan.clients + 1,
+        if scoped { " with a scope each" } else { "" },
         reg_t.as_secs_f64()
     );
-    let master = NodeProc::start("master-many", &mm.cfg, mm.api).await?;
+    let master = NodeProc::start(name, &mm.cfg, mm.api).await?;
     let master_idle = master.rss_mb();
     let target = many::Target {
         tls: hubsync::tls::client_config(&mm.dir.join("tls/ca.pem"))?,
@@ -890,16 +912,17 @@ async fn many_part(plan: &Plan, root: &Path, rows: &mut Vec<Row>) -> anyhow::Res
         schema_version: hubsync_core::schema::EntityRegistry::load_dir(&schemas_dir())?
             .version()
             .to_string(),
+        own_foreman: scoped,
     };
-    let alone = many::run(&target, &peers[..1], 20).await;
+    let alone = many::run(&target, &peers[..1], 0, 20).await;
     anyhow::ensure!(
         alone.errors == 0,
         "one client alone failed ({} of 20 exchanges); the first error: {}",
         alone.errors,
         alone.first_error.as_deref().unwrap_or("")
     );
-    let perf = Perf::start(&master, "many-master");
-    let crowd = many::run(&target, &peers[1..], plan.rounds).await;
+    let perf = Perf::start(&master, &format!("{name}-master"));
+    let crowd = many::run(&target, &peers[1..], 1, plan.rounds).await;
     perf.into_iter().for_each(Perf::stop);
     eprintln!(
         "suite:   {} clients: {} exchanges in {:.1} s, {} errors",
@@ -912,10 +935,15 @@ async fn many_part(plan: &Plan, root: &Path, rows: &mut Vec<Row>) -> anyhow::Res
         eprintln!("suite:   the first error: {e}");
     }
     let size = format!("{} clients", plan.clients);
+    let what = if scoped {
+        "each client scoped to its own foreman's brigades"
+    } else {
+        "every client receives what all the others write"
+    };
     rows.push(
-        Row::rate("many clients: throughput", size.clone(), "exch/s", crowd.per_s(), "one client alone", alone.per_s())
+        Row::rate(&format!("{label}: throughput"), size.clone(), "exch/s", crowd.per_s(), "one client alone", alone.per_s())
             .note(format!(
-                "{} exchanges of one small entity each ({} per client, closed loop), {} entities received back, {:.1} s; registering {} nodes took {:.1} s",
+                "{} exchanges of one small entity each ({} per client, closed loop; {what}), {} entities received back, {:.1} s; registering {} nodes took {:.1} s",
                 crowd.exchanges(),
                 plan.rounds,
                 crowd.received,
@@ -925,7 +953,7 @@ async fn many_part(plan: &Plan, root: &Path, rows: &mut Vec<Row>) -> anyhow::Res
             )),
     );
     rows.push(Row::cost(
-        "many clients: p50 latency",
+        &format!("{label}: p50 latency"),
         size.clone(),
         "ms",
         crowd.quantile_ms(0.5),
@@ -933,7 +961,7 @@ async fn many_part(plan: &Plan, root: &Path, rows: &mut Vec<Row>) -> anyhow::Res
         alone.quantile_ms(0.5),
     ));
     rows.push(Row::cost(
-        "many clients: p99 latency",
+        &format!("{label}: p99 latency"),
         size.clone(),
         "ms",
         crowd.quantile_ms(0.99),
@@ -941,7 +969,7 @@ async fn many_part(plan: &Plan, root: &Path, rows: &mut Vec<Row>) -> anyhow::Res
         alone.quantile_ms(0.99),
     ));
     rows.push(
-        Row::plain("many clients: errors", size, "errors", crowd.errors as f64).note(
+        Row::plain(&format!("{label}: errors"), size, "errors", crowd.errors as f64).note(
             crowd
                 .first_error
                 .as_ref()
@@ -950,7 +978,7 @@ async fn many_part(plan: &Plan, root: &Path, rows: &mut Vec<Row>) -> anyhow::Res
         ),
     );
     rows.push(Row::cost(
-        "peak RSS master (many clients)",
+        &format!("peak RSS master ({label})"),
         format!("{} clients", plan.clients),
         "MB",
         master.peak_rss_mb(),
@@ -958,6 +986,20 @@ async fn many_part(plan: &Plan, root: &Path, rows: &mut Vec<Row>) -> anyhow::Res
         master_idle,
     ));
     master.stop();
+    Ok(())
+}
+
+/// Scopes node `<prefix>-<k + 1>` to the brigades of [`data::foreman`]`(k)`,
+/// for `k` in `0..count`, on the (stopped) master of `cfg`.
+async fn scope_each(cfg: &Path, prefix: &str, count: usize) -> anyhow::Result<()> {
+    let node = hubsync::node::Node::open(Config::load(cfg)?).await?;
+    for k in 0..count {
+        let scope = json!({"types": {"Brigade": {"foreman": [crate::data::foreman(k)]}}});
+        node.engine
+            .set_node_scope(&format!("{prefix}-{}", k + 1), Some(scope))
+            .await?;
+    }
+    node.engine.store().close().await;
     Ok(())
 }
 

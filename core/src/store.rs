@@ -607,6 +607,38 @@ pub trait StoreTx: Send {
         target_type: &str,
         target: Uuid,
     ) -> StoreResult<bool>;
+    /// What `node` was sent of each of several entities: those it has a
+    /// holding for, in any order ([`StoreTx::holding`] for each, in one
+    /// query where the backend can).
+    async fn holdings(
+        &mut self,
+        node: Uuid,
+        keys: &[(String, Uuid)],
+    ) -> StoreResult<Vec<((String, Uuid), Holding)>> {
+        let mut out = Vec::new();
+        for (t, u) in keys {
+            if let Some(h) = self.holding(node, t, *u).await? {
+                out.push(((t.clone(), *u), h));
+            }
+        }
+        Ok(out)
+    }
+    /// Of several entities, those a live entity that `node` holds refers
+    /// to, in any order ([`StoreTx::referenced_by_holding`] for each, in
+    /// one query where the backend can).
+    async fn referenced_by_holdings(
+        &mut self,
+        node: Uuid,
+        targets: &[(String, Uuid)],
+    ) -> StoreResult<Vec<(String, Uuid)>> {
+        let mut out = Vec::new();
+        for (t, u) in targets {
+            if self.referenced_by_holding(node, t, *u).await? {
+                out.push((t.clone(), *u));
+            }
+        }
+        Ok(out)
+    }
     /// The highest revision in the master's change log (0 when empty).
     async fn log_head(&mut self) -> StoreResult<i64>;
     /// Records every current entity as possibly held by `node` (sent before

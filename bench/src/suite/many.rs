@@ -89,9 +89,9 @@ pub async fn run(target: &Target, peers: &[Peer], first: usize, rounds: usize) -
     for (k, p) in peers.iter().enumerate() {
         let target = target.clone();
         let p = p.clone();
-        tasks.push(tokio::spawn(
-            async move { one(&target, &p, first + k, rounds).await },
-        ));
+        tasks.push(tokio::spawn(async move {
+            one(&target, &p, first + k, rounds).await
+        }));
     }
     let mut out = Outcome::default();
     let mut first: Option<(Instant, String)> = None;

@@ -969,7 +969,13 @@ async fn many_run(
         alone.quantile_ms(0.99),
     ));
     rows.push(
-        Row::plain(&format!("{label}: errors"), size, "errors", crowd.errors as f64).note(
+        Row::plain(
+            &format!("{label}: errors"),
+            size,
+            "errors",
+            crowd.errors as f64,
+        )
+        .note(
             crowd
                 .first_error
                 .as_ref()

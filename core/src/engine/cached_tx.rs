@@ -561,6 +561,22 @@ impl StoreTx for CachedTx<'_> {
             .referenced_by_holding(node, target_type, target)
             .await
     }
+    async fn holdings(
+        &mut self,
+        node: Uuid,
+        keys: &[(String, Uuid)],
+    ) -> StoreResult<Vec<((String, Uuid), Holding)>> {
+        self.flush().await?;
+        self.inner.holdings(node, keys).await
+    }
+    async fn referenced_by_holdings(
+        &mut self,
+        node: Uuid,
+        targets: &[(String, Uuid)],
+    ) -> StoreResult<Vec<(String, Uuid)>> {
+        self.flush().await?;
+        self.inner.referenced_by_holdings(node, targets).await
+    }
     async fn log_head(&mut self) -> StoreResult<i64> {
         self.flush().await?;
         self.inner.log_head().await

@@ -442,6 +442,11 @@ impl Engine {
                     .await?
             }
         };
+        if let Some(r) = routing.as_mut() {
+            self.prefetch_routing(tx, r, &rows)
+                .await
+                .map_err(routing_error)?;
+        }
         let mut more = rows.len() >= limits.max_entities as usize;
         let mut entities = Vec::new();
         let mut evict = Vec::new();

@@ -21,7 +21,7 @@
 //! beginning, so that it receives what it newly covers and is told to drop
 //! what it no longer covers.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde_json::Value;
 use uuid::Uuid;
@@ -29,7 +29,7 @@ use uuid::Uuid;
 use super::{Engine, EngineError};
 use crate::entity::Entity;
 use crate::schema::EntityRegistry;
-use crate::store::{Holding, ScopeRecord, StoreTx};
+use crate::store::{Holding, Revision, ScopeRecord, StoreTx};
 
 /// Which rows of one entity type a scope covers.
 #[derive(Debug, Clone, PartialEq)]
@@ -177,6 +177,14 @@ pub(super) struct PacketRouting {
     pub scope: Scope,
     /// Rows already in this packet (by uuid), sent or evicted.
     pub seen: HashSet<Uuid>,
+    /// What the node holds of the entities read or written while building
+    /// this packet (`None`: nothing recorded). Every holding read and write
+    /// of the packet goes through it, so it stays exact.
+    holdings: HashMap<(String, Uuid), Option<Holding>>,
+    /// Whether a live holding refers to the entity, for the entities asked
+    /// about while building this packet. An entry is dropped when a row
+    /// that refers to that entity starts or stops being held.
+    referenced: HashMap<(String, Uuid), bool>,
 }
 
 impl PacketRouting {
@@ -236,10 +244,116 @@ impl Engine {
                 packet_no,
                 scope,
                 seen: HashSet::new(),
+                holdings: HashMap::new(),
+                referenced: HashMap::new(),
             }),
             restart,
             record.resend_own_to,
         ))
+    }
+
+    /// Reads at once what the packet's routing asks of each of `rows`: what
+    /// the node holds of it and, for those the scope does not match (with
+    /// references), whether a live holding refers to it. Two queries instead
+    /// of two per row; the answers then come from `routing`.
+    pub(super) async fn prefetch_routing(
+        &self,
+        tx: &mut dyn StoreTx,
+        routing: &mut PacketRouting,
+        rows: &[(Revision, Entity)],
+    ) -> Result<(), EngineError> {
+        let key = |e: &Entity| (e.entity_type.clone(), e.uuid);
+        let untargeted = || rows.iter().filter(|(rev, _)| rev.target.is_none());
+        let keys: Vec<(String, Uuid)> = untargeted().map(|(_, e)| key(e)).collect();
+        let found = tx.holdings(routing.node, &keys).await?;
+        routing.holdings.extend(keys.into_iter().map(|k| (k, None)));
+        routing
+            .holdings
+            .extend(found.into_iter().map(|(k, h)| (k, Some(h))));
+        if routing.scope.with_references {
+            let unmatched: Vec<(String, Uuid)> = untargeted()
+                .filter(|(_, e)| !routing.scope.matches(e))
+                .map(|(_, e)| key(e))
+                .collect();
+            let referenced = tx.referenced_by_holdings(routing.node, &unmatched).await?;
+            routing
+                .referenced
+                .extend(unmatched.into_iter().map(|k| (k, false)));
+            routing
+                .referenced
+                .extend(referenced.into_iter().map(|k| (k, true)));
+        }
+        Ok(())
+    }
+
+    /// What the node holds of an entity, as recorded so far in this packet.
+    async fn holding_of(
+        &self,
+        tx: &mut dyn StoreTx,
+        routing: &mut PacketRouting,
+        entity_type: &str,
+        uuid: Uuid,
+    ) -> Result<Option<Holding>, EngineError> {
+        let key = (entity_type.to_string(), uuid);
+        if let Some(h) = routing.holdings.get(&key) {
+            return Ok(*h);
+        }
+        let h = tx.holding(routing.node, entity_type, uuid).await?;
+        routing.holdings.insert(key, h);
+        Ok(h)
+    }
+
+    /// Whether a live entity the node holds refers to the entity.
+    async fn is_referenced(
+        &self,
+        tx: &mut dyn StoreTx,
+        routing: &mut PacketRouting,
+        entity_type: &str,
+        uuid: Uuid,
+    ) -> Result<bool, EngineError> {
+        let key = (entity_type.to_string(), uuid);
+        if let Some(r) = routing.referenced.get(&key) {
+            return Ok(*r);
+        }
+        let r = tx
+            .referenced_by_holding(routing.node, entity_type, uuid)
+            .await?;
+        routing.referenced.insert(key, r);
+        Ok(r)
+    }
+
+    /// Records what the node was sent of `entity`. When the row starts or
+    /// stops being held, what it refers to may have gained or lost its last
+    /// live referrer: those answers are asked again.
+    async fn set_holding(
+        &self,
+        tx: &mut dyn StoreTx,
+        routing: &mut PacketRouting,
+        entity: &Entity,
+        holding: Holding,
+    ) -> Result<(), EngineError> {
+        tx.put_holding(routing.node, &entity.entity_type, entity.uuid, holding)
+            .await?;
+        let live = |h: &Holding| h.evicted_in.is_none();
+        let key = (entity.entity_type.clone(), entity.uuid);
+        let was_live = routing
+            .holdings
+            .get(&key)
+            .map(|h| h.is_some_and(|h| live(&h)));
+        if was_live != Some(live(&holding)) {
+            match self.registry.get(&entity.entity_type) {
+                Some(ty) => {
+                    for r in &ty.references {
+                        for target in r.values(&entity.data) {
+                            routing.referenced.remove(&(r.target.clone(), target));
+                        }
+                    }
+                }
+                None => routing.referenced.clear(),
+            }
+        }
+        routing.holdings.insert(key, Some(holding));
+        Ok(())
     }
 
     /// Decides what the packet tells the node about `entity` and records it.
@@ -249,13 +363,13 @@ impl Engine {
         routing: &mut PacketRouting,
         entity: &Entity,
     ) -> Result<Route, EngineError> {
-        let holding = tx
-            .holding(routing.node, &entity.entity_type, entity.uuid)
+        let holding = self
+            .holding_of(tx, routing, &entity.entity_type, entity.uuid)
             .await?;
         let keep = routing.scope.matches(entity)
             || (routing.scope.with_references
-                && tx
-                    .referenced_by_holding(routing.node, &entity.entity_type, entity.uuid)
+                && self
+                    .is_referenced(tx, routing, &entity.entity_type, entity.uuid)
                     .await?);
         if keep {
             if !routing.held_before(holding) || holding.is_some_and(|h| h.evicted_in.is_some()) {
@@ -263,10 +377,10 @@ impl Engine {
                     Some(h) if h.evicted_in.is_none() => h.since_packet,
                     _ => routing.packet_no,
                 };
-                tx.put_holding(
-                    routing.node,
-                    &entity.entity_type,
-                    entity.uuid,
+                self.set_holding(
+                    tx,
+                    routing,
+                    entity,
                     Holding {
                         since_packet: since,
                         evicted_in: None,
@@ -279,10 +393,10 @@ impl Engine {
             if let Some(h) = holding
                 && h.evicted_in.is_none()
             {
-                tx.put_holding(
-                    routing.node,
-                    &entity.entity_type,
-                    entity.uuid,
+                self.set_holding(
+                    tx,
+                    routing,
+                    entity,
                     Holding {
                         since_packet: h.since_packet,
                         evicted_in: Some(routing.packet_no),
@@ -319,17 +433,17 @@ impl Engine {
                     if !routing.seen.insert(target) {
                         continue;
                     }
-                    let holding = tx.holding(routing.node, &r.target, target).await?;
+                    let holding = self.holding_of(tx, routing, &r.target, target).await?;
                     if routing.held_before(holding) {
                         continue;
                     }
                     let Some(found) = tx.get_entity(&r.target, target).await? else {
                         continue;
                     };
-                    tx.put_holding(
-                        routing.node,
-                        &r.target,
-                        target,
+                    self.set_holding(
+                        tx,
+                        routing,
+                        &found,
                         Holding {
                             since_packet: routing.packet_no,
                             evicted_in: None,
@@ -371,7 +485,7 @@ impl Engine {
             for (target_type, target) in targets {
                 // Even a row this packet already carries is evaluated again:
                 // the client applies evictions after the rows.
-                let holding = tx.holding(routing.node, &target_type, target).await?;
+                let holding = self.holding_of(tx, routing, &target_type, target).await?;
                 let Some(h) = holding.filter(|h| h.evicted_in.is_none()) else {
                     continue;
                 };
@@ -379,17 +493,17 @@ impl Engine {
                     continue;
                 };
                 if routing.scope.matches(&found)
-                    || tx
-                        .referenced_by_holding(routing.node, &target_type, target)
+                    || self
+                        .is_referenced(tx, routing, &target_type, target)
                         .await?
                 {
                     continue;
                 }
                 routing.seen.insert(target);
-                tx.put_holding(
-                    routing.node,
-                    &target_type,
-                    target,
+                self.set_holding(
+                    tx,
+                    routing,
+                    &found,
                     Holding {
                         since_packet: h.since_packet,
                         evicted_in: Some(routing.packet_no),

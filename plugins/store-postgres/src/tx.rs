@@ -816,6 +816,73 @@ impl StoreTx for PgTx {
         Ok(row.is_some())
     }
 
+    /// One SELECT from arrays.
+    async fn holdings(
+        &mut self,
+        node: Uuid,
+        keys: &[(String, Uuid)],
+    ) -> StoreResult<Vec<((String, Uuid), Holding)>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let types: Vec<&str> = keys.iter().map(|(t, _)| t.as_str()).collect();
+        let uuids: Vec<Uuid> = keys.iter().map(|(_, u)| *u).collect();
+        let rows = sqlx::query(
+            "SELECT entity_type, entity_uuid, since_packet, evicted_in FROM node_holdings
+             WHERE node_id = $1
+               AND (entity_uuid, entity_type) IN (SELECT u, t FROM unnest($2::text[], $3::uuid[]) AS k(t, u))",
+        )
+        .bind(node)
+        .bind(&types)
+        .bind(&uuids)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("reading what a node holds", e))?;
+        rows.iter()
+            .map(|row| {
+                let r = RowReader::new(row, "node_holdings");
+                Ok((
+                    (r.text("entity_type")?, r.uuid("entity_uuid")?),
+                    Holding {
+                        since_packet: r.i64("since_packet")?,
+                        evicted_in: r.opt_i64("evicted_in")?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// One SELECT from arrays.
+    async fn referenced_by_holdings(
+        &mut self,
+        node: Uuid,
+        targets: &[(String, Uuid)],
+    ) -> StoreResult<Vec<(String, Uuid)>> {
+        if targets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let types: Vec<&str> = targets.iter().map(|(t, _)| t.as_str()).collect();
+        let uuids: Vec<Uuid> = targets.iter().map(|(_, u)| *u).collect();
+        let rows = sqlx::query(
+            "SELECT DISTINCT r.target_type, r.target_uuid FROM entity_refs r
+             JOIN node_holdings h ON h.node_id = $1 AND h.entity_uuid = r.source_uuid
+                  AND h.entity_type = r.source_type AND h.evicted_in IS NULL
+             WHERE (r.target_uuid, r.target_type) IN (SELECT u, t FROM unnest($2::text[], $3::uuid[]) AS k(t, u))",
+        )
+        .bind(node)
+        .bind(&types)
+        .bind(&uuids)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("checking what refers to held entities", e))?;
+        rows.iter()
+            .map(|row| {
+                let r = RowReader::new(row, "entity_refs");
+                Ok((r.text("target_type")?, r.uuid("target_uuid")?))
+            })
+            .collect()
+    }
+
     async fn log_head(&mut self) -> StoreResult<i64> {
         let row = sqlx::query("SELECT COALESCE(MAX(id), 0) AS head FROM sync_changes")
             .fetch_one(&mut *self.tx)

@@ -774,6 +774,81 @@ impl StoreTx for SqliteTx {
         Ok(row.is_some())
     }
 
+    /// One SELECT per [`BATCH_ROWS`] keys.
+    async fn holdings(
+        &mut self,
+        node: Uuid,
+        keys: &[(String, Uuid)],
+    ) -> StoreResult<Vec<((String, Uuid), Holding)>> {
+        let mut out = Vec::new();
+        for chunk in keys.chunks(BATCH_ROWS) {
+            // From the key list into the primary key (CROSS JOIN fixes the
+            // order: an IN list after `node_id = ?` is not used for the
+            // search, and a node may hold the whole dataset).
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "SELECT h.entity_type, h.entity_uuid, h.since_packet, h.evicted_in FROM (VALUES ",
+            );
+            push_keys(&mut q, chunk.iter().map(|(t, u)| (t.as_str(), *u)));
+            q.push(
+                " AS k CROSS JOIN node_holdings h
+                 ON h.node_id = ",
+            )
+            .push_bind(uuid_text(node))
+            .push(" AND h.entity_uuid = k.column2 AND h.entity_type = k.column1");
+            let rows = q
+                .build()
+                .fetch_all(&mut *self.tx)
+                .await
+                .map_err(|e| StoreError::backend("reading what a node holds", e))?;
+            for row in &rows {
+                let r = RowReader::new(row, "node_holdings");
+                out.push((
+                    (r.text("entity_type")?.to_owned(), r.uuid("entity_uuid")?),
+                    Holding {
+                        since_packet: r.i64("since_packet")?,
+                        evicted_in: r.opt_i64("evicted_in")?,
+                    },
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// One SELECT per [`BATCH_ROWS`] targets.
+    async fn referenced_by_holdings(
+        &mut self,
+        node: Uuid,
+        targets: &[(String, Uuid)],
+    ) -> StoreResult<Vec<(String, Uuid)>> {
+        let mut out = Vec::new();
+        for chunk in targets.chunks(BATCH_ROWS) {
+            // Key list → entity_refs_target → node_holdings' primary key.
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("SELECT DISTINCT r.target_type, r.target_uuid FROM (VALUES ");
+            push_keys(&mut q, chunk.iter().map(|(t, u)| (t.as_str(), *u)));
+            q.push(
+                " AS k CROSS JOIN entity_refs r
+                   ON r.target_uuid = k.column2 AND r.target_type = k.column1
+                 CROSS JOIN node_holdings h ON h.node_id = ",
+            )
+            .push_bind(uuid_text(node))
+            .push(
+                " AND h.entity_uuid = r.source_uuid AND h.entity_type = r.source_type
+                  AND h.evicted_in IS NULL",
+            );
+            let rows = q
+                .build()
+                .fetch_all(&mut *self.tx)
+                .await
+                .map_err(|e| StoreError::backend("checking what refers to held entities", e))?;
+            for row in &rows {
+                let r = RowReader::new(row, "entity_refs");
+                out.push((r.text("target_type")?.to_owned(), r.uuid("target_uuid")?));
+            }
+        }
+        Ok(out)
+    }
+
     async fn log_head(&mut self) -> StoreResult<i64> {
         let row = sqlx::query("SELECT COALESCE(MAX(id), 0) AS head FROM sync_changes")
             .fetch_one(&mut *self.tx)

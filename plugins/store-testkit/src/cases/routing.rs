@@ -109,6 +109,111 @@ pub async fn holdings_are_per_node_and_referrers_count_only_while_held(s: &Subje
     tx.commit().await.unwrap();
 }
 
+/// The batched reads answer exactly what the one-at-a-time reads answer:
+/// holdings of one node only, any mix of types, absent keys left out; a
+/// target counts while a live holding refers to it, once however many do.
+pub async fn holdings_and_referrers_read_in_one_go_match_the_single_reads(s: &Subject) {
+    let store = s.store.as_ref();
+    let mut tx = store.begin().await.unwrap();
+    let live = |p| Holding {
+        since_packet: p,
+        evicted_in: None,
+    };
+    let gone = Holding {
+        since_packet: 2,
+        evicted_in: Some(4),
+    };
+    tx.put_holding(id(1), "DailyReport", id(10), live(1))
+        .await
+        .unwrap();
+    tx.put_holding(id(1), "DailyReport", id(11), gone)
+        .await
+        .unwrap();
+    tx.put_holding(id(1), "Employee", id(20), live(3))
+        .await
+        .unwrap();
+    tx.put_holding(id(2), "DailyReport", id(12), live(1))
+        .await
+        .unwrap();
+    // Reports 10 and 12 refer to employee 20 (twice for 10), report 11
+    // (evicted) to employee 21, report 12 (another node's) to 22.
+    let r = |src: u128, ptr: &str, target: u128| EntityRef {
+        source_type: "DailyReport".into(),
+        source_uuid: id(src),
+        pointer: ptr.into(),
+        target_type: "Employee".into(),
+        target_uuid: id(target),
+    };
+    tx.set_references(
+        "DailyReport",
+        id(10),
+        &[
+            r(10, "/lines/0/employee", 20),
+            r(10, "/lines/1/employee", 20),
+        ],
+    )
+    .await
+    .unwrap();
+    tx.set_references("DailyReport", id(11), &[r(11, "/lines/0/employee", 21)])
+        .await
+        .unwrap();
+    tx.set_references("DailyReport", id(12), &[r(12, "/lines/0/employee", 22)])
+        .await
+        .unwrap();
+    let keys: Vec<(String, uuid::Uuid)> = [
+        ("DailyReport", 10),
+        ("DailyReport", 11),
+        ("DailyReport", 12),
+        ("Employee", 20),
+        ("Employee", 10),
+        ("Site", 99),
+    ]
+    .into_iter()
+    .map(|(t, n)| (t.to_string(), id(n)))
+    .collect();
+    let mut got = tx.holdings(id(1), &keys).await.unwrap();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut want = Vec::new();
+    for (t, u) in &keys {
+        if let Some(h) = tx.holding(id(1), t, *u).await.unwrap() {
+            want.push(((t.clone(), *u), h));
+        }
+    }
+    want.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(got, want);
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(tx.holdings(id(1), &[]).await.unwrap().is_empty());
+
+    let targets: Vec<(String, uuid::Uuid)> = [20, 21, 22, 23]
+        .into_iter()
+        .map(|n| ("Employee".to_string(), id(n)))
+        .chain([("Site".to_string(), id(20))])
+        .collect();
+    for node in [1, 2, 3] {
+        let mut got = tx.referenced_by_holdings(id(node), &targets).await.unwrap();
+        got.sort();
+        let mut want = Vec::new();
+        for (t, u) in &targets {
+            if tx.referenced_by_holding(id(node), t, *u).await.unwrap() {
+                want.push((t.clone(), *u));
+            }
+        }
+        want.sort();
+        assert_eq!(got, want, "node {node}");
+    }
+    assert_eq!(
+        tx.referenced_by_holdings(id(1), &targets).await.unwrap(),
+        vec![("Employee".to_string(), id(20))]
+    );
+    assert!(
+        tx.referenced_by_holdings(id(1), &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    tx.commit().await.unwrap();
+}
+
 pub async fn seeding_marks_every_entity_and_purge_removes_one(s: &Subject) {
     let store = s.store.as_ref();
     let mut tx = store.begin().await.unwrap();

@@ -6,7 +6,6 @@
 //! (see [`Served`]); everything listens on loopback only.
 
 use std::fs::File;
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -85,30 +84,12 @@ impl Outcome {
 /// Runs a command to completion within `deadline`, killing it if it hangs.
 fn run_within(cwd: &Path, args: &[&str], deadline: Duration) -> Outcome {
     let what = format!("hubsync {}", args.join(" "));
-    let mut child = Guard(
-        hubsync(cwd, args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("could not start `{what}`: {e}")),
-    );
-    // Drain both pipes on threads so a chatty child never blocks on a full pipe.
-    let drain = |mut r: Box<dyn Read + Send>| {
-        thread::spawn(move || {
-            let mut s = String::new();
-            let _ = r.read_to_string(&mut s);
-            s
-        })
-    };
-    let out = drain(Box::new(child.0.stdout.take().expect("stdout piped")));
-    let err = drain(Box::new(child.0.stderr.take().expect("stderr piped")));
-    let status = wait_for_exit(&mut child.0, deadline)
-        .unwrap_or_else(|| panic!("`{what}` did not finish within {deadline:?}"));
+    let (status, stdout, stderr) = support::capture(hubsync(cwd, args), &what, deadline);
     Outcome {
         what,
         status,
-        stdout: out.join().expect("stdout reader"),
-        stderr: err.join().expect("stderr reader"),
+        stdout,
+        stderr,
     }
 }
 

@@ -3,7 +3,6 @@
 //! back. Every wait is bounded, every child process is killed on every exit
 //! path, everything listens on loopback only.
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -70,29 +69,12 @@ impl Outcome {
 
 fn run(cwd: &Path, args: &[&str]) -> Outcome {
     let what = format!("hubsync {}", args.join(" "));
-    let mut child = Guard(
-        hubsync(cwd, args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("could not start `{what}`: {e}")),
-    );
-    let drain = |mut r: Box<dyn Read + Send>| {
-        thread::spawn(move || {
-            let mut s = String::new();
-            let _ = r.read_to_string(&mut s);
-            s
-        })
-    };
-    let out = drain(Box::new(child.0.stdout.take().expect("stdout")));
-    let err = drain(Box::new(child.0.stderr.take().expect("stderr")));
-    let status = wait_for_exit(&mut child.0, COMMAND_DEADLINE)
-        .unwrap_or_else(|| panic!("`{what}` did not finish within {COMMAND_DEADLINE:?}"));
+    let (status, stdout, stderr) = support::capture(hubsync(cwd, args), &what, COMMAND_DEADLINE);
     Outcome {
         what,
         status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
+        stdout,
+        stderr,
     }
 }
 

@@ -16,15 +16,13 @@
 
 mod support;
 
-use std::io::Read;
 use std::path::Path;
-use std::process::{ExitStatus, Stdio};
-use std::thread;
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::{Value, json};
-use support::{Guard, NodeDir, Served, hubsync, path_str, request, wait_for_exit};
+use support::{NodeDir, Served, hubsync, path_str, request};
 
 /// A `hubsync sync` must finish within this.
 const SYNC_DEADLINE: Duration = Duration::from_secs(90);
@@ -32,31 +30,9 @@ const SYNC_DEADLINE: Duration = Duration::from_secs(90);
 /// Runs `hubsync <args>` (bounded) with the hubsync crate's info logs on
 /// stderr; returns the exit status, stdout and stderr.
 fn run_logged(cwd: &Path, args: &[&str]) -> (ExitStatus, String, String) {
-    let what = format!("hubsync {}", args.join(" "));
-    let mut child = Guard(
-        hubsync(cwd, args)
-            .env("HUBSYNC_LOG", "warn,hubsync=info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("could not start `{what}`: {e}")),
-    );
-    let drain = |mut r: Box<dyn Read + Send>| {
-        thread::spawn(move || {
-            let mut s = String::new();
-            let _ = r.read_to_string(&mut s);
-            s
-        })
-    };
-    let out = drain(Box::new(child.0.stdout.take().expect("stdout piped")));
-    let err = drain(Box::new(child.0.stderr.take().expect("stderr piped")));
-    let status = wait_for_exit(&mut child.0, SYNC_DEADLINE)
-        .unwrap_or_else(|| panic!("`{what}` did not finish within {SYNC_DEADLINE:?}"));
-    (
-        status,
-        out.join().expect("stdout reader"),
-        err.join().expect("stderr reader"),
-    )
+    let mut cmd = hubsync(cwd, args);
+    cmd.env("HUBSYNC_LOG", "warn,hubsync=info");
+    support::capture(cmd, &format!("hubsync {}", args.join(" ")), SYNC_DEADLINE)
 }
 
 /// `hubsync sync --json` of `node`, which must succeed; its JSON, stderr

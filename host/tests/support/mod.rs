@@ -79,13 +79,13 @@ pub fn wait_for_exit(child: &mut Child, deadline: Duration) -> Option<ExitStatus
     }
 }
 
-/// Runs a command to completion (bounded) and returns its stdout; panics
-/// with both outputs when it fails.
-pub fn run(cwd: &Path, args: &[&str]) -> String {
-    let what = format!("hubsync {}", args.join(" "));
+/// Runs `cmd` (named `what` in panics) to completion within `deadline`,
+/// killing it if it hangs. Both pipes are drained on threads, so a chatty
+/// child never blocks on a full pipe. Returns the exit status, stdout and
+/// stderr.
+pub fn capture(mut cmd: Command, what: &str, deadline: Duration) -> (ExitStatus, String, String) {
     let mut child = Guard(
-        hubsync(cwd, args)
-            .stdout(Stdio::piped())
+        cmd.stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("could not start `{what}`: {e}")),
@@ -99,12 +99,20 @@ pub fn run(cwd: &Path, args: &[&str]) -> String {
     };
     let out = drain(Box::new(child.0.stdout.take().expect("stdout piped")));
     let err = drain(Box::new(child.0.stderr.take().expect("stderr piped")));
-    let status = wait_for_exit(&mut child.0, COMMAND_DEADLINE)
-        .unwrap_or_else(|| panic!("`{what}` did not finish within {COMMAND_DEADLINE:?}"));
-    let (stdout, stderr) = (
+    let status = wait_for_exit(&mut child.0, deadline)
+        .unwrap_or_else(|| panic!("`{what}` did not finish within {deadline:?}"));
+    (
+        status,
         out.join().expect("stdout reader"),
         err.join().expect("stderr reader"),
-    );
+    )
+}
+
+/// Runs a command to completion (bounded) and returns its stdout; panics
+/// with both outputs when it fails.
+pub fn run(cwd: &Path, args: &[&str]) -> String {
+    let what = format!("hubsync {}", args.join(" "));
+    let (status, stdout, stderr) = capture(hubsync(cwd, args), &what, COMMAND_DEADLINE);
     assert!(
         status.success(),
         "`{what}` failed ({status}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}"

@@ -206,6 +206,37 @@ pub struct Holding {
     pub evicted_in: Option<i64>,
 }
 
+/// A scope's rule for one entity type, as [`ScopeFilter`] carries it:
+/// `None`, every row; `Some(fields)`, rows where every listed field holds
+/// one of its strings.
+pub type FieldRule = Option<Vec<(String, Vec<String>)>>;
+
+/// What a scoped node's packet can carry, in a form a backend can test in
+/// its query ([`StoreTx::scoped_revisions_after`]). It describes a superset
+/// of the rows the scope matches: a rule the backend cannot express (a
+/// value that is not a string) is left out, which only widens it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScopeFilter {
+    /// Per entity type the scope lists: `None`, every row; `Some(fields)`,
+    /// rows where every listed field (`uuid`: the entity's own id) holds
+    /// one of the strings (a JSON string equal to it).
+    pub types: Vec<(String, FieldRule)>,
+    /// Rows a live holding of the node refers to are candidates too.
+    pub with_references: bool,
+}
+
+/// A page of candidate rows for a scoped node's packet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScopedPage {
+    /// The candidates, in revision order.
+    pub rows: Vec<(Revision, Entity)>,
+    /// The highest revision examined: a revision in `(after_rev,
+    /// scanned_to]` that is not in `rows` is not a candidate.
+    pub scanned_to: i64,
+    /// Whether revisions above `scanned_to` may remain.
+    pub more: bool,
+}
+
 /// A row of a client's outgoing queue (`sync_changes` with a target node).
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueuedChange {
@@ -536,6 +567,35 @@ pub trait StoreTx: Send {
     ) -> StoreResult<Vec<(Revision, Entity)>> {
         let _ = own_above;
         self.revisions_after(node, after_rev, limit).await
+    }
+
+    /// The rows a packet for the scoped node `node` may carry, among the
+    /// first `window` revisions above `after_rev` that are for every node
+    /// or addressed to it: at most `limit` of them, in revision order, each
+    /// with the entity's current stored state. A row is a candidate when it
+    /// is addressed to the node, or its entity's current version was
+    /// written by the node, or `filter` covers it, or the node has a
+    /// holding of it (evicted or not), or (`filter.with_references`) a live
+    /// holding of the node refers to it: every row the routing would not
+    /// skip. A backend may return more, never fewer. The rows that are not
+    /// candidates are never read with their data, which is what makes a
+    /// scoped node's packet cheap when little of the log concerns it. The
+    /// default filters nothing (`revisions_after`).
+    async fn scoped_revisions_after(
+        &mut self,
+        node: Uuid,
+        after_rev: i64,
+        limit: u32,
+        window: u32,
+        filter: &ScopeFilter,
+    ) -> StoreResult<ScopedPage> {
+        let _ = (window, filter);
+        let rows = self.revisions_after(node, after_rev, limit).await?;
+        Ok(ScopedPage {
+            more: rows.len() >= limit as usize,
+            scanned_to: rows.last().map_or(after_rev, |(r, _)| r.rev),
+            rows,
+        })
     }
 
     // --- referential integrity ---------------------------------------------

@@ -54,7 +54,8 @@ use uuid::Uuid;
 use crate::entity::{Entity, Operation};
 use crate::store::{
     AuditRecord, EntityRef, EntityStamp, HeldChange, HistoryRecord, Holding, NewRevision,
-    NodeRecord, QueuedChange, Revision, ScopeRecord, StoreError, StoreResult, StoreTx,
+    NodeRecord, QueuedChange, Revision, ScopeFilter, ScopeRecord, ScopedPage, StoreError,
+    StoreResult, StoreTx,
 };
 
 type Key = (String, Uuid);
@@ -468,6 +469,20 @@ impl StoreTx for CachedTx<'_> {
         self.flush().await?;
         self.inner
             .revisions_after_skipping_own(node, after_rev, limit, own_above)
+            .await
+    }
+
+    async fn scoped_revisions_after(
+        &mut self,
+        node: Uuid,
+        after_rev: i64,
+        limit: u32,
+        window: u32,
+        filter: &ScopeFilter,
+    ) -> StoreResult<ScopedPage> {
+        self.flush().await?;
+        self.inner
+            .scoped_revisions_after(node, after_rev, limit, window, filter)
             .await
     }
 

@@ -111,6 +111,12 @@ impl ExchangeError {
     }
 }
 
+/// A scoped node's packet reads up to this many times `max_entities` log
+/// rows to find the ones it carries (`StoreTx::scoped_revisions_after`):
+/// a node that receives little of the log catches up in fewer exchanges,
+/// and an exchange still reads a bounded part of it.
+const SCOPED_SCAN_FACTOR: u32 = 8;
+
 /// What receiving a node's packet did.
 struct Received {
     results: Vec<ChangeResult>,
@@ -426,20 +432,37 @@ impl Engine {
             node.acked_rev = 0;
         }
         // Unscoped, the node's own versions are skipped below without
-        // being looked at: they are read without their data.
-        let rows = match routing {
+        // being looked at: they are read without their data. Scoped, the
+        // store reads a window of the log and returns only the rows the
+        // routing would not skip (the others are never parsed); a packet
+        // sent again takes every candidate of its window, so that it covers
+        // exactly its first range.
+        let (rows, mut more, scanned_to) = match routing.as_ref() {
             None => {
-                tx.revisions_after_skipping_own(
-                    node.id,
-                    node.acked_rev,
-                    limits.max_entities,
-                    resend_own_to,
-                )
-                .await?
+                let rows = tx
+                    .revisions_after_skipping_own(
+                        node.id,
+                        node.acked_rev,
+                        limits.max_entities,
+                        resend_own_to,
+                    )
+                    .await?;
+                let more = rows.len() >= limits.max_entities as usize;
+                (rows, more, None)
             }
-            Some(_) => {
-                tx.revisions_after(node.id, node.acked_rev, limits.max_entities)
-                    .await?
+            Some(r) => {
+                let window = limits
+                    .max_entities
+                    .max(1)
+                    .saturating_mul(SCOPED_SCAN_FACTOR);
+                let limit = match resend_to {
+                    Some(_) => window,
+                    None => limits.max_entities,
+                };
+                let page = tx
+                    .scoped_revisions_after(node.id, node.acked_rev, limit, window, &r.filter)
+                    .await?;
+                (page.rows, page.more, Some(page.scanned_to))
             }
         };
         if let Some(r) = routing.as_mut() {
@@ -447,14 +470,15 @@ impl Engine {
                 .await
                 .map_err(routing_error)?;
         }
-        let mut more = rows.len() >= limits.max_entities as usize;
         let mut entities = Vec::new();
         let mut evict = Vec::new();
         let mut up_to = node.acked_rev;
         let mut bytes = 0usize;
+        let mut stopped = false;
         for (rev, e) in rows {
             if resend_to.is_some_and(|end| rev.rev > end) {
                 more = true;
+                stopped = true;
                 break;
             }
             // A node never gets back its own version, unless addressed to it
@@ -466,13 +490,19 @@ impl Engine {
                 None => Route::Send,
                 Some(_) if addressed => Route::Send,
                 Some(r) => {
-                    if !r.seen.insert(e.uuid) {
+                    if r.seen.contains(&e.uuid) {
                         // Already in this packet (it rode along as a
                         // reference, at its current state).
                         up_to = rev.rev;
                         continue;
                     }
-                    match self.route(tx, r, &e).await.map_err(routing_error)? {
+                    let route = self.route(tx, r, &e).await.map_err(routing_error)?;
+                    // A row skipped is not in the packet: a row after it
+                    // that refers to it must still bring it along.
+                    if route != Route::Skip || own {
+                        r.seen.insert(e.uuid);
+                    }
+                    match route {
                         Route::Send if own => Route::Skip,
                         // The node wrote it, so it has it, even where the
                         // master had evicted it before (a local change kept
@@ -520,6 +550,7 @@ impl Engine {
                         && bytes + size > limits.max_bytes
                     {
                         more = true;
+                        stopped = true;
                         break;
                     }
                     bytes += size;
@@ -527,6 +558,11 @@ impl Engine {
                 }
             }
             up_to = rev.rev;
+        }
+        // Every row of the scanned window was looked at: those the store
+        // left out were not candidates, so the packet covers them too.
+        if !stopped && let Some(scanned) = scanned_to {
+            up_to = up_to.max(resend_to.map_or(scanned, |end| scanned.min(end)));
         }
         super::order::order_for_apply(&self.registry, &mut entities);
         let packet_no = match resend_to {

@@ -29,7 +29,7 @@ use uuid::Uuid;
 use super::{Engine, EngineError};
 use crate::entity::Entity;
 use crate::schema::EntityRegistry;
-use crate::store::{Holding, Revision, ScopeRecord, StoreTx};
+use crate::store::{Holding, Revision, ScopeFilter, ScopeRecord, StoreTx};
 
 /// Which rows of one entity type a scope covers.
 #[derive(Debug, Clone, PartialEq)]
@@ -159,6 +159,42 @@ impl Scope {
     }
 }
 
+impl Scope {
+    /// The scope as a store can test it in a query: a superset of
+    /// [`Scope::matches`]. A field whose values are not all strings is left
+    /// out of its type's rule (which widens it); a type whose fields are
+    /// all left out covers every row.
+    pub fn filter(&self) -> ScopeFilter {
+        let types = self
+            .types
+            .iter()
+            .map(|(ty, rule)| {
+                let fields = match rule {
+                    TypeRule::All => None,
+                    TypeRule::Where(filters) => {
+                        let fields: Vec<(String, Vec<String>)> = filters
+                            .iter()
+                            .filter_map(|(field, values)| {
+                                let strings: Option<Vec<String>> = values
+                                    .iter()
+                                    .map(|v| v.as_str().map(str::to_owned))
+                                    .collect();
+                                strings.map(|s| (field.clone(), s))
+                            })
+                            .collect();
+                        (!fields.is_empty()).then_some(fields)
+                    }
+                };
+                (ty.clone(), fields)
+            })
+            .collect();
+        ScopeFilter {
+            types,
+            with_references: self.with_references,
+        }
+    }
+}
+
 /// What a packet being built for a scoped node tells it about one row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Route {
@@ -175,6 +211,8 @@ pub(super) struct PacketRouting {
     pub node: Uuid,
     pub packet_no: i64,
     pub scope: Scope,
+    /// The scope as the store tests it ([`Scope::filter`]).
+    pub filter: ScopeFilter,
     /// Rows already in this packet (by uuid), sent or evicted.
     pub seen: HashSet<Uuid>,
     /// What the node holds of the entities read or written while building
@@ -242,6 +280,7 @@ impl Engine {
             Some(PacketRouting {
                 node,
                 packet_no,
+                filter: scope.filter(),
                 scope,
                 seen: HashSet::new(),
                 holdings: HashMap::new(),

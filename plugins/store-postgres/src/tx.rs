@@ -5,7 +5,8 @@
 use hubsync_core::entity::{Entity, Operation, now_utc};
 use hubsync_core::store::{
     AuditRecord, EntityRef, EntityStamp, HeldChange, HistoryRecord, Holding, NewRevision,
-    NodeRecord, QueuedChange, Revision, ScopeRecord, StoreError, StoreResult, StoreTx,
+    NodeRecord, QueuedChange, Revision, ScopeFilter, ScopeRecord, ScopedPage, StoreError,
+    StoreResult, StoreTx,
 };
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
@@ -99,6 +100,46 @@ pub(crate) const REVISIONS_AFTER: &str = "
     WHERE c.kind = 'log' AND c.id > $1 AND (c.node_id IS NULL OR c.node_id = $2)
     ORDER BY c.id
     LIMIT $3";
+
+/// The size and last revision of a scoped node's window: the first `$3`
+/// log rows above `$1` for every node or addressed to `$2`.
+const SCOPED_WINDOW: &str = "
+    SELECT COUNT(*)::int8 AS n, COALESCE(MAX(id), $1::int8)::int8 AS last FROM (
+        SELECT id FROM sync_changes
+        WHERE kind = 'log' AND id > $1 AND (node_id IS NULL OR node_id = $2)
+        ORDER BY id
+        LIMIT $3) AS w";
+
+/// The candidates of a scoped node's window `($1, $2]`
+/// (`StoreTx::scoped_revisions_after`): the columns of [`REVISIONS_AFTER`];
+/// `$4` is the scope as `{"Type": null | {"field": ["value", …]}}` (a
+/// field's JSON value must be one of its list; `uuid` is the entity's id).
+/// A log row whose entity is missing is kept, so that it shows up as
+/// corruption.
+const SCOPED_CANDIDATES: &str = "
+    SELECT c.id AS rev, c.node_id AS target, c.entity_type, c.entity_uuid, c.operation,
+           c.origin_node_id, c.created_at,
+           e.updated_at AS e_updated_at, e.is_deleted AS e_is_deleted, e.data AS e_data,
+           e.rev AS e_rev, e.origin_node_id AS e_origin_node_id
+    FROM sync_changes AS c
+    LEFT JOIN entities AS e ON e.entity_type = c.entity_type AND e.uuid = c.entity_uuid
+    WHERE c.kind = 'log' AND c.id > $1 AND c.id <= $2 AND (c.node_id IS NULL OR c.node_id = $3)
+      AND (c.node_id IS NOT NULL OR e.uuid IS NULL OR e.origin_node_id = $3
+        OR EXISTS (SELECT 1 FROM jsonb_each($4::jsonb) AS t(ty, rule)
+             WHERE t.ty = c.entity_type
+               AND (jsonb_typeof(t.rule) = 'null' OR NOT EXISTS (
+                 SELECT 1 FROM jsonb_each(t.rule) AS f(field, vals)
+                 WHERE NOT f.vals @> jsonb_build_array(CASE WHEN f.field = 'uuid'
+                     THEN to_jsonb(c.entity_uuid::text) ELSE e.data -> f.field END))))
+        OR EXISTS (SELECT 1 FROM node_holdings AS h
+             WHERE h.node_id = $3 AND h.entity_uuid = c.entity_uuid
+               AND h.entity_type = c.entity_type)
+        OR ($5 AND EXISTS (SELECT 1 FROM entity_refs AS r
+             JOIN node_holdings AS h ON h.node_id = $3 AND h.entity_uuid = r.source_uuid
+                  AND h.entity_type = r.source_type AND h.evicted_in IS NULL
+             WHERE r.target_uuid = c.entity_uuid AND r.target_type = c.entity_type)))
+    ORDER BY c.id
+    LIMIT $6";
 
 /// Removes the previous revision of an entity for the same target. The
 /// coalesce matches the key of sync_changes_log_entity (a NULL target is
@@ -434,6 +475,65 @@ impl StoreTx for PgTx {
     ) -> StoreResult<Vec<(Revision, Entity)>> {
         self.revisions(node, after_rev, limit, Some(own_above))
             .await
+    }
+
+    /// Two statements: the window's last revision and size, then the
+    /// candidates in it ([`SCOPED_CANDIDATES`], the scope bound as JSONB).
+    async fn scoped_revisions_after(
+        &mut self,
+        node: Uuid,
+        after_rev: i64,
+        limit: u32,
+        window: u32,
+        filter: &ScopeFilter,
+    ) -> StoreResult<ScopedPage> {
+        let row = sqlx::query(SCOPED_WINDOW)
+            .bind(after_rev)
+            .bind(node)
+            .bind(i64::from(window.max(1)))
+            .fetch_one(&mut *self.tx)
+            .await
+            .map_err(|e| StoreError::backend("reading a scoped node's log window", e))?;
+        let r = RowReader::new(&row, "sync_changes");
+        let (scanned, last) = (r.i64("n")?, r.i64("last")?);
+        let rules: serde_json::Map<String, serde_json::Value> = filter
+            .types
+            .iter()
+            .map(|(ty, fields)| {
+                let rule = match fields {
+                    None => serde_json::Value::Null,
+                    Some(fields) => fields
+                        .iter()
+                        .map(|(f, values)| (f.clone(), serde_json::Value::from(values.clone())))
+                        .collect::<serde_json::Map<_, _>>()
+                        .into(),
+                };
+                (ty.clone(), rule)
+            })
+            .collect();
+        let rows = sqlx::query(SCOPED_CANDIDATES)
+            .bind(after_rev)
+            .bind(last)
+            .bind(node)
+            .bind(serde_json::Value::Object(rules))
+            .bind(filter.with_references)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(|e| StoreError::backend("reading a scoped node's revisions", e))?;
+        let rows = rows
+            .iter()
+            .map(|r| revision_from_row(r, false))
+            .collect::<StoreResult<Vec<_>>>()?;
+        let full = rows.len() >= limit as usize;
+        Ok(ScopedPage {
+            scanned_to: match rows.last() {
+                Some((r, _)) if full => r.rev,
+                _ => last,
+            },
+            more: full || scanned >= i64::from(window.max(1)),
+            rows,
+        })
     }
 
     /// `FOR UPDATE`: the row stays locked until this transaction ends. A

@@ -7,7 +7,8 @@ use std::fmt::Write as _;
 use hubsync_core::entity::{Entity, Operation, now_utc};
 use hubsync_core::store::{
     AuditRecord, EntityRef, EntityStamp, HeldChange, HistoryRecord, Holding, NewRevision,
-    NodeRecord, QueuedChange, Revision, ScopeRecord, StoreError, StoreResult, StoreTx,
+    NodeRecord, QueuedChange, Revision, ScopeFilter, ScopeRecord, ScopedPage, StoreError,
+    StoreResult, StoreTx,
 };
 use sqlx::{QueryBuilder, Sqlite, Transaction};
 use uuid::Uuid;
@@ -91,6 +92,85 @@ pub(crate) const REVISIONS_AFTER: &str = "
     WHERE c.kind = 'log' AND c.id > ?1 AND (c.node_id IS NULL OR c.node_id = ?2)
     ORDER BY c.id
     LIMIT ?3";
+
+/// The size and last revision of a scoped node's window: the first `?3`
+/// log rows above `?1` for every node or addressed to `?2`.
+pub(crate) const SCOPED_WINDOW: &str = "
+    SELECT COUNT(*) AS n, COALESCE(MAX(id), ?1) AS last FROM (
+        SELECT id FROM sync_changes
+        WHERE kind = 'log' AND id > ?1 AND (node_id IS NULL OR node_id = ?2)
+        ORDER BY id
+        LIMIT ?3)";
+
+/// The candidates of a scoped node's window `(after, last]`
+/// (`StoreTx::scoped_revisions_after`): the columns of
+/// [`REVISIONS_AFTER`], the cheap tests first (addressed, own, the scope's
+/// types and fields), then the holdings' primary key and
+/// `entity_refs_target`. A log row whose entity is missing is kept, so
+/// that it shows up as corruption.
+pub(crate) fn scoped_candidates(
+    node: &str,
+    after: i64,
+    last: i64,
+    limit: u32,
+    filter: &ScopeFilter,
+) -> QueryBuilder<Sqlite> {
+    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+        "SELECT c.id AS rev, c.node_id AS target, c.entity_type, c.entity_uuid, c.operation,
+                c.origin_node_id, c.created_at,
+                e.updated_at AS e_updated_at, e.is_deleted AS e_is_deleted, e.data AS e_data,
+                e.rev AS e_rev, e.origin_node_id AS e_origin_node_id
+         FROM sync_changes AS c
+         LEFT JOIN entities AS e ON e.entity_type = c.entity_type AND e.uuid = c.entity_uuid
+         WHERE c.kind = 'log' AND c.id > ",
+    );
+    q.push_bind(after)
+        .push(" AND c.id <= ")
+        .push_bind(last)
+        .push(" AND (c.node_id IS NULL OR c.node_id = ")
+        .push_bind(node)
+        .push(") AND (c.node_id IS NOT NULL OR e.uuid IS NULL OR e.origin_node_id = ")
+        .push_bind(node);
+    for (ty, fields) in &filter.types {
+        q.push(" OR (c.entity_type = ").push_bind(ty.as_str());
+        for (field, values) in fields.iter().flatten() {
+            let list = serde_json::Value::from(values.clone()).to_string();
+            if field == "uuid" {
+                q.push(" AND c.entity_uuid IN (SELECT value FROM json_each(")
+                    .push_bind(list)
+                    .push("))");
+            } else if !field.contains(['"', '\\']) {
+                q.push(" AND json_extract(e.data, ")
+                    .push_bind(format!("$.\"{field}\""))
+                    .push(") IN (SELECT value FROM json_each(")
+                    .push_bind(list)
+                    .push("))");
+            }
+            // Otherwise the field is left out: a wider rule.
+        }
+        q.push(")");
+    }
+    q.push(
+        " OR EXISTS (SELECT 1 FROM node_holdings AS h
+             WHERE h.node_id = ",
+    )
+    .push_bind(node)
+    .push(" AND h.entity_uuid = c.entity_uuid AND h.entity_type = c.entity_type)");
+    if filter.with_references {
+        q.push(
+            " OR EXISTS (SELECT 1 FROM entity_refs AS r CROSS JOIN node_holdings AS h
+                 ON h.node_id = ",
+        )
+        .push_bind(node)
+        .push(
+            " AND h.entity_uuid = r.source_uuid AND h.entity_type = r.source_type
+                   AND h.evicted_in IS NULL
+               WHERE r.target_uuid = c.entity_uuid AND r.target_type = c.entity_type)",
+        );
+    }
+    q.push(") ORDER BY c.id LIMIT ").push_bind(i64::from(limit));
+    q
+}
 
 // Statements whose plans matter, named so that tests can EXPLAIN them.
 pub(crate) const QUEUE_FIND_UNSENT: &str = "SELECT id, operation FROM sync_changes
@@ -433,6 +513,49 @@ impl StoreTx for SqliteTx {
     ) -> StoreResult<Vec<(Revision, Entity)>> {
         self.revisions(node, after_rev, limit, Some(own_above))
             .await
+    }
+
+    /// Two statements: the window's last revision and size
+    /// ([`SCOPED_WINDOW`], a range scan of the log's own b-tree), then the
+    /// candidates in it ([`scoped_candidates`]); a row that is not a
+    /// candidate costs column tests and index probes, never its data.
+    async fn scoped_revisions_after(
+        &mut self,
+        node: Uuid,
+        after_rev: i64,
+        limit: u32,
+        window: u32,
+        filter: &ScopeFilter,
+    ) -> StoreResult<ScopedPage> {
+        let node_text = uuid_text(node);
+        let row = sqlx::query(SCOPED_WINDOW)
+            .bind(after_rev)
+            .bind(node_text.as_str())
+            .bind(i64::from(window.max(1)))
+            .fetch_one(&mut *self.tx)
+            .await
+            .map_err(|e| StoreError::backend("reading a scoped node's log window", e))?;
+        let r = RowReader::new(&row, "sync_changes");
+        let (scanned, last) = (r.i64("n")?, r.i64("last")?);
+        let mut q = scoped_candidates(&node_text, after_rev, last, limit, filter);
+        let rows = q
+            .build()
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(|e| StoreError::backend("reading a scoped node's revisions", e))?;
+        let rows = rows
+            .iter()
+            .map(|r| revision_from_row(r, false))
+            .collect::<StoreResult<Vec<_>>>()?;
+        let full = rows.len() >= limit as usize;
+        Ok(ScopedPage {
+            scanned_to: match rows.last() {
+                Some((r, _)) if full => r.rev,
+                _ => last,
+            },
+            more: full || scanned >= i64::from(window.max(1)),
+            rows,
+        })
     }
 
     /// SQLite has a single writer, so the row is already "locked": this

@@ -126,6 +126,7 @@ macro_rules! store_conformance_suite {
             scopes_round_trip_with_a_pending_change_and_default_to_none,
             holdings_are_per_node_and_referrers_count_only_while_held,
             holdings_and_referrers_read_in_one_go_match_the_single_reads,
+            scoped_candidates_are_what_the_routing_would_not_skip,
             seeding_marks_every_entity_and_purge_removes_one,
             // security events
             security_events_are_recorded_filtered_newest_first_and_pruned,

@@ -8,7 +8,7 @@ use crate::SqliteStore;
 use crate::store::{COUNT_QUEUED, COUNT_REVISIONS_AFTER, LIST_ENTITIES};
 use crate::tx::{
     CHANGES_IN_PACKET, DELETE_ACKNOWLEDGED, HAS_QUEUED, LOG_DELETE_PREVIOUS, QUEUE_FIND_UNSENT,
-    REVISIONS_AFTER, UNSENT_CHANGES,
+    REVISIONS_AFTER, SCOPED_WINDOW, UNSENT_CHANGES, scoped_candidates,
 };
 
 async fn plan(store: &SqliteStore, sql: &str, params: usize) -> Vec<String> {
@@ -122,4 +122,66 @@ async fn hot_statements_use_indexes() {
         &["sqlite_autoindex_entities_1 (entity_type=? AND uuid>?)"],
     )
     .await;
+}
+
+/// A scoped node's window is a range of the log's own b-tree, and its
+/// candidates are tested with lookups only: the entity by primary key, the
+/// node's holdings by primary key, referrers through `entity_refs_target`
+/// (the scope's value lists are read once, not per row).
+#[tokio::test]
+async fn scoped_candidates_use_indexes() {
+    let s = memory_store().await;
+    // The bounded subquery is read as a co-routine: no table is scanned.
+    let window = plan(&s, SCOPED_WINDOW, 3).await;
+    println!("scoped window: {window:?}");
+    assert!(
+        window
+            .iter()
+            .any(|s| s == "SEARCH sync_changes USING INTEGER PRIMARY KEY (rowid>?)"),
+        "{window:?}"
+    );
+    assert!(
+        window
+            .iter()
+            .all(|s| !s.starts_with("SCAN") || s.starts_with("SCAN (subquery")),
+        "{window:?}"
+    );
+    let filter = hubsync_core::store::ScopeFilter {
+        types: vec![
+            (
+                "Brigade".into(),
+                Some(vec![
+                    ("foreman".into(), vec!["f".into()]),
+                    ("uuid".into(), vec!["u".into()]),
+                ]),
+            ),
+            ("Site".into(), None),
+        ],
+        with_references: true,
+    };
+    let q = scoped_candidates("n", 0, 10, 500, &filter);
+    let sql = q.sql().as_str().to_owned();
+    let params = sql.matches('?').count();
+    let plan = plan(&s, &sql, params).await;
+    println!("scoped candidates: {plan:?}");
+    for step in &plan {
+        for table in ["c ", "e ", "h ", "r "] {
+            assert!(
+                !step.starts_with(&format!("SCAN {table}")),
+                "scoped candidates scan {table}: {plan:?}"
+            );
+        }
+        assert!(!step.contains("TEMP B-TREE"), "sorts: {plan:?}");
+    }
+    for want in [
+        "SEARCH c USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)",
+        "sqlite_autoindex_entities_1 (entity_type=? AND uuid=?)",
+        "entity_refs_target",
+        "SEARCH h USING PRIMARY KEY (node_id=? AND entity_uuid=? AND entity_type=?)",
+    ] {
+        assert!(
+            plan.iter().any(|s| s.contains(want)),
+            "scoped candidates do not use {want}: {plan:?}"
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! Routing state: node scopes, what scoped nodes hold, eviction on clients.
 
-use hubsync_core::store::{EntityRef, Holding, ScopeRecord};
+use hubsync_core::entity::Operation;
+use hubsync_core::store::{EntityRef, Holding, ScopeFilter, ScopeRecord};
 use serde_json::json;
 
 use crate::{Subject, entity, id};
@@ -255,5 +256,179 @@ pub async fn seeding_marks_every_entity_and_purge_removes_one(s: &Subject) {
     assert!(tx.get_entity("Site", id(11)).await.unwrap().is_none());
     assert!(tx.referrers("Site", id(10)).await.unwrap().is_empty());
     assert!(tx.get_entity("Site", id(10)).await.unwrap().is_some());
+    tx.commit().await.unwrap();
+}
+
+/// A scoped node's candidate rows: exactly those addressed to it, written
+/// by it, covered by the filter (every row of a type, or string fields and
+/// the own id among listed values), held by it (evicted or not), or
+/// referred to by a live holding; never more than `limit`, and the window
+/// bounds how much of the log one call examines (`scanned_to`, `more`).
+pub async fn scoped_candidates_are_what_the_routing_would_not_skip(s: &Subject) {
+    let store = s.store.as_ref();
+    let node = crate::add_node(store, 100).await;
+    let other = crate::add_node(store, 101).await;
+    let mut tx = store.begin().await.unwrap();
+    let live = Holding {
+        since_packet: 1,
+        evicted_in: None,
+    };
+    let gone = Holding {
+        since_packet: 1,
+        evicted_in: Some(2),
+    };
+    // (uuid, type, data, origin, addressed to the node, candidate)
+    let rows = [
+        (1, "Brigade", json!({"foreman": "f1"}), other, false, true),
+        (2, "Brigade", json!({"foreman": "f2"}), other, false, false),
+        (3, "Brigade", json!({"foreman": 5}), other, false, false),
+        (
+            4,
+            "Brigade",
+            json!({"foreman": "\u{fc} \"q\""}),
+            other,
+            false,
+            true,
+        ),
+        (
+            5,
+            "Brigade",
+            json!({"name": "no foreman"}),
+            other,
+            false,
+            false,
+        ),
+        (10, "Site", json!({}), other, false, false),
+        (11, "Site", json!({}), node, false, true),
+        (12, "Site", json!({}), other, true, true),
+        (13, "Site", json!({}), other, false, true),
+        (14, "Site", json!({}), other, false, true),
+        (15, "Site", json!({}), other, false, false),
+        (20, "Employee", json!({"foreman": "f1"}), other, false, true),
+        (
+            21,
+            "Employee",
+            json!({"foreman": "f1"}),
+            other,
+            false,
+            false,
+        ),
+        (30, "DailyReport", json!({"site": 14}), other, false, true),
+        (31, "DailyReport", json!({"site": 15}), other, false, true),
+    ];
+    // Addressed to another node: never this node's.
+    tx.append_revision(Some(other), "Site", id(10), Operation::Update, None)
+        .await
+        .unwrap();
+    for (n, ty, data, origin, addressed, _) in &rows {
+        let mut e = entity(ty, id(*n), data.clone());
+        e.origin = Some(*origin);
+        tx.put_entity(&e).await.unwrap();
+        tx.append_revision(
+            addressed.then_some(node),
+            ty,
+            id(*n),
+            Operation::Insert,
+            Some(*origin),
+        )
+        .await
+        .unwrap();
+    }
+    // Site 13 was sent and evicted; report 30 (held) refers to site 14,
+    // report 31 (evicted) to site 15.
+    tx.put_holding(node, "Site", id(13), gone).await.unwrap();
+    tx.put_holding(node, "DailyReport", id(30), live)
+        .await
+        .unwrap();
+    tx.put_holding(node, "DailyReport", id(31), gone)
+        .await
+        .unwrap();
+    for (src, target) in [(30, 14), (31, 15)] {
+        tx.set_references(
+            "DailyReport",
+            id(src),
+            &[EntityRef {
+                source_type: "DailyReport".into(),
+                source_uuid: id(src),
+                pointer: "/site".into(),
+                target_type: "Site".into(),
+                target_uuid: id(target),
+            }],
+        )
+        .await
+        .unwrap();
+    }
+    let filter = ScopeFilter {
+        types: vec![
+            (
+                "Brigade".into(),
+                Some(vec![(
+                    "foreman".into(),
+                    vec!["f1".into(), "5".into(), "\u{fc} \"q\"".into()],
+                )]),
+            ),
+            (
+                "Employee".into(),
+                Some(vec![("uuid".into(), vec![id(20).to_string()])]),
+            ),
+            ("DailyReport".into(), None),
+        ],
+        with_references: true,
+    };
+    let want: Vec<uuid::Uuid> = rows.iter().filter(|r| r.5).map(|r| id(r.0)).collect();
+    let head = tx.log_head().await.unwrap();
+    let page = tx
+        .scoped_revisions_after(node, 0, 100, 100, &filter)
+        .await
+        .unwrap();
+    let got: Vec<uuid::Uuid> = page.rows.iter().map(|(r, _)| r.entity_uuid).collect();
+    assert_eq!(got, want, "candidates in revision order");
+    assert_eq!(page.scanned_to, head, "the whole log was examined");
+    assert!(!page.more);
+    let (r, e) = &page.rows[0];
+    assert_eq!((r.target, e.data.clone()), (None, json!({"foreman": "f1"})));
+    assert_eq!(page.rows[3].0.target, Some(node), "site 12 is addressed");
+    // Without references, site 14 is no longer a candidate.
+    let no_refs = ScopeFilter {
+        with_references: false,
+        ..filter.clone()
+    };
+    let page = tx
+        .scoped_revisions_after(node, 0, 100, 100, &no_refs)
+        .await
+        .unwrap();
+    assert!(!page.rows.iter().any(|(r, _)| r.entity_uuid == id(14)));
+    assert_eq!(page.rows.len(), want.len() - 1);
+
+    // At most `limit`: the page ends at its last candidate.
+    let page = tx
+        .scoped_revisions_after(node, 0, 2, 100, &filter)
+        .await
+        .unwrap();
+    assert_eq!(page.rows.len(), 2);
+    assert_eq!(page.scanned_to, page.rows[1].0.rev);
+    assert!(page.more);
+    // A window of three log rows holds one candidate (brigade 1).
+    let page = tx
+        .scoped_revisions_after(node, 0, 100, 3, &filter)
+        .await
+        .unwrap();
+    let firsts = tx.revisions_after(node, 0, 3).await.unwrap();
+    assert_eq!(page.rows.len(), 1);
+    assert_eq!(page.scanned_to, firsts[2].0.rev);
+    assert!(page.more);
+    // The next window starts there.
+    let page = tx
+        .scoped_revisions_after(node, firsts[2].0.rev, 100, 3, &filter)
+        .await
+        .unwrap();
+    assert_eq!(page.rows[0].0.entity_uuid, id(4));
+    // Past the head: nothing, and nothing more.
+    let page = tx
+        .scoped_revisions_after(node, head, 100, 100, &filter)
+        .await
+        .unwrap();
+    assert!(page.rows.is_empty() && !page.more);
+    assert_eq!(page.scanned_to, head);
     tx.commit().await.unwrap();
 }

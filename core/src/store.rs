@@ -237,6 +237,29 @@ pub struct ScopedPage {
     pub more: bool,
 }
 
+impl ScopedPage {
+    /// The page of `rows`, the candidates (at most `limit`) a backend found
+    /// in a window of `scanned` log rows (of at most `window`) ending at
+    /// revision `last`: a full page ends at its last candidate.
+    pub fn from_window(
+        rows: Vec<(Revision, Entity)>,
+        limit: u32,
+        window: u32,
+        scanned: i64,
+        last: i64,
+    ) -> ScopedPage {
+        let full = rows.len() >= limit as usize;
+        ScopedPage {
+            scanned_to: match rows.last() {
+                Some((r, _)) if full => r.rev,
+                _ => last,
+            },
+            more: full || scanned >= i64::from(window),
+            rows,
+        }
+    }
+}
+
 /// A row of a client's outgoing queue (`sync_changes` with a target node).
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueuedChange {

@@ -15,13 +15,7 @@ use hubsync_tests::{Cluster, ClusterOptions, bounded, dump, registry};
 /// A cluster whose master runs on `MASTER_BACKEND`, or `None` when that
 /// backend is not available here (the kit has said SKIPPED on stderr).
 async fn start(clients: usize, opts: ClusterOptions) -> Option<Cluster> {
-    let opts = ClusterOptions {
-        master_backend: MASTER_BACKEND,
-        ..opts
-    };
-    bounded("starting the cluster", Cluster::try_start(clients, opts))
-        .await
-        .expect("the cluster starts")
+    hubsync_tests::start_on(MASTER_BACKEND, clients, opts).await
 }
 use serde_json::{Value, json};
 use uuid::Uuid;

@@ -34,13 +34,7 @@ use uuid::Uuid;
 /// target), or `None` when that backend is not available here (the kit
 /// has said SKIPPED on stderr).
 async fn start(clients: usize, opts: ClusterOptions) -> Option<Cluster> {
-    let opts = ClusterOptions {
-        master_backend: MASTER_BACKEND,
-        ..opts
-    };
-    bounded("starting the cluster", Cluster::try_start(clients, opts))
-        .await
-        .expect("the cluster starts")
+    hubsync_tests::start_on(MASTER_BACKEND, clients, opts).await
 }
 
 async fn sync(c: &Cluster, i: usize) -> SyncSummary {

@@ -393,6 +393,24 @@ pub type Shared<T> = Arc<T>;
 /// hang, never on a slow machine.
 pub const WAIT: Duration = Duration::from_secs(60);
 
+/// A cluster whose master runs on `backend` (the scenario files set it per
+/// target), or `None` when that backend is not available here (the kit has
+/// said SKIPPED on stderr); bounded, and failing the test if it does not
+/// start.
+pub async fn start_on(
+    backend: MasterBackend,
+    clients: usize,
+    opts: ClusterOptions,
+) -> Option<Cluster> {
+    let opts = ClusterOptions {
+        master_backend: backend,
+        ..opts
+    };
+    bounded("starting the cluster", Cluster::try_start(clients, opts))
+        .await
+        .expect("the cluster starts")
+}
+
 /// Runs `fut`, failing the test (naming `what`) if it does not finish
 /// within [`WAIT`].
 pub async fn bounded<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {

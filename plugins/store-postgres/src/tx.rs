@@ -525,15 +525,13 @@ impl StoreTx for PgTx {
             .iter()
             .map(|r| revision_from_row(r, false))
             .collect::<StoreResult<Vec<_>>>()?;
-        let full = rows.len() >= limit as usize;
-        Ok(ScopedPage {
-            scanned_to: match rows.last() {
-                Some((r, _)) if full => r.rev,
-                _ => last,
-            },
-            more: full || scanned >= i64::from(window.max(1)),
+        Ok(ScopedPage::from_window(
             rows,
-        })
+            limit,
+            window.max(1),
+            scanned,
+            last,
+        ))
     }
 
     /// `FOR UPDATE`: the row stays locked until this transaction ends. A

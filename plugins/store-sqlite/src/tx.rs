@@ -547,15 +547,13 @@ impl StoreTx for SqliteTx {
             .iter()
             .map(|r| revision_from_row(r, false))
             .collect::<StoreResult<Vec<_>>>()?;
-        let full = rows.len() >= limit as usize;
-        Ok(ScopedPage {
-            scanned_to: match rows.last() {
-                Some((r, _)) if full => r.rev,
-                _ => last,
-            },
-            more: full || scanned >= i64::from(window.max(1)),
+        Ok(ScopedPage::from_window(
             rows,
-        })
+            limit,
+            window.max(1),
+            scanned,
+            last,
+        ))
     }
 
     /// SQLite has a single writer, so the row is already "locked": this

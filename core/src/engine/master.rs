@@ -122,6 +122,9 @@ struct Received {
     results: Vec<ChangeResult>,
     /// False when the packet was seen before (nothing applied again).
     new_packet: bool,
+    /// False when the held changes are known to be none (none before the
+    /// packet, none held by it): nothing can expire in this transaction.
+    held_possible: bool,
 }
 
 /// Our next packet for a node.
@@ -204,7 +207,9 @@ impl Engine {
         let received = self
             .receive_in(tx.as_mut(), &mut node, request, now)
             .await?;
-        self.expire_held(tx.as_mut(), now).await?;
+        if received.held_possible {
+            self.expire_held(tx.as_mut(), now).await?;
+        }
         let reply = self.reply_in(tx.as_mut(), &mut node, now).await?;
         node.schema_version = Some(request.header.schema_version.clone());
         tx.put_node(&node).await?;
@@ -356,7 +361,7 @@ impl Engine {
         // 2. The node's packet, applied exactly once.
         let carries = !request.body.entities.is_empty();
         if h.packet_no == node.received_packet_no + 1 {
-            let results = self
+            let (results, held_possible) = self
                 .apply_packet(tx, node, h.packet_no, &request.body.entities, now)
                 .await?;
             node.received_packet_no = h.packet_no;
@@ -368,6 +373,7 @@ impl Engine {
             Ok(Received {
                 results,
                 new_packet: true,
+                held_possible,
             })
         } else if h.packet_no == node.received_packet_no && carries {
             // The node did not get our answer: the same results again.
@@ -380,11 +386,13 @@ impl Engine {
             Ok(Received {
                 results,
                 new_packet: false,
+                held_possible: true,
             })
         } else if h.packet_no <= node.received_packet_no {
             Ok(Received {
                 results: Vec::new(),
                 new_packet: false,
+                held_possible: true,
             })
         } else {
             Err(ExchangeError::OutOfSequence(format!(
@@ -664,9 +672,11 @@ impl Engine {
         Ok(())
     }
 
-    /// Applies one packet's changes in order; returns their outcomes. A
-    /// change whose reference has not arrived is held (and applied when it
-    /// does, with everything it unblocks); it never blocks the rest.
+    /// Applies one packet's changes in order; returns their outcomes and
+    /// whether any change may be held now (false: none was held before the
+    /// packet and none by it). A change whose reference has not arrived is
+    /// held (and applied when it does, with everything it unblocks); it
+    /// never blocks the rest.
     async fn apply_packet(
         &self,
         tx: &mut dyn StoreTx,
@@ -674,7 +684,7 @@ impl Engine {
         packet_no: i64,
         changes: &[WireChange],
         now: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Vec<ChangeResult>, ExchangeError> {
+    ) -> Result<(Vec<ChangeResult>, bool), ExchangeError> {
         // The packet's entities and everything they reference, read in one
         // batch; the changes then read them from memory, and their rows are
         // written in batches (cached_tx.rs).
@@ -714,7 +724,7 @@ impl Engine {
             }
         }
         cached.finish().await?;
-        Ok(results)
+        Ok((results, may_release))
     }
 
     /// The keys of a packet's entities and of what they reference.

@@ -43,7 +43,7 @@ pub(crate) const LIST_ENTITIES: &str = concat!(
     "SELECT ",
     entity_cols!(),
     " FROM entities WHERE entity_type = ? AND uuid > ? AND (? OR is_deleted = 0)
-              ORDER BY uuid LIMIT ?"
+              ORDER BY uuid LIMIT ? + 0"
 );
 
 pub(crate) const COUNT_QUEUED: &str =
@@ -201,7 +201,7 @@ impl Store for SqliteStore {
                 sqlx::query(concat!(
                     "SELECT ",
                     audit_cols!(),
-                    " FROM conflict_audit WHERE entity_uuid = ? ORDER BY at, rowid LIMIT ?"
+                    " FROM conflict_audit WHERE entity_uuid = ? ORDER BY at, rowid LIMIT ? + 0"
                 ))
                 .bind(uuid_text(uuid))
                 .bind(i64::from(limit))
@@ -212,7 +212,7 @@ impl Store for SqliteStore {
                 sqlx::query(concat!(
                     "SELECT ",
                     audit_cols!(),
-                    " FROM conflict_audit ORDER BY at, rowid LIMIT ?"
+                    " FROM conflict_audit ORDER BY at, rowid LIMIT ? + 0"
                 ))
                 .bind(i64::from(limit))
                 .fetch_all(&self.reader)
@@ -249,7 +249,7 @@ impl Store for SqliteStore {
             "SELECT at, kind, node_id, node_code, peer, detail FROM security_events
              WHERE (?1 IS NULL OR at >= ?1) AND (?2 IS NULL OR kind = ?2)
                AND (?3 IS NULL OR node_id = ?3)
-             ORDER BY at DESC, id DESC LIMIT ?4",
+             ORDER BY at DESC, id DESC LIMIT ?4 + 0",
         )
         .bind(query.since.map(ts_text))
         .bind(query.kind.map(SecurityEventKind::as_str))

@@ -75,6 +75,13 @@ impl SqliteTx {
     }
 }
 
+/// Every bound limit here is written `? + 0`, an expression, never a bare
+/// parameter: SQLite (3.51, as bundled) plans a limit that is a bare bound
+/// parameter as a constant, which marks the statement to be compiled again after every
+/// new binding, i.e. at every execution (`sqlite3ExprIsInteger` →
+/// `sqlite3VdbeSetVarmask`). That re-compilation was 8 % of a master's CPU
+/// with 500 scoped clients (docs/benchmarks.md, session 6).
+///
 /// The log rows `node` must learn above a revision, each with its entity.
 /// `id > ?` on the INTEGER PRIMARY KEY is a range scan of the table's own
 /// b-tree in revision order (no sort, stops at LIMIT); the entity is one
@@ -91,7 +98,7 @@ pub(crate) const REVISIONS_AFTER: &str = "
     LEFT JOIN entities AS e ON e.entity_type = c.entity_type AND e.uuid = c.entity_uuid
     WHERE c.kind = 'log' AND c.id > ?1 AND (c.node_id IS NULL OR c.node_id = ?2)
     ORDER BY c.id
-    LIMIT ?3";
+    LIMIT ?3 + 0";
 
 /// The size and last revision of a scoped node's window: the first `?3`
 /// log rows above `?1` for every node or addressed to `?2`.
@@ -100,7 +107,7 @@ pub(crate) const SCOPED_WINDOW: &str = "
         SELECT id FROM sync_changes
         WHERE kind = 'log' AND id > ?1 AND (node_id IS NULL OR node_id = ?2)
         ORDER BY id
-        LIMIT ?3)";
+        LIMIT ?3 + 0)";
 
 /// The candidates of a scoped node's window `(after, last]`
 /// (`StoreTx::scoped_revisions_after`): the columns of
@@ -168,7 +175,9 @@ pub(crate) fn scoped_candidates(
                WHERE r.target_uuid = c.entity_uuid AND r.target_type = c.entity_type)",
         );
     }
-    q.push(") ORDER BY c.id LIMIT ").push_bind(i64::from(limit));
+    q.push(") ORDER BY c.id LIMIT ")
+        .push_bind(i64::from(limit))
+        .push(" + 0");
     q
 }
 
@@ -192,7 +201,7 @@ pub(crate) const UNSENT_CHANGES: &str = concat!(
     queued_cols!(),
     " FROM sync_changes
       WHERE kind = 'queue' AND node_id = ? AND packet_no IS NULL
-      ORDER BY id LIMIT ?"
+      ORDER BY id LIMIT ? + 0"
 );
 
 pub(crate) const UNSENT_CHANGE_FOR: &str = concat!(
@@ -757,7 +766,7 @@ impl StoreTx for SqliteTx {
         let rows = sqlx::query(concat!(
             "SELECT ",
             held_cols!(),
-            " FROM held_changes WHERE held_at < ? ORDER BY held_at, id LIMIT ?"
+            " FROM held_changes WHERE held_at < ? ORDER BY held_at, id LIMIT ? + 0"
         ))
         .bind(ts_text(before))
         .bind(i64::from(limit))

@@ -185,3 +185,56 @@ async fn scoped_candidates_use_indexes() {
         );
     }
 }
+
+/// No statement of this backend has a bare `LIMIT ?`: SQLite plans a bound
+/// LIMIT that is a bare parameter as a constant and then compiles the
+/// statement again after every new binding (every execution). `LIMIT ? + 0`
+/// is an expression and keeps the prepared statement (see
+/// `tx::REVISIONS_AFTER`).
+#[test]
+fn no_statement_has_a_bare_bound_limit() {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut bad = Vec::new();
+    let mut seen = 0;
+    let mut dirs = vec![src];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") || path.ends_with("plans.rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for (at, _) in text.match_indices("LIMIT ") {
+                let rest = &text[at + "LIMIT ".len()..];
+                let next = rest
+                    .trim_start_matches(['?', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9']);
+                if rest.starts_with('?') {
+                    seen += 1;
+                    if !next.starts_with(" + 0") {
+                        bad.push(format!(
+                            "{}: LIMIT {}",
+                            path.display(),
+                            &rest[..rest.len().min(20)]
+                        ));
+                    }
+                } else if rest.starts_with('"') {
+                    // A QueryBuilder: `LIMIT ").push_bind(…).push(" + 0")`.
+                    seen += 1;
+                    if !rest[..rest.len().min(160)].contains("\" + 0\"") {
+                        bad.push(format!(
+                            "{}: LIMIT {}",
+                            path.display(),
+                            &rest[..rest.len().min(60)]
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(seen >= 9, "the scan found the bound limits ({seen})");
+    assert!(bad.is_empty(), "bare bound LIMITs: {bad:#?}");
+}

@@ -34,6 +34,9 @@ pub struct Target {
 pub struct Outcome {
     /// Every exchange's latency (successful ones).
     pub latencies: Vec<Duration>,
+    /// Those of the exchanges after each client's first: without the
+    /// start, when every client connects and sends at the same instant.
+    pub later: Vec<Duration>,
     pub errors: usize,
     pub first_error: Option<String>,
     pub wall: Duration,
@@ -52,19 +55,30 @@ impl Outcome {
 
     /// The `q` quantile (0..=1) of the latencies, in ms.
     pub fn quantile_ms(&self, q: f64) -> f64 {
-        let mut v: Vec<Duration> = self.latencies.clone();
-        if v.is_empty() {
-            return f64::NAN;
-        }
-        v.sort();
-        let i = ((v.len() as f64 - 1.0) * q).round() as usize;
-        v[i.min(v.len() - 1)].as_secs_f64() * 1e3
+        quantile_ms(&self.latencies, q)
     }
+
+    /// The same, of the exchanges after each client's first.
+    pub fn later_quantile_ms(&self, q: f64) -> f64 {
+        quantile_ms(&self.later, q)
+    }
+}
+
+/// The `q` quantile (0..=1) of `latencies`, in ms (NaN when empty).
+fn quantile_ms(latencies: &[Duration], q: f64) -> f64 {
+    let mut v = latencies.to_vec();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * q).round() as usize;
+    v[i.min(v.len() - 1)].as_secs_f64() * 1e3
 }
 
 /// What one simulated client saw.
 struct ClientOutcome {
     latencies: Vec<Duration>,
+    later: Vec<Duration>,
     errors: usize,
     /// The client's first error, verbatim, and when it happened.
     first_error: Option<(Instant, String)>,
@@ -100,12 +114,14 @@ pub async fn run(target: &Target, peers: &[Peer], first: usize, rounds: usize) -
             Ok(c) => c,
             Err(e) => ClientOutcome {
                 latencies: Vec::new(),
+                later: Vec::new(),
                 errors: rounds,
                 first_error: Some((Instant::now(), format!("client task failed: {e}"))),
                 received: 0,
             },
         };
         out.latencies.extend(c.latencies);
+        out.later.extend(c.later);
         out.errors += c.errors;
         out.received += c.received;
         if let Some((at, msg)) = c.first_error
@@ -128,6 +144,7 @@ async fn one(target: &Target, p: &Peer, k: usize, rounds: usize) -> ClientOutcom
     );
     let mut out = ClientOutcome {
         latencies: Vec::with_capacity(rounds),
+        later: Vec::with_capacity(rounds),
         errors: 0,
         first_error: None,
         received: 0,
@@ -172,6 +189,9 @@ async fn one(target: &Target, p: &Peer, k: usize, rounds: usize) -> ClientOutcom
             {
                 Ok(Ok(answer)) => {
                     out.latencies.push(t.elapsed());
+                    if r > 0 {
+                        out.later.push(t.elapsed());
+                    }
                     packet_no += 1;
                     ack = answer.header.packet_no;
                     out.received += answer.body.entities.len();

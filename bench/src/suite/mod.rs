@@ -960,6 +960,17 @@ async fn many_run(
         alone.quantile_ms(0.99),
     ));
     rows.push(
+        Row::cost(
+            &format!("{label}: p99 after round 1"),
+            size.clone(),
+            "ms",
+            crowd.later_quantile_ms(0.99),
+            "one client alone, p99",
+            alone.quantile_ms(0.99),
+        )
+        .note("the exchanges after each client's first: without the start, when every client connects and sends at the same instant".to_string()),
+    );
+    rows.push(
         Row::plain(
             &format!("{label}: errors"),
             size,

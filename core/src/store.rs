@@ -612,13 +612,12 @@ pub trait StoreTx: Send {
         window: u32,
         filter: &ScopeFilter,
     ) -> StoreResult<ScopedPage> {
+        // Every row read is a candidate: the window is the page itself.
         let _ = (window, filter);
         let rows = self.revisions_after(node, after_rev, limit).await?;
-        Ok(ScopedPage {
-            more: rows.len() >= limit as usize,
-            scanned_to: rows.last().map_or(after_rev, |(r, _)| r.rev),
-            rows,
-        })
+        let last = rows.last().map_or(after_rev, |(r, _)| r.rev);
+        let scanned = rows.len() as i64;
+        Ok(ScopedPage::from_window(rows, limit, limit, scanned, last))
     }
 
     // --- referential integrity ---------------------------------------------

@@ -468,7 +468,13 @@ impl Engine {
                     None => limits.max_entities,
                 };
                 let page = tx
-                    .scoped_revisions_after(node.id, node.acked_rev, limit, window, &r.filter)
+                    .scoped_revisions_after(
+                        node.id,
+                        node.acked_rev,
+                        limit,
+                        window,
+                        &r.scope.filter(),
+                    )
                     .await?;
                 (page.rows, page.more, Some(page.scanned_to))
             }

@@ -157,9 +157,7 @@ impl Scope {
             }),
         }
     }
-}
 
-impl Scope {
     /// The scope as a store can test it in a query: a superset of
     /// [`Scope::matches`]. A field whose values are not all strings is left
     /// out of its type's rule (which widens it); a type whose fields are
@@ -211,8 +209,6 @@ pub(super) struct PacketRouting {
     pub node: Uuid,
     pub packet_no: i64,
     pub scope: Scope,
-    /// The scope as the store tests it ([`Scope::filter`]).
-    pub filter: ScopeFilter,
     /// Rows already in this packet (by uuid), sent or evicted.
     pub seen: HashSet<Uuid>,
     /// What the node holds of the entities read or written while building
@@ -280,7 +276,6 @@ impl Engine {
             Some(PacketRouting {
                 node,
                 packet_no,
-                filter: scope.filter(),
                 scope,
                 seen: HashSet::new(),
                 holdings: HashMap::new(),

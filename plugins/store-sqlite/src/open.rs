@@ -22,6 +22,11 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// transaction (a self-deadlock) into an error instead of a hang.
 const WRITER_WAIT: Duration = Duration::from_secs(60);
 
+/// Rows a statement may hand to the reading task before the connection's
+/// worker thread waits: a packet's worth (max_packet_entities is 500 by
+/// default, and a packet's prefetch reads what its entities refer to too).
+const ROW_CHANNEL: usize = 2_048;
+
 /// Concurrent `Store` reads.
 const READERS: u32 = 4;
 
@@ -86,7 +91,11 @@ impl SqliteStore {
             // commit, so the last transactions can be lost on power failure.
             // A committed queue row or applied packet has been acknowledged
             // to a user or a peer and must survive that.
-            .synchronous(SqliteSynchronous::Full);
+            .synchronous(SqliteSynchronous::Full)
+            // Rows a statement returns wait here for the reading task. sqlx's
+            // default (50) parks the connection's worker thread every 50
+            // rows of a packet-sized read until the task has drained them.
+            .row_buffer_size(ROW_CHANNEL);
         let (writer_opts, reader_opts) = match &location {
             Location::File(path) => {
                 if let Some(parent) = path.parent()

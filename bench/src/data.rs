@@ -23,6 +23,21 @@ impl Refs {
         }
     }
 
+    /// The references of every [`daily_report`]: `(pointer, type, uuid)`
+    /// as the store records them (one row per referenced entity).
+    pub fn of_report(&self) -> Vec<(&'static str, &'static str, Uuid)> {
+        let mut v = vec![
+            ("/brigade", "Brigade", self.brigade),
+            ("/site", "Site", self.site),
+        ];
+        v.extend(
+            self.employees
+                .iter()
+                .map(|e| ("/lines/*/employee", "Employee", *e)),
+        );
+        v
+    }
+
     /// `(type, uuid, data)` of the referenced entities, in an order that
     /// satisfies their own references (employees point at the brigade).
     pub fn entities(&self) -> Vec<(&'static str, Uuid, Value)> {

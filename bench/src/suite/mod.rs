@@ -444,11 +444,38 @@ async fn raw_sqlite(
     .await
 }
 
+/// The work directory: removed at the end, or kept (`HUBSYNC_BENCH_KEEP`).
+enum Keep {
+    Temp(tempfile::TempDir),
+    Kept(PathBuf),
+}
+
+impl Keep {
+    fn path(&self) -> &Path {
+        match self {
+            Keep::Temp(t) => t.path(),
+            Keep::Kept(p) => p,
+        }
+    }
+}
+
 pub async fn run(args: Args) -> anyhow::Result<Outcome> {
     let plan = Plan::from(&args)?;
     let work = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench/work");
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let root_dir = tempfile::tempdir_in(&work)?;
+    // HUBSYNC_BENCH_KEEP=1 keeps the SQLite files, configs and serve.log
+    // of every node for inspection (statement logs with HUBSYNC_LOG, say).
+    let root_dir = if std::env::var_os("HUBSYNC_BENCH_KEEP").is_some() {
+        let kept = root_dir.keep();
+        eprintln!(
+            "suite: HUBSYNC_BENCH_KEEP: the work directory {} is kept",
+            kept.display()
+        );
+        Keep::Kept(kept)
+    } else {
+        Keep::Temp(root_dir)
+    };
     let root = root_dir.path();
     let mut rows = Vec::new();
     let mut extra = serde_json::Map::new();
@@ -587,6 +614,27 @@ async fn sqlite_parts(
                 per_s(n, base),
             )
             .note("POST /api/v1/batch, 500 puts per request (time in the requests)"),
+        );
+        let tick = Ticker::new("baseline: the store's rows".to_string(), n);
+        let store_base =
+            raw::sqlite_store_rows(&root.join("raw-store.db"), "DailyReport", n, CHUNK, |i| {
+                tick.at(i);
+                raw::StoreRows {
+                    data: daily_report(batch_from + i, &refs),
+                    refs: refs.of_report(),
+                }
+            })
+            .await?;
+        rows.push(
+            Row::rate(
+                "local write + registration, batched",
+                format!("N={n}"),
+                "ent/s",
+                per_s(n, batch_t),
+                "raw INSERTs of the rows the store gets, 500/tx",
+                per_s(n, store_base),
+            )
+            .note("the same run against the rows a client's store gets for each report, in the store's own schema (every index, foreign keys): the entity, its 5 reference rows, its queue row; multi-row INSERTs, nothing else"),
         );
     } else if parts.needs_sync() {
         say(&format!(

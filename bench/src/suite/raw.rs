@@ -136,3 +136,138 @@ pub async fn postgres_insert(
     pool.close().await;
     Ok(took)
 }
+
+/// What a client's local write of one entity puts in its store besides the
+/// entity row: the references it holds (`entity_refs`, one row each) and
+/// its registration in the change queue (`sync_changes`, one row).
+pub struct StoreRows {
+    pub data: Value,
+    /// `(pointer, target type, target uuid)` of each reference.
+    pub refs: Vec<(&'static str, &'static str, Uuid)>,
+}
+
+/// The second baseline of the batched local writes: the rows a client's
+/// store gets for each entity (the entity, its reference rows, its queue
+/// row), written with nothing but multi-row INSERTs, `per_tx` entities per
+/// transaction, into a fresh store file with the store's own schema
+/// (every index, the foreign keys, the same pragmas). The gap between this
+/// and the plain-table baseline is the cost of the schema (the reverse
+/// reference index and the queue); the gap between hubsync and this one is
+/// hubsync's own.
+pub async fn sqlite_store_rows(
+    file: &Path,
+    ty: &str,
+    count: usize,
+    per_tx: usize,
+    row: impl Fn(usize) -> StoreRows,
+) -> anyhow::Result<Duration> {
+    for f in [
+        file.to_path_buf(),
+        file.with_extension("db-wal"),
+        file.with_extension("db-shm"),
+    ] {
+        let _ = std::fs::remove_file(f);
+    }
+    let url = format!("sqlite://{}", file.display());
+    // The store creates the file and its schema, then lets go of it.
+    drop(
+        hubsync_store_sqlite::SqliteStore::open(&url)
+            .await
+            .with_context(|| format!("creating a store at {url}"))?,
+    );
+    let opts = SqliteConnectOptions::new()
+        .filename(file)
+        .foreign_keys(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts)
+        .await
+        .with_context(|| format!("opening the baseline store {}", file.display()))?;
+    let ts = hubsync_core::entity::format_ts(hubsync_core::entity::now_utc());
+    let master = Uuid::now_v7().to_string();
+    // The writing client, as `origin_node_id` of its entities.
+    let origin = Uuid::now_v7().to_string();
+    sqlx::query(
+        "INSERT INTO sync_nodes (id, code, name, role, is_self, revoked, created_at,
+             received_packet_no, sent_packet_no, out_packet_no, acked_rev, out_up_to_rev)
+         VALUES (?, 'MASTER', 'master', 'master', 0, 0, ?, 0, 0, 0, 0, 0)",
+    )
+    .bind(&master)
+    .bind(&ts)
+    .execute(&pool)
+    .await
+    .context("registering the baseline's master node")?;
+    let per_tx = per_tx.max(1);
+    let mut took = Duration::ZERO;
+    for start in (0..count).step_by(per_tx) {
+        let chunk: Vec<(String, String, StoreRows)> = (start..(start + per_tx).min(count))
+            .map(|i| {
+                let r = row(i);
+                (Uuid::now_v7().to_string(), r.data.to_string(), r)
+            })
+            .collect();
+        let refs: Vec<(&str, &str, &str, String)> = chunk
+            .iter()
+            .flat_map(|(uuid, _, r)| {
+                r.refs
+                    .iter()
+                    .map(move |(p, t, u)| (uuid.as_str(), *p, *t, u.to_string()))
+            })
+            .collect();
+        let started = Instant::now();
+        let mut tx = pool.begin().await?;
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO entities (entity_type, uuid, updated_at, is_deleted, data, rev, origin_node_id) ",
+        );
+        q.push_values(&chunk, |mut b, (uuid, json, _)| {
+            b.push_bind(ty)
+                .push_bind(uuid.as_str())
+                .push_bind(ts.as_str())
+                .push_bind(0_i64)
+                .push_bind(json.as_str())
+                .push_bind(None::<i64>)
+                .push_bind(origin.as_str());
+        });
+        q.build().execute(&mut *tx).await?;
+        for part in refs.chunks(per_tx) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO entity_refs (source_type, source_uuid, pointer, target_type, target_uuid) ",
+            );
+            q.push_values(part, |mut b, (uuid, p, t, target)| {
+                b.push_bind(ty)
+                    .push_bind(*uuid)
+                    .push_bind(*p)
+                    .push_bind(*t)
+                    .push_bind(target.as_str());
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO sync_changes (kind, node_id, entity_type, entity_uuid, operation, packet_no, created_at, origin_node_id) ",
+        );
+        q.push_values(&chunk, |mut b, (uuid, _, _)| {
+            b.push_bind("queue")
+                .push_bind(master.as_str())
+                .push_bind(ty)
+                .push_bind(uuid.as_str())
+                .push_bind("INSERT")
+                .push_bind(None::<i64>)
+                .push_bind(ts.as_str())
+                .push_bind(None::<String>);
+        });
+        q.build().execute(&mut *tx).await?;
+        tx.commit().await?;
+        took += started.elapsed();
+    }
+    pool.close().await;
+    for f in [
+        file.to_path_buf(),
+        file.with_extension("db-wal"),
+        file.with_extension("db-shm"),
+    ] {
+        let _ = std::fs::remove_file(f);
+    }
+    Ok(took)
+}

@@ -604,17 +604,6 @@ async fn sqlite_parts(
             "batched inserts",
         )
         .await?;
-        rows.push(
-            Row::rate(
-                "local write + registration, batched",
-                format!("N={n}"),
-                "ent/s",
-                per_s(n, batch_t),
-                "raw SQLite multi-row INSERT, 500/tx",
-                per_s(n, base),
-            )
-            .note("POST /api/v1/batch, 500 puts per request (time in the requests)"),
-        );
         let tick = Ticker::new("baseline: the store's rows".to_string(), n);
         let store_base =
             raw::sqlite_store_rows(&root.join("raw-store.db"), "DailyReport", n, CHUNK, |i| {
@@ -625,17 +614,32 @@ async fn sqlite_parts(
                 }
             })
             .await?;
-        rows.push(
-            Row::rate(
-                "local write + registration, batched",
-                format!("N={n}"),
-                "ent/s",
-                per_s(n, batch_t),
+        // One figure, two baselines: the plain table (the issue's) and the
+        // rows the store's schema needs.
+        for (baseline, took, note) in [
+            (
+                "raw SQLite multi-row INSERT, 500/tx",
+                base,
+                "POST /api/v1/batch, 500 puts per request (time in the requests)",
+            ),
+            (
                 "raw INSERTs of the rows the store gets, 500/tx",
-                per_s(n, store_base),
-            )
-            .note("the same run against the rows a client's store gets for each report, in the store's own schema (every index, foreign keys): the entity, its 5 reference rows, its queue row; multi-row INSERTs, nothing else"),
-        );
+                store_base,
+                "the same run against the rows a client's store gets for each report, in the store's own schema (every index, foreign keys): the entity, its 5 reference rows, its queue row; multi-row INSERTs, nothing else",
+            ),
+        ] {
+            rows.push(
+                Row::rate(
+                    "local write + registration, batched",
+                    format!("N={n}"),
+                    "ent/s",
+                    per_s(n, batch_t),
+                    baseline,
+                    per_s(n, took),
+                )
+                .note(note),
+            );
+        }
     } else if parts.needs_sync() {
         say(&format!(
             "loading {n} reports into client-a (untimed: `local` not selected)"

@@ -22,21 +22,59 @@ const SQLITE_TABLE: &str = "CREATE TABLE entities (
     is_deleted INTEGER NOT NULL, data TEXT NOT NULL, rev INTEGER, origin_node_id TEXT,
     PRIMARY KEY (entity_type, uuid))";
 
-async fn sqlite_pool(file: &Path) -> anyhow::Result<sqlx::SqlitePool> {
-    let _ = std::fs::remove_file(file);
+/// A baseline's SQLite file, its WAL and its shared-memory file, gone.
+fn remove_sqlite_files(file: &Path) {
+    for f in [
+        file.to_path_buf(),
+        file.with_extension("db-wal"),
+        file.with_extension("db-shm"),
+    ] {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+/// One connection to `file` with the store's pragmas.
+async fn sqlite_connect(file: &Path, create: bool) -> anyhow::Result<sqlx::SqlitePool> {
     let opts = SqliteConnectOptions::new()
         .filename(file)
-        .create_if_missing(true)
+        .create_if_missing(create)
         .foreign_keys(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full);
-    let pool = SqlitePoolOptions::new()
+    SqlitePoolOptions::new()
         .max_connections(1)
         .connect_with(opts)
         .await
-        .with_context(|| format!("opening the baseline SQLite file {}", file.display()))?;
+        .with_context(|| format!("opening the baseline SQLite file {}", file.display()))
+}
+
+async fn sqlite_pool(file: &Path) -> anyhow::Result<sqlx::SqlitePool> {
+    remove_sqlite_files(file);
+    let pool = sqlite_connect(file, true).await?;
     sqlx::raw_sql(SQLITE_TABLE).execute(&pool).await?;
     Ok(pool)
+}
+
+/// One multi-row INSERT of `(uuid, data, rev, origin)` rows into
+/// `entities`.
+fn insert_entities<'a>(
+    ty: &'a str,
+    ts: &'a str,
+    rows: impl IntoIterator<Item = (&'a str, &'a str, Option<i64>, Option<&'a str>)>,
+) -> QueryBuilder<Sqlite> {
+    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+        "INSERT INTO entities (entity_type, uuid, updated_at, is_deleted, data, rev, origin_node_id) ",
+    );
+    q.push_values(rows, |mut b, (uuid, json, rev, origin)| {
+        b.push_bind(ty)
+            .push_bind(uuid)
+            .push_bind(ts)
+            .push_bind(0_i64)
+            .push_bind(json)
+            .push_bind(rev)
+            .push_bind(origin);
+    });
+    q
 }
 
 /// Raw SQLite: rows `0..count` of `row` inserted `per_tx` at a time (1:
@@ -60,30 +98,22 @@ pub async fn sqlite_insert(
             .collect();
         let started = Instant::now();
         let mut tx = pool.begin().await?;
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT INTO entities (entity_type, uuid, updated_at, is_deleted, data, rev, origin_node_id) ",
-        );
-        q.push_values(chunk.iter().enumerate(), |mut b, (i, (uuid, json))| {
-            b.push_bind(ty)
-                .push_bind(uuid.as_str())
-                .push_bind(ts.as_str())
-                .push_bind(0_i64)
-                .push_bind(json.as_str())
-                .push_bind(i as i64)
-                .push_bind(None::<String>);
-        });
-        q.build().execute(&mut *tx).await?;
+        insert_entities(
+            ty,
+            &ts,
+            chunk
+                .iter()
+                .enumerate()
+                .map(|(i, (uuid, json))| (uuid.as_str(), json.as_str(), Some(i as i64), None)),
+        )
+        .build()
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         took += started.elapsed();
     }
     pool.close().await;
-    for f in [
-        file.to_path_buf(),
-        file.with_extension("db-wal"),
-        file.with_extension("db-shm"),
-    ] {
-        let _ = std::fs::remove_file(f);
-    }
+    remove_sqlite_files(file);
     Ok(took)
 }
 
@@ -161,13 +191,7 @@ pub async fn sqlite_store_rows(
     per_tx: usize,
     row: impl Fn(usize) -> StoreRows,
 ) -> anyhow::Result<Duration> {
-    for f in [
-        file.to_path_buf(),
-        file.with_extension("db-wal"),
-        file.with_extension("db-shm"),
-    ] {
-        let _ = std::fs::remove_file(f);
-    }
+    remove_sqlite_files(file);
     let url = format!("sqlite://{}", file.display());
     // The store creates the file and its schema, then lets go of it.
     drop(
@@ -175,16 +199,7 @@ pub async fn sqlite_store_rows(
             .await
             .with_context(|| format!("creating a store at {url}"))?,
     );
-    let opts = SqliteConnectOptions::new()
-        .filename(file)
-        .foreign_keys(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full);
-    let pool = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(opts)
-        .await
-        .with_context(|| format!("opening the baseline store {}", file.display()))?;
+    let pool = sqlite_connect(file, false).await?;
     let ts = hubsync_core::entity::format_ts(hubsync_core::entity::now_utc());
     let master = Uuid::now_v7().to_string();
     // The writing client, as `origin_node_id` of its entities.
@@ -218,19 +233,16 @@ pub async fn sqlite_store_rows(
             .collect();
         let started = Instant::now();
         let mut tx = pool.begin().await?;
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT INTO entities (entity_type, uuid, updated_at, is_deleted, data, rev, origin_node_id) ",
-        );
-        q.push_values(&chunk, |mut b, (uuid, json, _)| {
-            b.push_bind(ty)
-                .push_bind(uuid.as_str())
-                .push_bind(ts.as_str())
-                .push_bind(0_i64)
-                .push_bind(json.as_str())
-                .push_bind(None::<i64>)
-                .push_bind(origin.as_str());
-        });
-        q.build().execute(&mut *tx).await?;
+        insert_entities(
+            ty,
+            &ts,
+            chunk
+                .iter()
+                .map(|(uuid, json, _)| (uuid.as_str(), json.as_str(), None, Some(origin.as_str()))),
+        )
+        .build()
+        .execute(&mut *tx)
+        .await?;
         for part in refs.chunks(per_tx) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO entity_refs (source_type, source_uuid, pointer, target_type, target_uuid) ",
@@ -262,12 +274,6 @@ pub async fn sqlite_store_rows(
         took += started.elapsed();
     }
     pool.close().await;
-    for f in [
-        file.to_path_buf(),
-        file.with_extension("db-wal"),
-        file.with_extension("db-shm"),
-    ] {
-        let _ = std::fs::remove_file(f);
-    }
+    remove_sqlite_files(file);
     Ok(took)
 }

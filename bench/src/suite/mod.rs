@@ -616,13 +616,15 @@ async fn sqlite_parts(
             .await?;
         // One figure, two baselines: the plain table (the issue's) and the
         // rows the store's schema needs.
-        for (baseline, took, note) in [
+        for (scenario, baseline, took, note) in [
             (
+                "local write + registration, batched",
                 "raw SQLite multi-row INSERT, 500/tx",
                 base,
                 "POST /api/v1/batch, 500 puts per request (time in the requests)",
             ),
             (
+                "local write + registration, batched, vs its rows",
                 "raw INSERTs of the rows the store gets, 500/tx",
                 store_base,
                 "the same run against the rows a client's store gets for each report, in the store's own schema (every index, foreign keys): the entity, its 5 reference rows, its queue row; multi-row INSERTs, nothing else",
@@ -630,7 +632,7 @@ async fn sqlite_parts(
         ] {
             rows.push(
                 Row::rate(
-                    "local write + registration, batched",
+                    scenario,
                     format!("N={n}"),
                     "ent/s",
                     per_s(n, batch_t),

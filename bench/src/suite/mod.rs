@@ -11,7 +11,9 @@
 //!    in sync (the baseline of 4);
 //! 2. `local`: local writes with change registration through the client's
 //!    local API, single (`POST /api/v1/entities/DailyReport`) and batched
-//!    (`POST /api/v1/batch`, 500 per request) vs raw SQLite inserts;
+//!    (`POST /api/v1/batch`, 500 per request) vs raw SQLite inserts, the
+//!    batched ones also vs the rows the store itself gets, written raw into
+//!    its own schema (`raw::sqlite_store_rows`);
 //! 3. `push`: full push of everything written (N + singles) client →
 //!    SQLite master vs a raw insert of the same rows;
 //! 4. `incremental`: incremental sync of `INCR` changes after N are in sync;

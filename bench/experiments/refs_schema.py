@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""What the reference index costs SQLite, by schema (docs/benchmarks.md,
+Session 7). Not part of the suite: a design experiment with Python's
+sqlite3 module and the store's pragmas (WAL, synchronous = FULL), writing
+DailyReport-sized rows (~550 bytes of JSON) with five references each,
+500 per transaction, uuids in time order as hubsync's v7 ones are.
+
+    python3 bench/experiments/refs_schema.py [N]
+
+Variants:
+  entities      the entity rows alone (the suite's plain-table baseline)
+  queue         + one queue row each (sync_changes and its four indexes)
+  refs-text     + five reference rows each, as the store keeps them today
+                (TEXT uuids, WITHOUT ROWID primary key, entity_refs_target)
+  refs-integer  + five reference rows each keyed by integers: entities get
+                an INTEGER PRIMARY KEY, entity_refs (source_id, pointer,
+                target_id) with an index on target_id
+
+Python's own per-row cost is in every figure, so compare the variants with
+each other, not with the suite's Rust baselines.
+"""
+import itertools
+import json
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+import uuid
+
+N = int(sys.argv[1]) if len(sys.argv) > 1 else 60_000
+DATA = json.dumps({
+    "date": "2026-01-01", "brigade": str(uuid.uuid4()), "site": str(uuid.uuid4()),
+    "status": "submitted", "notes": "report 1: no incidents " + "z" * 100,
+    "lines": [{"employee": str(uuid.uuid4()), "hours": 7.5, "task": "brick wall, section B, second floor"}
+              for _ in range(3)],
+})
+_counter = itertools.count(1 << 40)
+
+
+def ordered_uuid():
+    """A uuid whose first 48 bits grow, like a v7 uuid's timestamp."""
+    n = next(_counter)
+    return str(uuid.UUID(f"{n:012x}" + uuid.uuid4().hex[12:]))
+
+
+ENTITIES = """CREATE TABLE entities (entity_type TEXT NOT NULL, uuid TEXT NOT NULL,
+    updated_at TEXT NOT NULL, is_deleted INTEGER NOT NULL, data TEXT NOT NULL, rev INTEGER,
+    origin_node_id TEXT, PRIMARY KEY (entity_type, uuid));"""
+ENTITIES_INT = """CREATE TABLE entities (id INTEGER PRIMARY KEY, entity_type TEXT NOT NULL,
+    uuid TEXT NOT NULL, updated_at TEXT NOT NULL, is_deleted INTEGER NOT NULL, data TEXT NOT NULL,
+    rev INTEGER, origin_node_id TEXT, UNIQUE (entity_type, uuid));"""
+QUEUE = """CREATE TABLE sync_changes (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL,
+    node_id TEXT, entity_type TEXT NOT NULL, entity_uuid TEXT NOT NULL, operation TEXT NOT NULL,
+    packet_no INTEGER, created_at TEXT NOT NULL, origin_node_id TEXT);
+CREATE UNIQUE INDEX q_unsent ON sync_changes (node_id, entity_type, entity_uuid)
+    WHERE kind = 'queue' AND packet_no IS NULL;
+CREATE INDEX q_entity ON sync_changes (node_id, entity_type, entity_uuid) WHERE kind = 'queue';
+CREATE INDEX q_order ON sync_changes (node_id, packet_no, id) WHERE kind = 'queue';
+CREATE UNIQUE INDEX log_entity ON sync_changes (entity_type, entity_uuid, ifnull(node_id, ''))
+    WHERE kind = 'log';"""
+REFS_TEXT = """CREATE TABLE entity_refs (source_type TEXT NOT NULL, source_uuid TEXT NOT NULL,
+    pointer TEXT NOT NULL, target_type TEXT NOT NULL, target_uuid TEXT NOT NULL,
+    PRIMARY KEY (source_type, source_uuid, pointer, target_uuid)) WITHOUT ROWID;
+CREATE INDEX entity_refs_target ON entity_refs (target_uuid, target_type);"""
+REFS_INT = """CREATE TABLE entity_refs (source_id INTEGER NOT NULL, pointer INTEGER NOT NULL,
+    target_id INTEGER NOT NULL, PRIMARY KEY (source_id, pointer, target_id)) WITHOUT ROWID;
+CREATE INDEX entity_refs_target ON entity_refs (target_id);"""
+POINTERS = ["/brigade", "/site", "/lines/*/employee", "/lines/*/employee", "/lines/*/employee"]
+TARGETS = [("Brigade", str(uuid.uuid4())), ("Site", str(uuid.uuid4()))] + [
+    ("Employee", str(uuid.uuid4())) for _ in range(3)]
+NODE = str(uuid.uuid4())
+
+
+def run(name, ddl, write):
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "x.db")
+        c = sqlite3.connect(path, isolation_level=None)
+        c.execute("PRAGMA journal_mode=WAL")
+        c.execute("PRAGMA synchronous=FULL")
+        c.executescript(ddl)
+        state = {"next_id": 1}
+        if name == "refs-integer":
+            for t, u in TARGETS:
+                c.execute("INSERT INTO entities (entity_type, uuid, updated_at, is_deleted, data)"
+                          " VALUES (?, ?, 'x', 0, '{}')", (t, u))
+            state["next_id"] = len(TARGETS) + 1
+        took = 0.0
+        for _ in range(0, N, 500):
+            uuids = [ordered_uuid() for _ in range(500)]
+            started = time.perf_counter()
+            c.execute("BEGIN")
+            write(c, uuids, state)
+            c.execute("COMMIT")
+            took += time.perf_counter() - started
+        size = sum(os.path.getsize(path + s) for s in ("", "-wal") if os.path.exists(path + s))
+        c.close()
+    print(f"{name:13s} {N / took:9.0f} reports/s   file + WAL {size >> 20:4d} MB")
+
+
+def entities(c, uuids, state):
+    c.executemany("INSERT INTO entities VALUES (?, ?, ?, 0, ?, NULL, ?)",
+                  [("DailyReport", u, "2026-01-01T00:00:00.000000Z", DATA, NODE) for u in uuids])
+
+
+def queue(c, uuids, state):
+    entities(c, uuids, state)
+    c.executemany("INSERT INTO sync_changes (kind, node_id, entity_type, entity_uuid, operation,"
+                  " created_at) VALUES ('queue', ?, 'DailyReport', ?, 'INSERT', '2026')",
+                  [(NODE, u) for u in uuids])
+
+
+def refs_text(c, uuids, state):
+    entities(c, uuids, state)
+    c.executemany("INSERT INTO entity_refs VALUES (?, ?, ?, ?, ?)",
+                  [("DailyReport", u, p, t, tu) for u in uuids for p, (t, tu) in zip(POINTERS, TARGETS)])
+
+
+def refs_integer(c, uuids, state):
+    first = state["next_id"]
+    c.executemany("INSERT INTO entities VALUES (?, ?, ?, ?, 0, ?, NULL, ?)",
+                  [(first + i, "DailyReport", u, "2026-01-01T00:00:00.000000Z", DATA, NODE)
+                   for i, u in enumerate(uuids)])
+    c.executemany("INSERT INTO entity_refs VALUES (?, ?, ?)",
+                  [(first + i, min(k, 2), 1 + k) for i in range(len(uuids)) for k in range(5)])
+    state["next_id"] = first + len(uuids)
+
+
+run("entities", ENTITIES, entities)
+run("queue", ENTITIES + QUEUE, queue)
+run("refs-text", ENTITIES + REFS_TEXT, refs_text)
+run("refs-integer", ENTITIES_INT + REFS_INT, refs_integer)

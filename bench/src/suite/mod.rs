@@ -13,7 +13,7 @@
 //!    local API, single (`POST /api/v1/entities/DailyReport`) and batched
 //!    (`POST /api/v1/batch`, 500 per request) vs raw SQLite inserts, the
 //!    batched ones also vs the rows the store itself gets, written raw into
-//!    its own schema (`raw::sqlite_store_rows`);
+//!    its own schema (`raw::Rows::Store`);
 //! 3. `push`: full push of everything written (N + singles) client →
 //!    SQLite master vs a raw insert of the same rows;
 //! 4. `incremental`: incremental sync of `INCR` changes after N are in sync;
@@ -439,7 +439,7 @@ async fn raw_sqlite(
     what: &str,
 ) -> anyhow::Result<Duration> {
     let tick = Ticker::new(format!("baseline: {what}"), count);
-    raw::sqlite_insert(file, "DailyReport", count, per_tx, |i| {
+    raw::sqlite_insert(file, raw::Rows::Plain, "DailyReport", count, per_tx, |i| {
         tick.at(i);
         daily_report(from + i, refs)
     })
@@ -607,15 +607,20 @@ async fn sqlite_parts(
         )
         .await?;
         let tick = Ticker::new("baseline: the store's rows".to_string(), n);
-        let store_base =
-            raw::sqlite_store_rows(&root.join("raw-store.db"), "DailyReport", n, CHUNK, |i| {
+        let store_base = raw::sqlite_insert(
+            &root.join("raw-store.db"),
+            raw::Rows::Store {
+                refs: &refs.of_report(),
+            },
+            "DailyReport",
+            n,
+            CHUNK,
+            |i| {
                 tick.at(i);
-                raw::StoreRows {
-                    data: daily_report(batch_from + i, &refs),
-                    refs: refs.of_report(),
-                }
-            })
-            .await?;
+                daily_report(batch_from + i, &refs)
+            },
+        )
+        .await?;
         // One figure, two baselines: the plain table (the issue's) and the
         // rows the store's schema needs.
         for (scenario, baseline, took, note) in [

@@ -2,7 +2,8 @@
 //! SQLite file with the store's pragmas (WAL, `synchronous = FULL`, foreign
 //! keys, one connection), or a table in the master's PostgreSQL database —
 //! into a bare table shaped like the store's `entities` (same columns, same
-//! primary key).
+//! primary key); for SQLite also into a store file with the store's own
+//! schema, with the reference and queue rows the store writes ([`Rows`]).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -33,11 +34,25 @@ fn remove_sqlite_files(file: &Path) {
     }
 }
 
+/// Where a SQLite baseline writes its rows.
+pub enum Rows<'a> {
+    /// A bare table shaped like the store's `entities` (same columns, same
+    /// primary key): the entity rows alone.
+    Plain,
+    /// A fresh store file with the store's own schema (every index, the
+    /// foreign keys), and the rows a client's store gets for each entity:
+    /// the entity, one `entity_refs` row per reference (`(pointer, target
+    /// type, target uuid)`, the same for every row) and its queue row.
+    Store {
+        refs: &'a [(&'a str, &'a str, Uuid)],
+    },
+}
+
 /// One connection to `file` with the store's pragmas.
-async fn sqlite_connect(file: &Path, create: bool) -> anyhow::Result<sqlx::SqlitePool> {
+async fn sqlite_connect(file: &Path) -> anyhow::Result<sqlx::SqlitePool> {
     let opts = SqliteConnectOptions::new()
         .filename(file)
-        .create_if_missing(create)
+        .create_if_missing(true)
         .foreign_keys(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full);
@@ -48,48 +63,62 @@ async fn sqlite_connect(file: &Path, create: bool) -> anyhow::Result<sqlx::Sqlit
         .with_context(|| format!("opening the baseline SQLite file {}", file.display()))
 }
 
-async fn sqlite_pool(file: &Path) -> anyhow::Result<sqlx::SqlitePool> {
-    remove_sqlite_files(file);
-    let pool = sqlite_connect(file, true).await?;
-    sqlx::raw_sql(SQLITE_TABLE).execute(&pool).await?;
-    Ok(pool)
-}
-
-/// One multi-row INSERT of `(uuid, data, rev, origin)` rows into
-/// `entities`.
-fn insert_entities<'a>(
-    ty: &'a str,
-    ts: &'a str,
-    rows: impl IntoIterator<Item = (&'a str, &'a str, Option<i64>, Option<&'a str>)>,
-) -> QueryBuilder<Sqlite> {
-    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-        "INSERT INTO entities (entity_type, uuid, updated_at, is_deleted, data, rev, origin_node_id) ",
-    );
-    q.push_values(rows, |mut b, (uuid, json, rev, origin)| {
-        b.push_bind(ty)
-            .push_bind(uuid)
-            .push_bind(ts)
-            .push_bind(0_i64)
-            .push_bind(json)
-            .push_bind(rev)
-            .push_bind(origin);
-    });
-    q
-}
-
 /// Raw SQLite: rows `0..count` of `row` inserted `per_tx` at a time (1:
 /// one INSERT and one commit per row; otherwise one multi-row INSERT per
-/// transaction). Only the inserts and commits are timed; the rows are made
-/// a chunk at a time, so memory stays bounded for any count.
+/// table and transaction) into a fresh file, as `into` says. Only the
+/// inserts and commits are timed; the rows are made a chunk at a time, so
+/// memory stays bounded for any count. With [`Rows::Store`] the gap to
+/// [`Rows::Plain`] is the cost of the store's schema (the reverse
+/// reference index, the queue), and the gap between hubsync and it is
+/// hubsync's own.
 pub async fn sqlite_insert(
     file: &Path,
+    into: Rows<'_>,
     ty: &str,
     count: usize,
     per_tx: usize,
     row: impl Fn(usize) -> Value,
 ) -> anyhow::Result<Duration> {
-    let pool = sqlite_pool(file).await?;
+    remove_sqlite_files(file);
     let ts = hubsync_core::entity::format_ts(hubsync_core::entity::now_utc());
+    // The writing client (`origin_node_id` of its entities) and its master
+    // (the queue's target), for the store's rows.
+    let (origin, master) = (Uuid::now_v7().to_string(), Uuid::now_v7().to_string());
+    let pool = match into {
+        Rows::Plain => {
+            let pool = sqlite_connect(file).await?;
+            sqlx::raw_sql(SQLITE_TABLE).execute(&pool).await?;
+            pool
+        }
+        Rows::Store { .. } => {
+            // The store creates the file and its schema, then lets go of it.
+            let url = format!("sqlite://{}", file.display());
+            drop(
+                hubsync_store_sqlite::SqliteStore::open(&url)
+                    .await
+                    .with_context(|| format!("creating a store at {url}"))?,
+            );
+            let pool = sqlite_connect(file).await?;
+            sqlx::query(
+                "INSERT INTO sync_nodes (id, code, name, role, is_self, revoked, created_at,
+                     received_packet_no, sent_packet_no, out_packet_no, acked_rev, out_up_to_rev)
+                 VALUES (?, 'MASTER', 'master', 'master', 0, 0, ?, 0, 0, 0, 0, 0)",
+            )
+            .bind(&master)
+            .bind(&ts)
+            .execute(&pool)
+            .await
+            .context("registering the baseline's master node")?;
+            pool
+        }
+    };
+    let refs: Vec<(&str, &str, String)> = match into {
+        Rows::Plain => Vec::new(),
+        Rows::Store { refs } => refs
+            .iter()
+            .map(|(p, t, u)| (*p, *t, u.to_string()))
+            .collect(),
+    };
     let per_tx = per_tx.max(1);
     let mut took = Duration::ZERO;
     for start in (0..count).step_by(per_tx) {
@@ -98,17 +127,56 @@ pub async fn sqlite_insert(
             .collect();
         let started = Instant::now();
         let mut tx = pool.begin().await?;
-        insert_entities(
-            ty,
-            &ts,
-            chunk
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO entities (entity_type, uuid, updated_at, is_deleted, data, rev, origin_node_id) ",
+        );
+        q.push_values(chunk.iter().enumerate(), |mut b, (i, (uuid, json))| {
+            let (rev, origin) = match into {
+                Rows::Plain => (Some(i as i64), None),
+                Rows::Store { .. } => (None, Some(origin.as_str())),
+            };
+            b.push_bind(ty)
+                .push_bind(uuid.as_str())
+                .push_bind(ts.as_str())
+                .push_bind(0_i64)
+                .push_bind(json.as_str())
+                .push_bind(rev)
+                .push_bind(origin);
+        });
+        q.build().execute(&mut *tx).await?;
+        if let Rows::Store { .. } = into {
+            let rows: Vec<(&str, &(&str, &str, String))> = chunk
                 .iter()
-                .enumerate()
-                .map(|(i, (uuid, json))| (uuid.as_str(), json.as_str(), Some(i as i64), None)),
-        )
-        .build()
-        .execute(&mut *tx)
-        .await?;
+                .flat_map(|(uuid, _)| refs.iter().map(move |r| (uuid.as_str(), r)))
+                .collect();
+            for part in rows.chunks(per_tx) {
+                let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                    "INSERT INTO entity_refs (source_type, source_uuid, pointer, target_type, target_uuid) ",
+                );
+                q.push_values(part, |mut b, (uuid, (p, t, target))| {
+                    b.push_bind(ty)
+                        .push_bind(*uuid)
+                        .push_bind(*p)
+                        .push_bind(*t)
+                        .push_bind(target.as_str());
+                });
+                q.build().execute(&mut *tx).await?;
+            }
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO sync_changes (kind, node_id, entity_type, entity_uuid, operation, packet_no, created_at, origin_node_id) ",
+            );
+            q.push_values(&chunk, |mut b, (uuid, _)| {
+                b.push_bind("queue")
+                    .push_bind(master.as_str())
+                    .push_bind(ty)
+                    .push_bind(uuid.as_str())
+                    .push_bind("INSERT")
+                    .push_bind(None::<i64>)
+                    .push_bind(ts.as_str())
+                    .push_bind(None::<String>);
+            });
+            q.build().execute(&mut *tx).await?;
+        }
         tx.commit().await?;
         took += started.elapsed();
     }
@@ -164,116 +232,5 @@ pub async fn postgres_insert(
         .execute(&pool)
         .await?;
     pool.close().await;
-    Ok(took)
-}
-
-/// What a client's local write of one entity puts in its store besides the
-/// entity row: the references it holds (`entity_refs`, one row each) and
-/// its registration in the change queue (`sync_changes`, one row).
-pub struct StoreRows {
-    pub data: Value,
-    /// `(pointer, target type, target uuid)` of each reference.
-    pub refs: Vec<(&'static str, &'static str, Uuid)>,
-}
-
-/// The second baseline of the batched local writes: the rows a client's
-/// store gets for each entity (the entity, its reference rows, its queue
-/// row), written with nothing but multi-row INSERTs, `per_tx` entities per
-/// transaction, into a fresh store file with the store's own schema
-/// (every index, the foreign keys, the same pragmas). The gap between this
-/// and the plain-table baseline is the cost of the schema (the reverse
-/// reference index and the queue); the gap between hubsync and this one is
-/// hubsync's own.
-pub async fn sqlite_store_rows(
-    file: &Path,
-    ty: &str,
-    count: usize,
-    per_tx: usize,
-    row: impl Fn(usize) -> StoreRows,
-) -> anyhow::Result<Duration> {
-    remove_sqlite_files(file);
-    let url = format!("sqlite://{}", file.display());
-    // The store creates the file and its schema, then lets go of it.
-    drop(
-        hubsync_store_sqlite::SqliteStore::open(&url)
-            .await
-            .with_context(|| format!("creating a store at {url}"))?,
-    );
-    let pool = sqlite_connect(file, false).await?;
-    let ts = hubsync_core::entity::format_ts(hubsync_core::entity::now_utc());
-    let master = Uuid::now_v7().to_string();
-    // The writing client, as `origin_node_id` of its entities.
-    let origin = Uuid::now_v7().to_string();
-    sqlx::query(
-        "INSERT INTO sync_nodes (id, code, name, role, is_self, revoked, created_at,
-             received_packet_no, sent_packet_no, out_packet_no, acked_rev, out_up_to_rev)
-         VALUES (?, 'MASTER', 'master', 'master', 0, 0, ?, 0, 0, 0, 0, 0)",
-    )
-    .bind(&master)
-    .bind(&ts)
-    .execute(&pool)
-    .await
-    .context("registering the baseline's master node")?;
-    let per_tx = per_tx.max(1);
-    let mut took = Duration::ZERO;
-    for start in (0..count).step_by(per_tx) {
-        let chunk: Vec<(String, String, StoreRows)> = (start..(start + per_tx).min(count))
-            .map(|i| {
-                let r = row(i);
-                (Uuid::now_v7().to_string(), r.data.to_string(), r)
-            })
-            .collect();
-        let refs: Vec<(&str, &str, &str, String)> = chunk
-            .iter()
-            .flat_map(|(uuid, _, r)| {
-                r.refs
-                    .iter()
-                    .map(move |(p, t, u)| (uuid.as_str(), *p, *t, u.to_string()))
-            })
-            .collect();
-        let started = Instant::now();
-        let mut tx = pool.begin().await?;
-        insert_entities(
-            ty,
-            &ts,
-            chunk
-                .iter()
-                .map(|(uuid, json, _)| (uuid.as_str(), json.as_str(), None, Some(origin.as_str()))),
-        )
-        .build()
-        .execute(&mut *tx)
-        .await?;
-        for part in refs.chunks(per_tx) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO entity_refs (source_type, source_uuid, pointer, target_type, target_uuid) ",
-            );
-            q.push_values(part, |mut b, (uuid, p, t, target)| {
-                b.push_bind(ty)
-                    .push_bind(*uuid)
-                    .push_bind(*p)
-                    .push_bind(*t)
-                    .push_bind(target.as_str());
-            });
-            q.build().execute(&mut *tx).await?;
-        }
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT INTO sync_changes (kind, node_id, entity_type, entity_uuid, operation, packet_no, created_at, origin_node_id) ",
-        );
-        q.push_values(&chunk, |mut b, (uuid, _, _)| {
-            b.push_bind("queue")
-                .push_bind(master.as_str())
-                .push_bind(ty)
-                .push_bind(uuid.as_str())
-                .push_bind("INSERT")
-                .push_bind(None::<i64>)
-                .push_bind(ts.as_str())
-                .push_bind(None::<String>);
-        });
-        q.build().execute(&mut *tx).await?;
-        tx.commit().await?;
-        took += started.elapsed();
-    }
-    pool.close().await;
-    remove_sqlite_files(file);
     Ok(took)
 }

@@ -75,13 +75,14 @@ impl SqliteTx {
     }
 }
 
-/// Every bound limit here is written `? + 0`, an expression, never a bare
-/// parameter: SQLite (3.51, as bundled) plans a limit that is a bare bound
-/// parameter as a constant, which marks the statement to be compiled again after every
-/// new binding, i.e. at every execution (`sqlite3ExprIsInteger` →
-/// `sqlite3VdbeSetVarmask`). That re-compilation was 8 % of a master's CPU
-/// with 500 scoped clients (docs/benchmarks.md, session 6).
-///
+// Every bound limit here is written `? + 0`, an expression, never a bare
+// parameter: SQLite (3.51, as bundled) plans a limit that is a bare bound
+// parameter as a constant, which marks the statement to be compiled again
+// after every new binding, i.e. at every execution (`sqlite3ExprIsInteger`
+// → `sqlite3VdbeSetVarmask`). That re-compilation was 8 % of a master's CPU
+// with 500 scoped clients (docs/benchmarks.md, session 6). A test
+// (`tests/plans.rs`) keeps bare bound limits out of this backend.
+
 /// The log rows `node` must learn above a revision, each with its entity.
 /// `id > ?` on the INTEGER PRIMARY KEY is a range scan of the table's own
 /// b-tree in revision order (no sort, stops at LIMIT); the entity is one

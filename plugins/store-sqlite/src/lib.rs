@@ -9,7 +9,8 @@
 //! hubsync-core), speak HTTP, or panic on data read from the database.
 //!
 //! Concurrency model: one writer connection (all [`StoreTx`]s are
-//! serialized behind it, each `BEGIN IMMEDIATE`) and a small pool of
+//! serialized behind it; those that queue there are committed in groups,
+//! one `BEGIN IMMEDIATE` … `COMMIT` for several, see `writer.rs`) and a small pool of
 //! read-only connections for the `Store` read methods, which see the last
 //! committed state (WAL snapshot isolation).
 //!
@@ -21,6 +22,7 @@ mod open;
 mod queries;
 mod store;
 mod tx;
+mod writer;
 
 #[cfg(test)]
 mod tests;

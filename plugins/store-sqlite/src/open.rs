@@ -11,6 +11,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 use crate::migrations;
 use crate::store::SqliteStore;
+use crate::writer::Writer;
 
 /// How long a statement waits for a lock held by another connection (or
 /// another process) before failing with SQLITE_BUSY.
@@ -188,7 +189,7 @@ impl SqliteStore {
 
         tracing::debug!(url, "opened sqlite store");
         Ok(SqliteStore {
-            writer,
+            writer: Writer::new(writer, WRITER_WAIT),
             reader,
             url: Arc::from(url),
             _scratch: scratch,

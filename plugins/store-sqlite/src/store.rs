@@ -18,12 +18,13 @@ use crate::queries::{
     node_cols, node_from_row,
 };
 use crate::tx::SqliteTx;
+use crate::writer::Writer;
 
 /// A hubsync store in one SQLite file. Cheap to clone (the pools are shared).
 #[derive(Clone)]
 pub struct SqliteStore {
-    /// One connection: every write transaction.
-    pub(crate) writer: SqlitePool,
+    /// One connection: every write transaction, committed in groups.
+    pub(crate) writer: Writer,
     /// Read-only connections: the `Store` read methods.
     pub(crate) reader: SqlitePool,
     pub(crate) url: Arc<str>,
@@ -59,15 +60,7 @@ impl Store for SqliteStore {
     }
 
     async fn begin(&self) -> StoreResult<Box<dyn StoreTx>> {
-        // IMMEDIATE takes the write lock now rather than at the first write,
-        // so a transaction never fails half-way on a lock upgrade (another
-        // process holding the file, e.g. a backup tool).
-        let tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(|e| StoreError::backend("starting a write transaction", e))?;
-        Ok(Box::new(SqliteTx::new(tx)))
+        Ok(Box::new(SqliteTx::new(self.writer.begin().await?)))
     }
 
     async fn get_meta(&self, key: &str) -> StoreResult<Option<String>> {
@@ -223,9 +216,9 @@ impl Store for SqliteStore {
         rows.iter().map(audit_from_row).collect()
     }
 
-    /// On the writer connection, as one auto-committed statement (it waits
-    /// for an open write transaction to end).
+    /// A write transaction of its own, committed on return.
     async fn record_security_event(&self, event: &SecurityEvent) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await?;
         sqlx::query(
             "INSERT INTO security_events (at, kind, node_id, node_code, peer, detail)
              VALUES (?, ?, ?, ?, ?, ?)",
@@ -236,10 +229,10 @@ impl Store for SqliteStore {
         .bind(event.node_code.as_deref())
         .bind(event.peer.as_deref())
         .bind(&event.detail)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await
         .map_err(|e| StoreError::backend("recording a security event", e))?;
-        Ok(())
+        tx.commit().await
     }
 
     async fn security_events(&self, query: &SecurityEventQuery) -> StoreResult<Vec<SecurityEvent>> {
@@ -280,11 +273,13 @@ impl Store for SqliteStore {
     }
 
     async fn prune_security_events(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        let mut tx = self.writer.begin().await?;
         let done = sqlx::query("DELETE FROM security_events WHERE at < ?")
             .bind(ts_text(before))
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await
             .map_err(|e| StoreError::backend("pruning security events", e))?;
+        tx.commit().await?;
         Ok(done.rows_affected())
     }
 
@@ -292,6 +287,6 @@ impl Store for SqliteStore {
     /// a transaction dropped meanwhile is rolled back.
     async fn close(&self) {
         self.reader.close().await;
-        self.writer.close().await;
+        self.writer.pool.close().await;
     }
 }

@@ -1,6 +1,6 @@
-//! [`SqliteTx`]: one `BEGIN IMMEDIATE` transaction on the writer
-//! connection. Dropping it without `commit` rolls back (sqlx queues the
-//! ROLLBACK before the connection can be used again).
+//! [`SqliteTx`]: one write transaction on the writer connection (a
+//! [`Member`] of a commit group, see `writer.rs`). Dropping it without
+//! `commit` rolls its work back before the connection is used again.
 
 use std::fmt::Write as _;
 
@@ -10,11 +10,12 @@ use hubsync_core::store::{
     NodeRecord, QueuedChange, Revision, ScopeFilter, ScopeRecord, ScopedPage, StoreError,
     StoreResult, StoreTx,
 };
-use sqlx::{QueryBuilder, Sqlite, Transaction};
+use sqlx::{QueryBuilder, Sqlite};
 use uuid::Uuid;
 
 use crate::codec::{RowReader, json_text, opt_ts_text, opt_uuid_text, ts_text, uuid_text};
 use crate::queries::{self, queued_cols, queued_from_row, revision_from_row};
+use crate::writer::Member;
 
 macro_rules! held_cols {
     () => {
@@ -42,11 +43,11 @@ fn held_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<HeldChange> {
 const BATCH_ROWS: usize = 500;
 
 pub(crate) struct SqliteTx {
-    tx: Transaction<'static, Sqlite>,
+    tx: Member,
 }
 
 impl SqliteTx {
-    pub(crate) fn new(tx: Transaction<'static, Sqlite>) -> Self {
+    pub(crate) fn new(tx: Member) -> Self {
         SqliteTx { tx }
     }
 
@@ -1027,10 +1028,7 @@ impl StoreTx for SqliteTx {
     }
 
     async fn commit(self: Box<Self>) -> StoreResult<()> {
-        self.tx
-            .commit()
-            .await
-            .map_err(|e| StoreError::backend("committing", e))
+        self.tx.commit().await
     }
 
     /// One `SELECT … WHERE (entity_type, uuid) IN (VALUES …)` per

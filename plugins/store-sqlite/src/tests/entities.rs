@@ -51,7 +51,7 @@ async fn a_stored_value_that_does_not_decode_is_corrupt_not_a_panic() {
         ("origin_node_id", "not-a-uuid"),
     ] {
         let sql = format!("UPDATE entities SET {column} = ? WHERE uuid = ?");
-        let mut conn = store.writer.acquire().await.unwrap();
+        let mut conn = store.writer.pool.acquire().await.unwrap();
         sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(bad)
             .bind(id(1).to_string())

@@ -8,6 +8,7 @@
 //! hubsync-store-testkit, run in `tests/conformance.rs`.
 
 mod entities;
+mod groups;
 mod open;
 mod plans;
 mod property;

@@ -27,12 +27,12 @@ async fn open_creates_the_file_and_its_directories_in_wal_mode() {
         .unwrap();
     assert_eq!(mode, "wal");
     let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
-        .fetch_one(&store.writer)
+        .fetch_one(&store.writer.pool)
         .await
         .unwrap();
     assert_eq!(sync, 2, "synchronous = FULL");
     let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
-        .fetch_one(&store.writer)
+        .fetch_one(&store.writer.pool)
         .await
         .unwrap();
     assert_eq!(fk, 1);
@@ -59,7 +59,7 @@ async fn a_database_from_a_newer_hubsync_is_refused() {
     sqlx::query(
         "INSERT INTO hubsync_schema_migrations (version, applied_at) VALUES (999, 'later')",
     )
-    .execute(&t.store.writer)
+    .execute(&t.store.writer.pool)
     .await
     .unwrap();
     t.store.close().await;
@@ -118,7 +118,12 @@ async fn memory_stores_are_private_to_each_open() {
 #[tokio::test]
 async fn a_memory_store_leaves_no_file_behind() {
     let store = memory_store().await;
-    let file = store.writer.connect_options().get_filename().to_path_buf();
+    let file = store
+        .writer
+        .pool
+        .connect_options()
+        .get_filename()
+        .to_path_buf();
     assert!(file.exists());
     store.close().await;
     drop(store);

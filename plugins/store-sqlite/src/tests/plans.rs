@@ -16,7 +16,7 @@ async fn plan(store: &SqliteStore, sql: &str, params: usize) -> Vec<String> {
     for _ in 0..params {
         query = query.bind(0_i64);
     }
-    let rows = query.fetch_all(&store.writer).await.unwrap();
+    let rows = query.fetch_all(&store.writer.pool).await.unwrap();
     rows.iter().map(|r| r.get::<String, _>("detail")).collect()
 }
 

@@ -1,0 +1,239 @@
+//! Group commit (`writer.rs`): transactions that queue for the writer are
+//! committed together, none returns before the group's COMMIT, a member
+//! rolled back takes only its own work with it, and a failed COMMIT fails
+//! every member.
+//!
+//! Each test lines the transactions up by hand: the first holds the writer
+//! while the others reach `begin()` (bounded waits on the count of waiting
+//! transactions), so what joins which group is certain.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use super::temp_store;
+use crate::SqliteStore;
+use crate::writer::{Member, Writer};
+
+/// Every wait in these tests: long enough for a loaded CI machine, short
+/// enough that a hang fails the test instead of the job.
+const BOUND: Duration = Duration::from_secs(20);
+
+async fn with_table(store: &SqliteStore) {
+    let mut m = store.writer.begin().await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE parent (id INTEGER PRIMARY KEY);
+         CREATE TABLE t (n INTEGER PRIMARY KEY,
+             parent INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)",
+    )
+    .execute(&mut *m)
+    .await
+    .unwrap();
+    m.commit().await.unwrap();
+}
+
+async fn insert(m: &mut Member, n: i64) {
+    sqlx::query("INSERT INTO t (n) VALUES (?)")
+        .bind(n)
+        .execute(&mut **m)
+        .await
+        .unwrap();
+}
+
+/// The rows committed, as a reader sees them.
+async fn committed(store: &SqliteStore) -> Vec<i64> {
+    sqlx::query_scalar("SELECT n FROM t ORDER BY n")
+        .fetch_all(&store.reader)
+        .await
+        .unwrap()
+}
+
+/// Waits (bounded) until `n` transactions wait in `begin()`.
+async fn until_waiting(writer: &Writer, n: usize) {
+    tokio::time::timeout(BOUND, async {
+        while writer.waiting.load(Ordering::SeqCst) < n {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{n} transactions never reached begin()"));
+}
+
+/// A transaction that, once it has the writer, inserts `n` and then
+/// commits, or drops itself without committing when `commit` is false.
+fn queued(store: &SqliteStore, n: i64, commit: bool) -> JoinHandle<Result<(), String>> {
+    let writer = store.writer.clone();
+    tokio::spawn(async move {
+        let mut m = writer.begin().await.map_err(|e| e.to_string())?;
+        insert(&mut m, n).await;
+        if commit {
+            m.commit().await.map_err(|e| e.to_string())
+        } else {
+            drop(m);
+            Ok(())
+        }
+    })
+}
+
+async fn outcome(task: JoinHandle<Result<(), String>>) -> Result<(), String> {
+    tokio::time::timeout(BOUND, task)
+        .await
+        .expect("a transaction never finished")
+        .expect("a transaction's task panicked")
+}
+
+#[tokio::test]
+async fn queued_transactions_are_committed_together_and_none_returns_before() {
+    let t = temp_store().await;
+    with_table(&t.store).await;
+    let groups_before = t.store.writer.groups_committed().await;
+
+    let mut first = t.store.writer.begin().await.unwrap();
+    insert(&mut first, 1).await;
+    let others: Vec<_> = (2..=4).map(|n| queued(&t.store, n, true)).collect();
+    until_waiting(&t.store.writer, 3).await;
+    let first = tokio::spawn(first.commit());
+    // The first cannot return before the others' work is committed with
+    // it: they all wait behind it, so its COMMIT comes after theirs.
+    for task in others {
+        assert_eq!(outcome(task).await, Ok(()));
+    }
+    tokio::time::timeout(BOUND, first)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(committed(&t.store).await, vec![1, 2, 3, 4]);
+    assert_eq!(
+        t.store.writer.groups_committed().await - groups_before,
+        1,
+        "four transactions that queued together are one COMMIT"
+    );
+}
+
+#[tokio::test]
+async fn a_lone_transaction_commits_at_once() {
+    let t = temp_store().await;
+    with_table(&t.store).await;
+    let mut m = t.store.writer.begin().await.unwrap();
+    insert(&mut m, 1).await;
+    m.commit().await.unwrap();
+    // Committed on return, as a reader sees it.
+    assert_eq!(committed(&t.store).await, vec![1]);
+}
+
+#[tokio::test]
+async fn a_member_rolled_back_takes_only_its_own_work() {
+    let t = temp_store().await;
+    with_table(&t.store).await;
+    let mut first = t.store.writer.begin().await.unwrap();
+    insert(&mut first, 1).await;
+    let dropped = queued(&t.store, 2, false);
+    until_waiting(&t.store.writer, 1).await;
+    let kept = queued(&t.store, 3, true);
+    until_waiting(&t.store.writer, 2).await;
+    let first = tokio::spawn(first.commit());
+    assert_eq!(outcome(dropped).await, Ok(()));
+    assert_eq!(outcome(kept).await, Ok(()));
+    tokio::time::timeout(BOUND, first)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(committed(&t.store).await, vec![1, 3]);
+}
+
+#[tokio::test]
+async fn the_first_member_dropped_rolls_back_and_frees_the_writer() {
+    let t = temp_store().await;
+    with_table(&t.store).await;
+    let mut first = t.store.writer.begin().await.unwrap();
+    insert(&mut first, 1).await;
+    let next = queued(&t.store, 2, true);
+    until_waiting(&t.store.writer, 1).await;
+    drop(first);
+    assert_eq!(outcome(next).await, Ok(()));
+    assert_eq!(committed(&t.store).await, vec![2]);
+}
+
+#[tokio::test]
+async fn a_failed_commit_fails_every_member_and_keeps_nothing() {
+    let t = temp_store().await;
+    with_table(&t.store).await;
+    let mut first = t.store.writer.begin().await.unwrap();
+    insert(&mut first, 1).await;
+    // A deferred foreign key: the insert and the savepoint's RELEASE pass,
+    // the group's COMMIT fails.
+    let writer = t.store.writer.clone();
+    let bad = tokio::spawn(async move {
+        let mut m = writer.begin().await.map_err(|e| e.to_string())?;
+        sqlx::query("INSERT INTO t (n, parent) VALUES (2, 99)")
+            .execute(&mut *m)
+            .await
+            .map_err(|e| e.to_string())?;
+        m.commit().await.map_err(|e| e.to_string())
+    });
+    until_waiting(&t.store.writer, 1).await;
+    let first = tokio::spawn(first.commit());
+    let bad = outcome(bad).await;
+    let first = tokio::time::timeout(BOUND, first)
+        .await
+        .unwrap()
+        .unwrap()
+        .map_err(|e| e.to_string());
+    for (who, result) in [("the first", &first), ("the second", &bad)] {
+        let err = result
+            .as_ref()
+            .expect_err(&format!("{who} member's commit must fail"));
+        assert!(err.contains("FOREIGN KEY"), "{who}: {err}");
+    }
+    assert_eq!(committed(&t.store).await, Vec::<i64>::new());
+    // The writer is free and works.
+    let mut m = t.store.writer.begin().await.unwrap();
+    insert(&mut m, 5).await;
+    m.commit().await.unwrap();
+    assert_eq!(committed(&t.store).await, vec![5]);
+}
+
+#[tokio::test]
+async fn a_caller_that_stops_waiting_does_not_stop_the_group() {
+    let t = temp_store().await;
+    with_table(&t.store).await;
+    let mut first = t.store.writer.begin().await.unwrap();
+    insert(&mut first, 1).await;
+    let holder = t.store.writer.clone();
+    // Holds the writer until told, so that the first member's commit has
+    // to wait behind it.
+    let (go, wait) = tokio::sync::oneshot::channel::<()>();
+    let second = tokio::spawn(async move {
+        let mut m = holder.begin().await.unwrap();
+        insert(&mut m, 2).await;
+        let _ = wait.await;
+        m.commit().await.unwrap();
+    });
+    until_waiting(&t.store.writer, 1).await;
+    // The first member commits, defers behind the second, and its caller
+    // gives up waiting: the group must still be committed.
+    let gave_up = tokio::time::timeout(Duration::from_millis(100), first.commit()).await;
+    assert!(gave_up.is_err(), "the commit had to wait for the second");
+    let _ = go.send(());
+    tokio::time::timeout(BOUND, second).await.unwrap().unwrap();
+    tokio::time::timeout(BOUND, async {
+        while committed(&t.store).await != vec![1, 2] {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("both rows committed");
+}
+
+#[tokio::test]
+async fn a_begin_that_gives_up_is_not_counted_as_waiting() {
+    let t = temp_store().await;
+    let held = t.store.writer.begin().await.unwrap();
+    let gave_up = tokio::time::timeout(Duration::from_millis(50), t.store.writer.begin()).await;
+    assert!(gave_up.is_err());
+    assert_eq!(t.store.writer.waiting.load(Ordering::SeqCst), 0);
+    held.commit().await.unwrap();
+}

@@ -123,3 +123,97 @@ proptest! {
         rt.block_on(run(&steps))?;
     }
 }
+
+/// Strings a field may hold or a scope may list: plain ones (the text
+/// prefilter applies), and ones with quotes, backslashes, control
+/// characters, `/` and non-ASCII letters (JSON escapes or raw UTF-8).
+fn field_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => "[a-c]{1,3}",
+        1 => prop::sample::select(vec![
+            "a\"b", "a\\b", "a\tb", "a\u{1}b", "a/b", "\u{451}\u{43b}\u{43a}\u{430}",
+            "\u{1f600}", "a b", "",
+        ])
+        .prop_map(String::from),
+    ]
+}
+
+/// The field's value in each entity: a string, a number, or missing.
+#[derive(Debug, Clone)]
+enum Held {
+    Text(String),
+    Number(i64),
+    Missing,
+}
+
+fn held() -> impl Strategy<Value = Held> {
+    prop_oneof![
+        6 => field_value().prop_map(Held::Text),
+        1 => (0i64..3).prop_map(Held::Number),
+        1 => Just(Held::Missing),
+    ]
+}
+
+async fn scoped_match(holds: &[Held], listed: &[String], noise: &str) -> Result<(), TestCaseError> {
+    use hubsync_core::store::ScopeFilter;
+    use serde_json::json;
+
+    let store = memory_store().await;
+    let node = add_node(&store, 100).await;
+    let other = add_node(&store, 101).await;
+    let mut tx = store.begin().await.unwrap();
+    for (i, h) in holds.iter().enumerate() {
+        // The value may also appear elsewhere in the document (`noise`):
+        // the prefilter then lets the row through to json_extract.
+        let mut data = json!({"name": noise, "lines": [{"foreman": noise}]});
+        match h {
+            Held::Text(s) => data["foreman"] = json!(s),
+            Held::Number(n) => data["foreman"] = json!(n),
+            Held::Missing => {}
+        }
+        let mut e = super::entity("Brigade", id(i as u128 + 1), data);
+        e.origin = Some(other);
+        tx.put_entity(&e).await.unwrap();
+        tx.append_revision(None, "Brigade", e.uuid, Operation::Insert, Some(other))
+            .await
+            .unwrap();
+    }
+    let filter = ScopeFilter {
+        types: vec![(
+            "Brigade".into(),
+            Some(vec![("foreman".into(), listed.to_vec())]),
+        )],
+        with_references: false,
+    };
+    let page = tx
+        .scoped_revisions_after(node, 0, 1000, 1000, &filter)
+        .await
+        .unwrap();
+    let got: Vec<Uuid> = page.rows.iter().map(|(r, _)| r.entity_uuid).collect();
+    let want: Vec<Uuid> = holds
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| matches!(h, Held::Text(s) if listed.contains(s)))
+        .map(|(i, _)| id(i as u128 + 1))
+        .collect();
+    prop_assert_eq!(got, want);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(100))]
+
+    // Feature: sync-system, Property 2: For any set of offline changes, reconnecting to the server should result in all changes being transmitted and acknowledged
+    // (for a scoped node: every row whose field holds a listed string is a
+    // candidate, whether the SQLite text prefilter applies or not, and no
+    // other row is)
+    #[test]
+    fn a_scoped_field_matches_exactly_the_rows_holding_a_listed_string(
+        holds in prop::collection::vec(held(), 1..12),
+        listed in prop::collection::vec(field_value(), 0..20),
+        noise in field_value(),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(scoped_match(&holds, &listed, &noise))?;
+    }
+}

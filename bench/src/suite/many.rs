@@ -65,7 +65,7 @@ impl Outcome {
 }
 
 /// The `q` quantile (0..=1) of `latencies`, in ms (NaN when empty).
-fn quantile_ms(latencies: &[Duration], q: f64) -> f64 {
+pub fn quantile_ms(latencies: &[Duration], q: f64) -> f64 {
     let mut v = latencies.to_vec();
     if v.is_empty() {
         return f64::NAN;

@@ -23,6 +23,10 @@
 //! - No member's `commit` returns before the group's COMMIT has succeeded:
 //!   nothing is acknowledged before it is durable. If the COMMIT fails, the
 //!   group is rolled back and every member's `commit` fails with the error.
+//! - A member waits for the group's COMMIT as long as `begin` waits for the
+//!   writer (60 s): a later member that hangs with the writer (a resolver
+//!   plugin that never answers) makes the earlier ones fail with an error
+//!   that says their write may still be committed when it ends.
 //! - A member dropped without `commit` rolls back to its savepoint (or the
 //!   whole transaction, when it is the first and so the only member): the
 //!   others' work stays in the group.
@@ -101,6 +105,8 @@ pub(crate) struct Member {
     outcome: Arc<OnceLock<Outcome>>,
     state: Arc<Mutex<State>>,
     waiting: Arc<AtomicUsize>,
+    /// How long `commit` waits for the group's COMMIT.
+    wait: Duration,
 }
 
 /// Counts a task in [`Writer::begin`] as waiting until it has the lock,
@@ -180,6 +186,7 @@ impl Writer {
             outcome,
             state: self.state.clone(),
             waiting: self.waiting.clone(),
+            wait: self.wait,
         })
     }
 }
@@ -227,8 +234,12 @@ impl Member {
                 None => end_group(&mut guard).await,
             }
         });
-        task.await
-            .map_err(|e| StoreError::backend("committing", e))?
+        // Bounded like `begin`: a transaction of the group that hangs (it
+        // holds the writer) must not hang the ones that came before it.
+        match tokio::time::timeout(self.wait, task).await {
+            Ok(done) => done.map_err(|e| StoreError::backend("committing", e))?,
+            Err(_) => Err(StoreError::backend("committing", CommitWait(self.wait))),
+        }
     }
 }
 
@@ -359,6 +370,12 @@ fn group_failed(message: String) -> StoreError {
     "another write transaction held the store's writer for {0:?}; the store is overloaded or a transaction hangs (see the log for what was running)"
 )]
 struct WriterBusy(Duration);
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "this write was committed together with later ones, and one of them has held the store's writer for {0:?}; it may still be committed when that one ends, so check before writing it again (see the log for what was running)"
+)]
+struct CommitWait(Duration);
 
 #[derive(Debug, thiserror::Error)]
 #[error("the transaction had already ended")]

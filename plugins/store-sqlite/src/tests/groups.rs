@@ -237,3 +237,36 @@ async fn a_begin_that_gives_up_is_not_counted_as_waiting() {
     assert_eq!(t.store.writer.waiting.load(Ordering::SeqCst), 0);
     held.commit().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_commit_waiting_behind_a_hung_member_gives_up_and_says_it_may_land() {
+    let t = temp_store().await;
+    with_table(&t.store).await;
+    let writer = Writer::new(t.store.writer.pool.clone(), Duration::from_millis(300));
+    let mut first = writer.begin().await.unwrap();
+    insert(&mut first, 1).await;
+    let (go, wait) = tokio::sync::oneshot::channel::<()>();
+    let hung = writer.clone();
+    let second = tokio::spawn(async move {
+        let mut m = hung.begin().await.unwrap();
+        insert(&mut m, 2).await;
+        let _ = wait.await;
+        m.commit().await.unwrap();
+    });
+    until_waiting(&writer, 1).await;
+    let err = tokio::time::timeout(BOUND, first.commit())
+        .await
+        .expect("the commit's own wait is bounded")
+        .expect_err("the group cannot commit while the second hangs");
+    assert!(err.to_string().contains("may still be committed"), "{err}");
+    // When the second ends, the group (the first's row too) is committed.
+    let _ = go.send(());
+    tokio::time::timeout(BOUND, second).await.unwrap().unwrap();
+    tokio::time::timeout(BOUND, async {
+        while committed(&t.store).await != vec![1, 2] {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("both rows committed");
+}

@@ -76,6 +76,38 @@ fn queued(store: &SqliteStore, n: i64, commit: bool) -> JoinHandle<Result<(), St
     })
 }
 
+/// A transaction that, once it has the writer, inserts `n` and holds the
+/// writer until the returned sender fires (or is dropped), then commits.
+fn held_open(writer: &Writer, n: i64) -> (tokio::sync::oneshot::Sender<()>, JoinHandle<()>) {
+    let (go, wait) = tokio::sync::oneshot::channel::<()>();
+    let writer = writer.clone();
+    let task = tokio::spawn(async move {
+        let mut m = writer.begin().await.unwrap();
+        insert(&mut m, n).await;
+        let _ = wait.await;
+        m.commit().await.unwrap();
+    });
+    (go, task)
+}
+
+/// Waits (bounded) until a reader sees exactly `rows` committed.
+async fn until_committed(store: &SqliteStore, rows: &[i64]) {
+    tokio::time::timeout(BOUND, async {
+        while committed(store).await != rows {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("rows {rows:?} never committed"));
+}
+
+/// A transaction of its own: inserts `n`, commits.
+async fn write_one(writer: &Writer, n: i64) {
+    let mut m = writer.begin().await.unwrap();
+    insert(&mut m, n).await;
+    m.commit().await.unwrap();
+}
+
 async fn outcome(task: JoinHandle<Result<(), String>>) -> Result<(), String> {
     tokio::time::timeout(BOUND, task)
         .await
@@ -116,9 +148,7 @@ async fn queued_transactions_are_committed_together_and_none_returns_before() {
 async fn a_lone_transaction_commits_at_once() {
     let t = temp_store().await;
     with_table(&t.store).await;
-    let mut m = t.store.writer.begin().await.unwrap();
-    insert(&mut m, 1).await;
-    m.commit().await.unwrap();
+    write_one(&t.store.writer, 1).await;
     // Committed on return, as a reader sees it.
     assert_eq!(committed(&t.store).await, vec![1]);
 }
@@ -190,9 +220,7 @@ async fn a_failed_commit_fails_every_member_and_keeps_nothing() {
     }
     assert_eq!(committed(&t.store).await, Vec::<i64>::new());
     // The writer is free and works.
-    let mut m = t.store.writer.begin().await.unwrap();
-    insert(&mut m, 5).await;
-    m.commit().await.unwrap();
+    write_one(&t.store.writer, 5).await;
     assert_eq!(committed(&t.store).await, vec![5]);
 }
 
@@ -202,16 +230,9 @@ async fn a_caller_that_stops_waiting_does_not_stop_the_group() {
     with_table(&t.store).await;
     let mut first = t.store.writer.begin().await.unwrap();
     insert(&mut first, 1).await;
-    let holder = t.store.writer.clone();
     // Holds the writer until told, so that the first member's commit has
     // to wait behind it.
-    let (go, wait) = tokio::sync::oneshot::channel::<()>();
-    let second = tokio::spawn(async move {
-        let mut m = holder.begin().await.unwrap();
-        insert(&mut m, 2).await;
-        let _ = wait.await;
-        m.commit().await.unwrap();
-    });
+    let (go, second) = held_open(&t.store.writer, 2);
     until_waiting(&t.store.writer, 1).await;
     // The first member commits, defers behind the second, and its caller
     // gives up waiting: the group must still be committed.
@@ -219,13 +240,7 @@ async fn a_caller_that_stops_waiting_does_not_stop_the_group() {
     assert!(gave_up.is_err(), "the commit had to wait for the second");
     let _ = go.send(());
     tokio::time::timeout(BOUND, second).await.unwrap().unwrap();
-    tokio::time::timeout(BOUND, async {
-        while committed(&t.store).await != vec![1, 2] {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("both rows committed");
+    until_committed(&t.store, &[1, 2]).await;
 }
 
 #[tokio::test]
@@ -245,14 +260,7 @@ async fn a_commit_waiting_behind_a_hung_member_gives_up_and_says_it_may_land() {
     let writer = Writer::new(t.store.writer.pool.clone(), Duration::from_millis(300));
     let mut first = writer.begin().await.unwrap();
     insert(&mut first, 1).await;
-    let (go, wait) = tokio::sync::oneshot::channel::<()>();
-    let hung = writer.clone();
-    let second = tokio::spawn(async move {
-        let mut m = hung.begin().await.unwrap();
-        insert(&mut m, 2).await;
-        let _ = wait.await;
-        m.commit().await.unwrap();
-    });
+    let (go, second) = held_open(&writer, 2);
     until_waiting(&writer, 1).await;
     let err = tokio::time::timeout(BOUND, first.commit())
         .await
@@ -262,11 +270,5 @@ async fn a_commit_waiting_behind_a_hung_member_gives_up_and_says_it_may_land() {
     // When the second ends, the group (the first's row too) is committed.
     let _ = go.send(());
     tokio::time::timeout(BOUND, second).await.unwrap().unwrap();
-    tokio::time::timeout(BOUND, async {
-        while committed(&t.store).await != vec![1, 2] {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("both rows committed");
+    until_committed(&t.store, &[1, 2]).await;
 }

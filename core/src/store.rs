@@ -434,11 +434,27 @@ pub struct Page {
     pub include_deleted: bool,
 }
 
+/// Write transactions committed since the store was opened, and the
+/// COMMITs (each one sync to disk) that made them durable: a backend that
+/// commits queued transactions together has fewer commits than
+/// transactions (`GET /metrics`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    pub transactions: u64,
+    pub commits: u64,
+}
+
 /// A storage backend. Reads here see committed data only.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     /// The backend's name ("sqlite", "postgres").
     fn backend(&self) -> &'static str;
+
+    /// Counts of committed write transactions and commits, for backends
+    /// that keep them.
+    fn write_stats(&self) -> Option<WriteStats> {
+        None
+    }
 
     /// Starts a write transaction.
     async fn begin(&self) -> StoreResult<Box<dyn StoreTx>>;

@@ -47,7 +47,8 @@ pub fn routes(
                     .await
                     .map(|s| s.pending_changes)
                     .unwrap_or(0);
-                let mut r = Response::new(node.metrics.render(pending).into());
+                let writes = node.engine.store().write_stats();
+                let mut r = Response::new(node.metrics.render(pending, writes).into());
                 r.headers_mut().insert(
                     "content-type",
                     warp::http::HeaderValue::from_static("text/plain; version=0.0.4"),

@@ -3,6 +3,8 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use hubsync_core::store::WriteStats;
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     exchanges_ok: AtomicU64,
@@ -37,8 +39,9 @@ impl Metrics {
         self.auth_failures.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The Prometheus exposition, with `pending` queued changes.
-    pub fn render(&self, pending: i64) -> String {
+    /// The Prometheus exposition, with `pending` queued changes and the
+    /// store's write counts when it keeps them.
+    pub fn render(&self, pending: i64, writes: Option<WriteStats>) -> String {
         let mut out = String::new();
         let mut metric = |name: &str, help: &str, kind: &str, samples: &[(&str, u64)]| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -83,6 +86,20 @@ impl Metrics {
             "gauge",
             &[("", pending.max(0) as u64)],
         );
+        if let Some(w) = writes {
+            metric(
+                "hubsync_store_write_transactions_total",
+                "Write transactions committed by this node's store.",
+                "counter",
+                &[("", w.transactions)],
+            );
+            metric(
+                "hubsync_store_commits_total",
+                "Commits (each a sync to disk) that made them durable; SQLite commits transactions that queue for its one writer together, so fewer than the transactions under load.",
+                "counter",
+                &[("", w.commits)],
+            );
+        }
         out
     }
 }

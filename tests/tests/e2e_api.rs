@@ -658,6 +658,17 @@ async fn health_and_prometheus_metrics_are_served() {
         text.lines().any(|l| l == "hubsync_pending_changes 1"),
         "{text}"
     );
+    // The SQLite store's write counts: the brigade at least, committed.
+    let count = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing or not a number: {text}"))
+    };
+    let (txs, commits) = (
+        count("hubsync_store_write_transactions_total"),
+        count("hubsync_store_commits_total"),
+    );
+    assert!(commits >= 1 && txs >= commits, "{txs} / {commits}: {text}");
     check_error(
         call(api, "GET", "/no/such/route", None).await,
         404,

@@ -8,6 +8,7 @@ use hubsync_core::entity::Entity;
 use hubsync_core::security::{SecurityEvent, SecurityEventKind, SecurityEventQuery};
 use hubsync_core::store::{
     AuditRecord, HistoryRecord, NodeRecord, Page, Store, StoreError, StoreResult, StoreTx,
+    WriteStats,
 };
 use sqlx::SqlitePool;
 use uuid::Uuid;
@@ -57,6 +58,10 @@ pub(crate) const COUNT_REVISIONS_AFTER: &str = "SELECT count(*) AS n FROM sync_c
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
         "sqlite"
+    }
+
+    fn write_stats(&self) -> Option<WriteStats> {
+        Some(self.writer.stats())
     }
 
     async fn begin(&self) -> StoreResult<Box<dyn StoreTx>> {

@@ -37,11 +37,11 @@
 //! member was decided on data that did not stay. Readers on other
 //! connections see a group's work when it commits.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use hubsync_core::store::{StoreError, StoreResult};
+use hubsync_core::store::{StoreError, StoreResult, WriteStats};
 use sqlx::pool::PoolConnection;
 use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 use tokio::sync::{Mutex, OwnedMutexGuard};
@@ -74,14 +74,21 @@ pub(crate) struct Writer {
     pub(crate) waiting: Arc<AtomicUsize>,
     /// How long `begin` waits for the writer.
     wait: Duration,
+    stats: Arc<Stats>,
 }
 
 struct State {
     /// The writer connection while a group is open.
     conn: Option<PoolConnection<Sqlite>>,
     group: Option<Group>,
-    /// Groups committed so far (tests).
-    groups_committed: u64,
+    stats: Arc<Stats>,
+}
+
+/// What [`Writer::stats`] reports, counted as groups commit.
+#[derive(Default)]
+struct Stats {
+    transactions: AtomicU64,
+    commits: AtomicU64,
 }
 
 /// The SQLite transaction in progress and what its members will learn.
@@ -128,15 +135,25 @@ impl Drop for Waiting<'_> {
 
 impl Writer {
     pub(crate) fn new(pool: SqlitePool, wait: Duration) -> Self {
+        let stats = Arc::new(Stats::default());
         Writer {
             pool,
             state: Arc::new(Mutex::new(State {
                 conn: None,
                 group: None,
-                groups_committed: 0,
+                stats: stats.clone(),
             })),
             waiting: Arc::new(AtomicUsize::new(0)),
             wait,
+            stats,
+        }
+    }
+
+    /// Transactions committed and the COMMITs that carried them.
+    pub(crate) fn stats(&self) -> WriteStats {
+        WriteStats {
+            transactions: self.stats.transactions.load(Ordering::Relaxed),
+            commits: self.stats.commits.load(Ordering::Relaxed),
         }
     }
 
@@ -188,14 +205,6 @@ impl Writer {
             waiting: self.waiting.clone(),
             wait: self.wait,
         })
-    }
-}
-
-#[cfg(test)]
-impl Writer {
-    /// Groups committed so far (waits for the writer).
-    pub(crate) async fn groups_committed(&self) -> u64 {
-        self.state.lock().await.groups_committed
     }
 }
 
@@ -260,7 +269,12 @@ async fn end_group(state: &mut State) -> StoreResult<()> {
         }
     };
     if outcome.is_ok() {
-        state.groups_committed += 1;
+        let members = group.members as u64;
+        state
+            .stats
+            .transactions
+            .fetch_add(members, Ordering::Relaxed);
+        state.stats.commits.fetch_add(1, Ordering::Relaxed);
     }
     let _ = group.outcome.set(outcome);
     committed.map_err(|e| StoreError::backend("committing", e))

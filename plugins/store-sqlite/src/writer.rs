@@ -3,7 +3,7 @@
 //! Every write transaction ([`Member`]) runs on the store's one writer
 //! connection, one at a time, behind a fair (first come, first served)
 //! lock. With `synchronous = FULL` each SQLite COMMIT waits for the WAL to
-//! reach the disk (an fsync: ~0.3 ms on the benchmark VM's disk), and the
+//! reach the disk (an fsync: 0.3 ms on the benchmark VM's idle disk, 0.9–1.8 ms under load), and the
 //! lock is held meanwhile, so a master serving many clients spent a good
 //! part of each exchange waiting for its own fsync while the next exchanges
 //! queued.

@@ -81,7 +81,6 @@ struct State {
     /// The writer connection while a group is open.
     conn: Option<PoolConnection<Sqlite>>,
     group: Option<Group>,
-    stats: Arc<Stats>,
 }
 
 /// What [`Writer::stats`] reports, counted as groups commit.
@@ -110,10 +109,8 @@ pub(crate) struct Member {
     /// one (its work is the transaction).
     joined: bool,
     outcome: Arc<OnceLock<Outcome>>,
-    state: Arc<Mutex<State>>,
-    waiting: Arc<AtomicUsize>,
-    /// How long `commit` waits for the group's COMMIT.
-    wait: Duration,
+    /// The writer it came from: its lock, waiters, wait and counts.
+    writer: Writer,
 }
 
 /// Counts a task in [`Writer::begin`] as waiting until it has the lock,
@@ -135,17 +132,15 @@ impl Drop for Waiting<'_> {
 
 impl Writer {
     pub(crate) fn new(pool: SqlitePool, wait: Duration) -> Self {
-        let stats = Arc::new(Stats::default());
         Writer {
             pool,
             state: Arc::new(Mutex::new(State {
                 conn: None,
                 group: None,
-                stats: stats.clone(),
             })),
             waiting: Arc::new(AtomicUsize::new(0)),
             wait,
-            stats,
+            stats: Arc::new(Stats::default()),
         }
     }
 
@@ -201,9 +196,7 @@ impl Writer {
             guard: Some(guard),
             joined,
             outcome,
-            state: self.state.clone(),
-            waiting: self.waiting.clone(),
-            wait: self.wait,
+            writer: self.clone(),
         })
     }
 }
@@ -227,34 +220,34 @@ impl Member {
             }
         }
         let members = guard.group.as_ref().map_or(0, |g| g.members);
-        if self.waiting.load(Ordering::SeqCst) == 0 || members >= MAX_MEMBERS {
-            return end_group(&mut guard).await;
+        let writer = &self.writer;
+        if writer.waiting.load(Ordering::SeqCst) == 0 || members >= MAX_MEMBERS {
+            return end_group(&mut guard, &writer.stats).await;
         }
         // Others wait: let them in, and come back behind them. The group's
         // first member back commits it. A task of its own, so that the
         // group is committed even if this caller stops waiting.
         drop(guard);
-        let state = self.state.clone();
-        let outcome = self.outcome.clone();
+        let (back, outcome) = (writer.clone(), self.outcome.clone());
         let task = tokio::spawn(async move {
-            let mut guard = state.lock_owned().await;
+            let mut guard = back.state.clone().lock_owned().await;
             match outcome.get() {
                 Some(done) => done.clone().map_err(group_failed),
-                None => end_group(&mut guard).await,
+                None => end_group(&mut guard, &back.stats).await,
             }
         });
         // Bounded like `begin`: a transaction of the group that hangs (it
         // holds the writer) must not hang the ones that came before it.
-        match tokio::time::timeout(self.wait, task).await {
+        match tokio::time::timeout(writer.wait, task).await {
             Ok(done) => done.map_err(|e| StoreError::backend("committing", e))?,
-            Err(_) => Err(StoreError::backend("committing", CommitWait(self.wait))),
+            Err(_) => Err(StoreError::backend("committing", CommitWait(writer.wait))),
         }
     }
 }
 
 /// Commits the open group and hands the connection back to the pool;
 /// records the outcome for the members still to learn it.
-async fn end_group(state: &mut State) -> StoreResult<()> {
+async fn end_group(state: &mut State, stats: &Stats) -> StoreResult<()> {
     let (Some(mut conn), Some(group)) = (state.conn.take(), state.group.take()) else {
         return Err(ended());
     };
@@ -269,12 +262,10 @@ async fn end_group(state: &mut State) -> StoreResult<()> {
         }
     };
     if outcome.is_ok() {
-        let members = group.members as u64;
-        state
-            .stats
+        stats
             .transactions
-            .fetch_add(members, Ordering::Relaxed);
-        state.stats.commits.fetch_add(1, Ordering::Relaxed);
+            .fetch_add(group.members as u64, Ordering::Relaxed);
+        stats.commits.fetch_add(1, Ordering::Relaxed);
     }
     let _ = group.outcome.set(outcome);
     committed.map_err(|e| StoreError::backend("committing", e))

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use super::temp_store;
+use super::{TempStore, temp_store};
 use crate::SqliteStore;
 use crate::writer::{Member, Writer};
 
@@ -39,6 +39,16 @@ async fn insert(m: &mut Member, n: i64) {
         .execute(&mut **m)
         .await
         .unwrap();
+}
+
+/// A store with the test tables, and a transaction holding the writer that
+/// has inserted row 1.
+async fn first_with_row() -> (TempStore, Member) {
+    let t = temp_store().await;
+    with_table(&t.store).await;
+    let mut first = t.store.writer.begin().await.unwrap();
+    insert(&mut first, 1).await;
+    (t, first)
 }
 
 /// The rows committed, as a reader sees them.
@@ -117,12 +127,9 @@ async fn outcome(task: JoinHandle<Result<(), String>>) -> Result<(), String> {
 
 #[tokio::test]
 async fn queued_transactions_are_committed_together_and_none_returns_before() {
-    let t = temp_store().await;
-    with_table(&t.store).await;
+    let (t, first) = first_with_row().await;
+    // Nothing of the first is committed yet.
     let before = t.store.writer.stats();
-
-    let mut first = t.store.writer.begin().await.unwrap();
-    insert(&mut first, 1).await;
     let others: Vec<_> = (2..=4).map(|n| queued(&t.store, n, true)).collect();
     until_waiting(&t.store.writer, 3).await;
     let first = tokio::spawn(first.commit());
@@ -159,10 +166,7 @@ async fn a_lone_transaction_commits_at_once() {
 
 #[tokio::test]
 async fn a_member_rolled_back_takes_only_its_own_work() {
-    let t = temp_store().await;
-    with_table(&t.store).await;
-    let mut first = t.store.writer.begin().await.unwrap();
-    insert(&mut first, 1).await;
+    let (t, first) = first_with_row().await;
     let dropped = queued(&t.store, 2, false);
     until_waiting(&t.store.writer, 1).await;
     let kept = queued(&t.store, 3, true);
@@ -180,10 +184,7 @@ async fn a_member_rolled_back_takes_only_its_own_work() {
 
 #[tokio::test]
 async fn the_first_member_dropped_rolls_back_and_frees_the_writer() {
-    let t = temp_store().await;
-    with_table(&t.store).await;
-    let mut first = t.store.writer.begin().await.unwrap();
-    insert(&mut first, 1).await;
+    let (t, first) = first_with_row().await;
     let next = queued(&t.store, 2, true);
     until_waiting(&t.store.writer, 1).await;
     drop(first);
@@ -193,10 +194,7 @@ async fn the_first_member_dropped_rolls_back_and_frees_the_writer() {
 
 #[tokio::test]
 async fn a_failed_commit_fails_every_member_and_keeps_nothing() {
-    let t = temp_store().await;
-    with_table(&t.store).await;
-    let mut first = t.store.writer.begin().await.unwrap();
-    insert(&mut first, 1).await;
+    let (t, first) = first_with_row().await;
     // A deferred foreign key: the insert and the savepoint's RELEASE pass,
     // the group's COMMIT fails.
     let writer = t.store.writer.clone();
@@ -230,10 +228,7 @@ async fn a_failed_commit_fails_every_member_and_keeps_nothing() {
 
 #[tokio::test]
 async fn a_caller_that_stops_waiting_does_not_stop_the_group() {
-    let t = temp_store().await;
-    with_table(&t.store).await;
-    let mut first = t.store.writer.begin().await.unwrap();
-    insert(&mut first, 1).await;
+    let (t, first) = first_with_row().await;
     // Holds the writer until told, so that the first member's commit has
     // to wait behind it.
     let (go, second) = held_open(&t.store.writer, 2);

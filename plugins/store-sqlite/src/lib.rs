@@ -16,6 +16,7 @@
 //!
 //! [`StoreTx`]: hubsync_core::store::StoreTx
 
+mod checkpoint;
 mod codec;
 mod migrations;
 mod open;

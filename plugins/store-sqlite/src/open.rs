@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use hubsync_core::store::{StoreError, StoreResult};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Connection, SqliteConnection};
 
+use crate::checkpoint::{self, Checkpointer};
 use crate::migrations;
 use crate::store::SqliteStore;
 use crate::writer::Writer;
@@ -146,6 +148,13 @@ impl SqliteStore {
             }
         };
 
+        // The WAL is checkpointed by a connection of its own (checkpoint.rs);
+        // the writer's own checkpoint is only the backstop.
+        let checkpoint_opts = writer_opts.clone();
+        let writer_opts = writer_opts.pragma(
+            "wal_autocheckpoint",
+            checkpoint::WRITER_BACKSTOP_PAGES.to_string(),
+        );
         // One connection: write transactions are serialized here rather than
         // in SQLite, so they never fail with SQLITE_BUSY on lock upgrade.
         let writer = SqlitePoolOptions::new()
@@ -187,9 +196,19 @@ impl SqliteStore {
             .await
             .map_err(|e| open_err("connecting readers", &e))?;
 
+        // Without it the writer checkpoints (at the backstop's size only if
+        // nothing else does): still correct, so a failure here is a warning.
+        let checkpoint = match SqliteConnection::connect_with(&checkpoint_opts).await {
+            Ok(conn) => Some(Checkpointer::start(conn, url, checkpoint::CHECKPOINT_EVERY)),
+            Err(e) => {
+                tracing::warn!(url, error = %e, "no background WAL checkpoints: the connection for them did not open; the writer checkpoints instead");
+                None
+            }
+        };
+
         tracing::debug!(url, "opened sqlite store");
         Ok(SqliteStore {
-            writer: Writer::new(writer, WRITER_WAIT),
+            writer: Writer::new(writer, WRITER_WAIT, checkpoint),
             reader,
             url: Arc::from(url),
             _scratch: scratch,

@@ -293,5 +293,6 @@ impl Store for SqliteStore {
     async fn close(&self) {
         self.reader.close().await;
         self.writer.pool.close().await;
+        self.writer.close_checkpoints().await;
     }
 }

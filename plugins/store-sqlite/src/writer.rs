@@ -46,6 +46,8 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
+use crate::checkpoint::Checkpointer;
+
 /// A joined member's work: `SAVEPOINT` at its start, `RELEASE` at its
 /// commit, `ROLLBACK TO` (then `RELEASE`) when it is dropped.
 const SAVEPOINT: &str = "SAVEPOINT member";
@@ -75,6 +77,9 @@ pub(crate) struct Writer {
     /// How long `begin` waits for the writer.
     wait: Duration,
     stats: Arc<Stats>,
+    /// Checkpoints the WAL after commits, off this connection (`None`:
+    /// SQLite's own checkpoints on the writer, as in some tests).
+    checkpoint: Option<Checkpointer>,
 }
 
 struct State {
@@ -131,7 +136,7 @@ impl Drop for Waiting<'_> {
 }
 
 impl Writer {
-    pub(crate) fn new(pool: SqlitePool, wait: Duration) -> Self {
+    pub(crate) fn new(pool: SqlitePool, wait: Duration, checkpoint: Option<Checkpointer>) -> Self {
         Writer {
             pool,
             state: Arc::new(Mutex::new(State {
@@ -141,6 +146,14 @@ impl Writer {
             waiting: Arc::new(AtomicUsize::new(0)),
             wait,
             stats: Arc::new(Stats::default()),
+            checkpoint,
+        }
+    }
+
+    /// Stops the background checkpoints and closes their connection.
+    pub(crate) async fn close_checkpoints(&self) {
+        if let Some(checkpoint) = &self.checkpoint {
+            checkpoint.close().await;
         }
     }
 
@@ -222,7 +235,7 @@ impl Member {
         let members = guard.group.as_ref().map_or(0, |g| g.members);
         let writer = &self.writer;
         if writer.waiting.load(Ordering::SeqCst) == 0 || members >= MAX_MEMBERS {
-            return end_group(&mut guard, &writer.stats).await;
+            return end_group(&mut guard, writer).await;
         }
         // Others wait: let them in, and come back behind them. The group's
         // first member back commits it. A task of its own, so that the
@@ -233,7 +246,7 @@ impl Member {
             let mut guard = back.state.clone().lock_owned().await;
             match outcome.get() {
                 Some(done) => done.clone().map_err(group_failed),
-                None => end_group(&mut guard, &back.stats).await,
+                None => end_group(&mut guard, &back).await,
             }
         });
         // Bounded like `begin`: a transaction of the group that hangs (it
@@ -247,7 +260,7 @@ impl Member {
 
 /// Commits the open group and hands the connection back to the pool;
 /// records the outcome for the members still to learn it.
-async fn end_group(state: &mut State, stats: &Stats) -> StoreResult<()> {
+async fn end_group(state: &mut State, writer: &Writer) -> StoreResult<()> {
     let (Some(mut conn), Some(group)) = (state.conn.take(), state.group.take()) else {
         return Err(ended());
     };
@@ -262,10 +275,14 @@ async fn end_group(state: &mut State, stats: &Stats) -> StoreResult<()> {
         }
     };
     if outcome.is_ok() {
+        let stats = &writer.stats;
         stats
             .transactions
             .fetch_add(group.members as u64, Ordering::Relaxed);
         stats.commits.fetch_add(1, Ordering::Relaxed);
+        if let Some(checkpoint) = &writer.checkpoint {
+            checkpoint.kick();
+        }
     }
     let _ = group.outcome.set(outcome);
     committed.map_err(|e| StoreError::backend("committing", e))

@@ -256,7 +256,11 @@ async fn a_begin_that_gives_up_is_not_counted_as_waiting() {
 async fn a_commit_waiting_behind_a_hung_member_gives_up_and_says_it_may_land() {
     let t = temp_store().await;
     with_table(&t.store).await;
-    let writer = Writer::new(t.store.writer.pool.clone(), Duration::from_millis(300));
+    let writer = Writer::new(
+        t.store.writer.pool.clone(),
+        Duration::from_millis(300),
+        None,
+    );
     let mut first = writer.begin().await.unwrap();
     insert(&mut first, 1).await;
     let (go, second) = held_open(&writer, 2);

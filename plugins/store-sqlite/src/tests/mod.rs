@@ -7,6 +7,7 @@
 //! history, audit, atomicity, concurrency — is the conformance suite of
 //! hubsync-store-testkit, run in `tests/conformance.rs`.
 
+mod checkpoint;
 mod entities;
 mod groups;
 mod open;

@@ -144,7 +144,14 @@ impl Engine {
                 more_from_master: response.body.more,
                 remaining_from_master: response.body.remaining,
             });
-            if sent == 0 && !applied.new_master_packet && !response.body.more {
+            // Done when the master had nothing more for us and we have
+            // nothing left to send: either this round sent nothing, or it
+            // sent our last queued changes and the answer acknowledged them
+            // (`pending` counts the in-flight ones until then). A round that
+            // only polls after that would move nothing: the answer we just
+            // applied is the master's state after our packet.
+            let master_drained = !applied.new_master_packet && !response.body.more;
+            if master_drained && (sent == 0 || pending == 0) {
                 return Ok(summary);
             }
         }

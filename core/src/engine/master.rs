@@ -584,6 +584,20 @@ impl Engine {
                 node.last_sync_out = Some(now);
                 node.out_packet_no
             }
+            // Only the node's own versions lay past its cursor (a push): it
+            // holds them, so there is nothing to deliver nor to acknowledge.
+            // The cursor moves past them now, without a packet that would
+            // take the node one more exchange to acknowledge. Unscoped only:
+            // a scoped packet's number is where scope changes take effect.
+            None if up_to > node.acked_rev
+                && entities.is_empty()
+                && evict.is_empty()
+                && routing.is_none()
+                && !restart =>
+            {
+                node.acked_rev = up_to;
+                node.sent_packet_no
+            }
             None if up_to > node.acked_rev => {
                 node.out_packet_no += 1;
                 node.out_up_to_rev = up_to;

@@ -472,6 +472,18 @@ pub trait Store: Send + Sync + 'static {
     async fn count_queued(&self, node: Uuid) -> StoreResult<i64>;
     /// Number of change-log revisions above `rev` (master: a node's lag).
     async fn count_revisions_after(&self, rev: i64, node: Uuid) -> StoreResult<i64>;
+    /// [`Store::count_queued`], counted no further than `cap`: the exact
+    /// number when it is below `cap`, else `cap`. Reads at most `cap` index
+    /// entries, so a caller that asks every round (a sync session) does not
+    /// scan a queue of a million rows each time.
+    async fn count_queued_capped(&self, node: Uuid, cap: i64) -> StoreResult<i64>;
+    /// [`Store::count_revisions_after`], counted no further than `cap`.
+    async fn count_revisions_after_capped(
+        &self,
+        rev: i64,
+        node: Uuid,
+        cap: i64,
+    ) -> StoreResult<i64>;
     /// Number of held changes (waiting for a reference to arrive).
     async fn count_held(&self) -> StoreResult<i64>;
     /// Stored versions of an entity, oldest first.

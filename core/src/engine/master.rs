@@ -117,6 +117,10 @@ impl ExchangeError {
 /// and an exchange still reads a bounded part of it.
 const SCOPED_SCAN_FACTOR: u32 = 8;
 
+/// How far a reply counts the revisions still waiting for the node before
+/// it gives the width of their range instead: ~0.5 ms of index entries.
+const REMAINING_COUNT_CAP: i64 = 5_000;
+
 /// What receiving a node's packet did.
 struct Received {
     results: Vec<ChangeResult>,
@@ -606,8 +610,20 @@ impl Engine {
             }
             None => node.sent_packet_no,
         };
+        // "About how many": counted exactly up to a bound, so that a node
+        // downloading a million rows does not have them all counted at every
+        // exchange; past the bound, the width of the revision range (which
+        // also spans rows addressed to other nodes and replaced revisions).
         let remaining = if more {
-            let left = self.store.count_revisions_after(up_to, node.id).await?;
+            let left = self
+                .store
+                .count_revisions_after_capped(up_to, node.id, REMAINING_COUNT_CAP)
+                .await?;
+            let left = if left < REMAINING_COUNT_CAP {
+                left
+            } else {
+                left.max(tx.log_head().await? - up_to)
+            };
             Some(left.max(0) as u64)
         } else {
             None

@@ -265,6 +265,38 @@ impl Store for PostgresStore {
         RowReader::new(&row, "sync_changes").i64("n")
     }
 
+    async fn count_queued_capped(&self, node: Uuid, cap: i64) -> StoreResult<i64> {
+        let row = sqlx::query(
+            "SELECT count(*) AS n FROM (SELECT 1 FROM sync_changes
+             WHERE kind = 'queue' AND node_id = $1 LIMIT $2) AS q",
+        )
+        .bind(node)
+        .bind(cap.max(0))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| StoreError::backend("counting queued changes", e))?;
+        RowReader::new(&row, "sync_changes").i64("n")
+    }
+
+    async fn count_revisions_after_capped(
+        &self,
+        rev: i64,
+        node: Uuid,
+        cap: i64,
+    ) -> StoreResult<i64> {
+        let row = sqlx::query(
+            "SELECT count(*) AS n FROM (SELECT 1 FROM sync_changes
+             WHERE kind = 'log' AND id > $1 AND (node_id IS NULL OR node_id = $2) LIMIT $3) AS r",
+        )
+        .bind(rev)
+        .bind(node)
+        .bind(cap.max(0))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| StoreError::backend("counting revisions", e))?;
+        RowReader::new(&row, "sync_changes").i64("n")
+    }
+
     async fn history(&self, entity_uuid: Uuid) -> StoreResult<Vec<HistoryRecord>> {
         let rows = sqlx::query(concat!(
             "SELECT ",

@@ -54,6 +54,15 @@ pub(crate) const COUNT_QUEUED: &str =
 pub(crate) const COUNT_REVISIONS_AFTER: &str = "SELECT count(*) AS n FROM sync_changes
              WHERE kind = 'log' AND id > ? AND (node_id IS NULL OR node_id = ?)";
 
+/// The same counts, stopped at a bound (`? + 0`: a bound LIMIT SQLite would
+/// otherwise plan as a constant and compile again at every execution).
+pub(crate) const COUNT_QUEUED_CAPPED: &str = "SELECT count(*) AS n FROM (SELECT 1 FROM sync_changes
+             WHERE kind = 'queue' AND node_id = ? LIMIT ? + 0)";
+
+pub(crate) const COUNT_REVISIONS_AFTER_CAPPED: &str =
+    "SELECT count(*) AS n FROM (SELECT 1 FROM sync_changes
+             WHERE kind = 'log' AND id > ? AND (node_id IS NULL OR node_id = ?) LIMIT ? + 0)";
+
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
@@ -164,6 +173,32 @@ impl Store for SqliteStore {
         let row = sqlx::query(COUNT_REVISIONS_AFTER)
             .bind(rev)
             .bind(uuid_text(node))
+            .fetch_one(&self.reader)
+            .await
+            .map_err(|e| StoreError::backend("counting revisions", e))?;
+        RowReader::new(&row, "sync_changes").i64("n")
+    }
+
+    async fn count_queued_capped(&self, node: Uuid, cap: i64) -> StoreResult<i64> {
+        let row = sqlx::query(COUNT_QUEUED_CAPPED)
+            .bind(uuid_text(node))
+            .bind(cap.max(0))
+            .fetch_one(&self.reader)
+            .await
+            .map_err(|e| StoreError::backend("counting queued changes", e))?;
+        RowReader::new(&row, "sync_changes").i64("n")
+    }
+
+    async fn count_revisions_after_capped(
+        &self,
+        rev: i64,
+        node: Uuid,
+        cap: i64,
+    ) -> StoreResult<i64> {
+        let row = sqlx::query(COUNT_REVISIONS_AFTER_CAPPED)
+            .bind(rev)
+            .bind(uuid_text(node))
+            .bind(cap.max(0))
             .fetch_one(&self.reader)
             .await
             .map_err(|e| StoreError::backend("counting revisions", e))?;

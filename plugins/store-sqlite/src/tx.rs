@@ -229,6 +229,12 @@ pub(crate) const DELETE_ACKNOWLEDGED: &str = "DELETE FROM sync_changes
 pub(crate) const LOG_DELETE_PREVIOUS: &str = "DELETE FROM sync_changes
              WHERE kind = 'log' AND entity_type = ? AND entity_uuid = ? AND ifnull(node_id, '') = ?";
 
+/// The rows by their ids (`+node_id`: without the `+`, SQLite walks every
+/// queue row of the node in `sync_changes_queue_order` testing each id
+/// against the list, which made a push of a million queued rows quadratic).
+pub(crate) const ASSIGN_PACKET: &str = "UPDATE sync_changes SET packet_no = ?
+             WHERE kind = 'queue' AND +node_id = ? AND id IN (SELECT value FROM json_each(?))";
+
 pub(crate) const UNSENT_CHANGES: &str = concat!(
     "SELECT ",
     queued_cols!(),
@@ -472,16 +478,13 @@ impl StoreTx for SqliteTx {
         }
         json.push(']');
 
-        let done = sqlx::query(
-            "UPDATE sync_changes SET packet_no = ?
-             WHERE kind = 'queue' AND node_id = ? AND id IN (SELECT value FROM json_each(?))",
-        )
-        .bind(packet_no)
-        .bind(uuid_text(node))
-        .bind(json)
-        .execute(&mut *self.tx)
-        .await
-        .map_err(|e| StoreError::backend("assigning changes to a packet", e))?;
+        let done = sqlx::query(ASSIGN_PACKET)
+            .bind(packet_no)
+            .bind(uuid_text(node))
+            .bind(json)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(|e| StoreError::backend("assigning changes to a packet", e))?;
         if done.rows_affected() != sorted.len() as u64 {
             return Err(StoreError::corrupt(format!(
                 "sync_changes: assigning {} queue rows to packet {packet_no} for node {node} matched only {}",

@@ -5,10 +5,13 @@ use sqlx::Row;
 
 use super::memory_store;
 use crate::SqliteStore;
-use crate::store::{COUNT_QUEUED, COUNT_REVISIONS_AFTER, LIST_ENTITIES};
+use crate::store::{
+    COUNT_QUEUED, COUNT_QUEUED_CAPPED, COUNT_REVISIONS_AFTER, COUNT_REVISIONS_AFTER_CAPPED,
+    LIST_ENTITIES,
+};
 use crate::tx::{
-    CHANGES_IN_PACKET, DELETE_ACKNOWLEDGED, HAS_QUEUED, LOG_DELETE_PREVIOUS, QUEUE_FIND_UNSENT,
-    REVISIONS_AFTER, SCOPED_WINDOW, UNSENT_CHANGES, scoped_candidates,
+    ASSIGN_PACKET, CHANGES_IN_PACKET, DELETE_ACKNOWLEDGED, HAS_QUEUED, LOG_DELETE_PREVIOUS,
+    QUEUE_FIND_UNSENT, REVISIONS_AFTER, SCOPED_WINDOW, UNSENT_CHANGES, scoped_candidates,
 };
 
 async fn plan(store: &SqliteStore, sql: &str, params: usize) -> Vec<String> {
@@ -128,6 +131,58 @@ async fn hot_statements_use_indexes() {
 /// candidates are tested with lookups only: the entity by primary key, the
 /// node's holdings by primary key, referrers through `entity_refs_target`
 /// (the scope's value lists are read once, not per row).
+/// A capped count reads `wanted` and scans only its own bounded subquery.
+async fn check_capped(store: &SqliteStore, name: &str, sql: &str, params: usize, wanted: &str) {
+    let plan = plan(store, sql, params).await;
+    for step in &plan {
+        assert!(
+            !step.starts_with("SCAN") || step.starts_with("SCAN (subquery"),
+            "{name} scans a table: {plan:?}"
+        );
+        assert!(!step.contains("TEMP B-TREE"), "{name} sorts: {plan:?}");
+    }
+    assert!(
+        plan.iter().any(|s| s.contains(wanted)),
+        "{name} does not use {wanted}: {plan:?}"
+    );
+}
+
+#[tokio::test]
+async fn counts_capped_read_an_index_range() {
+    let s = memory_store().await;
+    check_capped(
+        &s,
+        "count_queued_capped",
+        COUNT_QUEUED_CAPPED,
+        2,
+        "SEARCH sync_changes USING COVERING INDEX sync_changes_queue_",
+    )
+    .await;
+    check_capped(
+        &s,
+        "count_revisions_after_capped",
+        COUNT_REVISIONS_AFTER_CAPPED,
+        3,
+        "USING INTEGER PRIMARY KEY (rowid>?)",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn assigning_a_packet_looks_its_rows_up_by_id() {
+    let s = memory_store().await;
+    let plan = plan(&s, ASSIGN_PACKET, 3).await;
+    assert!(
+        plan.iter()
+            .any(|p| p.contains("SEARCH sync_changes USING INTEGER PRIMARY KEY (rowid=?)")),
+        "{plan:?}"
+    );
+    assert!(
+        !plan.iter().any(|p| p.contains("sync_changes_queue_order")),
+        "walks the node's whole queue: {plan:?}"
+    );
+}
+
 #[tokio::test]
 async fn scoped_candidates_use_indexes() {
     let s = memory_store().await;

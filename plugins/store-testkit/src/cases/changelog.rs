@@ -58,6 +58,42 @@ pub async fn revisions_increase_and_the_log_keeps_the_latest_per_entity(s: &Subj
     assert_eq!(store.count_revisions_after(0, node).await.unwrap(), 2);
     assert_eq!(store.count_revisions_after(r2, node).await.unwrap(), 1);
     assert_eq!(store.count_revisions_after(r4, node).await.unwrap(), 0);
+    // Capped: exact below the cap, the cap at or above it.
+    assert_eq!(
+        store
+            .count_revisions_after_capped(0, node, 5)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        store
+            .count_revisions_after_capped(0, node, 2)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        store
+            .count_revisions_after_capped(0, node, 1)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .count_revisions_after_capped(r2, node, 1)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .count_revisions_after_capped(r4, node, 1)
+            .await
+            .unwrap(),
+        0
+    );
 
     // Across transactions too.
     let mut tx = store.begin().await.unwrap();

@@ -109,6 +109,11 @@ pub async fn a_sent_row_and_a_new_unsent_row_coexist_until_acknowledged(s: &Subj
     assert!(!tx.has_queued(master, "Other", id(1)).await.unwrap());
     tx.commit().await.unwrap();
     assert_eq!(store.count_queued(master).await.unwrap(), 3);
+    // Capped: exact below the cap (sent rows count), the cap at or above it.
+    assert_eq!(store.count_queued_capped(master, 10).await.unwrap(), 3);
+    assert_eq!(store.count_queued_capped(master, 3).await.unwrap(), 3);
+    assert_eq!(store.count_queued_capped(master, 2).await.unwrap(), 2);
+    assert_eq!(store.count_queued_capped(master, 0).await.unwrap(), 0);
 
     let mut tx = store.begin().await.unwrap();
     assert_eq!(tx.delete_acknowledged(master, 1).await.unwrap(), 2);

@@ -57,6 +57,9 @@ use raw::CHUNK;
 
 /// Changes in the incremental scenario.
 const INCR: usize = 1_000;
+/// Incremental sessions timed in a row; the row reports their median (one
+/// session is ~0.1 s, and a single one moved ±20 % between runs).
+const INCR_REPEATS: usize = 5;
 const CALL: Duration = Duration::from_secs(600);
 /// How often a long step (loading, a sync session, a baseline, registering
 /// nodes) says on stderr how far it is.
@@ -379,6 +382,37 @@ async fn timed_sync(
     Ok((took, s))
 }
 
+/// The sessions of one incremental measurement.
+struct Sessions {
+    median: Duration,
+    all: Vec<Duration>,
+}
+
+impl Sessions {
+    /// "min–max ms" of the sessions.
+    fn spread(&self) -> String {
+        let lo = self.all.iter().min().copied().unwrap_or_default();
+        let hi = self.all.iter().max().copied().unwrap_or_default();
+        format!("{:.0}–{:.0} ms", ms(lo), ms(hi))
+    }
+}
+
+/// [`INCR_REPEATS`] times: writes [`INCR`] new reports on `node` (untimed),
+/// then times the sync session that pushes them.
+async fn incremental(node: &NodeProc, refs: &Refs, next: &mut usize) -> anyhow::Result<Sessions> {
+    let mut all = Vec::with_capacity(INCR_REPEATS);
+    for _ in 0..INCR_REPEATS {
+        batch_write(node, refs, *next..*next + INCR, "writing").await?;
+        *next += INCR;
+        let (t, _) = timed_sync(node, Some(INCR as u64), INCR).await?;
+        all.push(t);
+    }
+    let mut sorted = all.clone();
+    sorted.sort();
+    let median = sorted.get(sorted.len() / 2).copied().unwrap_or_default();
+    Ok(Sessions { median, all })
+}
+
 /// Prints a running session's progress from the node's status, every
 /// [`PROGRESS_EVERY`], until aborted.
 async fn watch_sync(name: String, api: SocketAddr) {
@@ -547,10 +581,8 @@ async fn sqlite_parts(
     let mut inc_small = None;
     if parts.incremental {
         say("incremental sync, nothing in sync yet");
-        batch_write(&a, &refs, next..next + INCR, "writing").await?;
-        next += INCR;
-        let (t, _) = timed_sync(&a, Some(INCR as u64), INCR).await?;
-        in_master += INCR;
+        let t = incremental(&a, &refs, &mut next).await?;
+        in_master += INCR * INCR_REPEATS;
         inc_small = Some(t);
     }
 
@@ -713,22 +745,22 @@ async fn sqlite_parts(
     // 4. incremental after N.
     if let Some(inc_small) = inc_small {
         say(&format!("incremental sync after N={queued}"));
-        batch_write(&a, &refs, next..next + INCR, "writing").await?;
-        next += INCR;
-        let (inc_big, _) = timed_sync(&a, Some(INCR as u64), INCR).await?;
-        in_master += INCR;
+        let inc_big = incremental(&a, &refs, &mut next).await?;
+        in_master += INCR * INCR_REPEATS;
         rows.push(
             Row::cost(
                 "incremental sync, 1000 changes",
                 format!("after N={queued}"),
                 "ms",
-                ms(inc_big),
+                ms(inc_big.median),
                 "same, with ~0 entities in sync",
-                ms(inc_small),
+                ms(inc_small.median),
             )
-            .note(
-                "whole session (POST /api/v1/sync): push of 1000 new reports and their acknowledgement",
-            ),
+            .note(format!(
+                "whole session (POST /api/v1/sync): push of 1000 new reports and their acknowledgement; median of {INCR_REPEATS} sessions, {} (baseline {})",
+                inc_big.spread(),
+                inc_small.spread()
+            )),
         );
     }
     extra.insert("reports_written".into(), json!(next));

@@ -468,10 +468,17 @@ pub trait Store: Send + Sync + 'static {
     async fn get_node_by_code(&self, code: &str) -> StoreResult<Option<NodeRecord>>;
     async fn get_node_by_token_hash(&self, token_hash: &str) -> StoreResult<Option<NodeRecord>>;
     async fn list_nodes(&self) -> StoreResult<Vec<NodeRecord>>;
-    /// Number of queued changes addressed to `node` (client queue rows).
-    async fn count_queued(&self, node: Uuid) -> StoreResult<i64>;
-    /// Number of change-log revisions above `rev` (master: a node's lag).
-    async fn count_revisions_after(&self, rev: i64, node: Uuid) -> StoreResult<i64>;
+    /// Number of queued changes addressed to `node` (client queue rows,
+    /// sent and awaiting acknowledgement or not).
+    async fn count_queued(&self, node: Uuid) -> StoreResult<i64> {
+        self.count_queued_capped(node, i64::MAX).await
+    }
+    /// Number of change-log revisions above `rev` that `node` would be sent:
+    /// those for every node and those addressed to it, including its own
+    /// (master: a node's lag).
+    async fn count_revisions_after(&self, rev: i64, node: Uuid) -> StoreResult<i64> {
+        self.count_revisions_after_capped(rev, node, i64::MAX).await
+    }
     /// [`Store::count_queued`], counted no further than `cap`: the exact
     /// number when it is below `cap`, else `cap`. Reads at most `cap` index
     /// entries, so a caller that asks every round (a sync session) does not

@@ -233,36 +233,12 @@ impl Store for PostgresStore {
         rows.iter().map(node_from_row).collect()
     }
 
-    async fn count_queued(&self, node: Uuid) -> StoreResult<i64> {
-        let row = sqlx::query(
-            "SELECT count(*) AS n FROM sync_changes WHERE kind = 'queue' AND node_id = $1",
-        )
-        .bind(node)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| StoreError::backend("counting queued changes", e))?;
-        RowReader::new(&row, "sync_changes").i64("n")
-    }
-
     async fn count_held(&self) -> StoreResult<i64> {
         let row = sqlx::query("SELECT count(*) AS n FROM held_changes")
             .fetch_one(&self.pool)
             .await
             .map_err(|e| StoreError::backend("counting held changes", e))?;
         RowReader::new(&row, "held_changes").i64("n")
-    }
-
-    async fn count_revisions_after(&self, rev: i64, node: Uuid) -> StoreResult<i64> {
-        let row = sqlx::query(
-            "SELECT count(*) AS n FROM sync_changes
-             WHERE kind = 'log' AND id > $1 AND (node_id IS NULL OR node_id = $2)",
-        )
-        .bind(rev)
-        .bind(node)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| StoreError::backend("counting revisions", e))?;
-        RowReader::new(&row, "sync_changes").i64("n")
     }
 
     async fn count_queued_capped(&self, node: Uuid, cap: i64) -> StoreResult<i64> {

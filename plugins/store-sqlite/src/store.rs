@@ -48,18 +48,13 @@ pub(crate) const LIST_ENTITIES: &str = concat!(
               ORDER BY uuid LIMIT ? + 0"
 );
 
-pub(crate) const COUNT_QUEUED: &str =
-    "SELECT count(*) AS n FROM sync_changes WHERE kind = 'queue' AND node_id = ?";
-
-pub(crate) const COUNT_REVISIONS_AFTER: &str = "SELECT count(*) AS n FROM sync_changes
-             WHERE kind = 'log' AND id > ? AND (node_id IS NULL OR node_id = ?)";
-
-/// The same counts, stopped at a bound (`? + 0`: a bound LIMIT SQLite would
-/// otherwise plan as a constant and compile again at every execution).
-pub(crate) const COUNT_QUEUED_CAPPED: &str = "SELECT count(*) AS n FROM (SELECT 1 FROM sync_changes
+/// The queue rows and the log rows a node would be sent, counted no further
+/// than a bound (`? + 0`: a bound LIMIT SQLite would otherwise plan as a
+/// constant and compile again at every execution).
+pub(crate) const COUNT_QUEUED: &str = "SELECT count(*) AS n FROM (SELECT 1 FROM sync_changes
              WHERE kind = 'queue' AND node_id = ? LIMIT ? + 0)";
 
-pub(crate) const COUNT_REVISIONS_AFTER_CAPPED: &str =
+pub(crate) const COUNT_REVISIONS_AFTER: &str =
     "SELECT count(*) AS n FROM (SELECT 1 FROM sync_changes
              WHERE kind = 'log' AND id > ? AND (node_id IS NULL OR node_id = ?) LIMIT ? + 0)";
 
@@ -156,31 +151,8 @@ impl Store for SqliteStore {
         rows.iter().map(node_from_row).collect()
     }
 
-    /// Every queue row for `node`, sent (awaiting acknowledgement) or not.
-    async fn count_queued(&self, node: Uuid) -> StoreResult<i64> {
-        let row = sqlx::query(COUNT_QUEUED)
-            .bind(uuid_text(node))
-            .fetch_one(&self.reader)
-            .await
-            .map_err(|e| StoreError::backend("counting queued changes", e))?;
-        RowReader::new(&row, "sync_changes").i64("n")
-    }
-
-    /// Log rows above `rev` that `node` would be sent: those for every node
-    /// and those addressed to it (the same rows `revisions_after` returns,
-    /// including revisions that originated at `node`).
-    async fn count_revisions_after(&self, rev: i64, node: Uuid) -> StoreResult<i64> {
-        let row = sqlx::query(COUNT_REVISIONS_AFTER)
-            .bind(rev)
-            .bind(uuid_text(node))
-            .fetch_one(&self.reader)
-            .await
-            .map_err(|e| StoreError::backend("counting revisions", e))?;
-        RowReader::new(&row, "sync_changes").i64("n")
-    }
-
     async fn count_queued_capped(&self, node: Uuid, cap: i64) -> StoreResult<i64> {
-        let row = sqlx::query(COUNT_QUEUED_CAPPED)
+        let row = sqlx::query(COUNT_QUEUED)
             .bind(uuid_text(node))
             .bind(cap.max(0))
             .fetch_one(&self.reader)
@@ -195,7 +167,7 @@ impl Store for SqliteStore {
         node: Uuid,
         cap: i64,
     ) -> StoreResult<i64> {
-        let row = sqlx::query(COUNT_REVISIONS_AFTER_CAPPED)
+        let row = sqlx::query(COUNT_REVISIONS_AFTER)
             .bind(rev)
             .bind(uuid_text(node))
             .bind(cap.max(0))

@@ -188,16 +188,17 @@ impl Writer {
                 (true, group.outcome.clone())
             }
             _ => {
-                let mut conn = self
+                let conn = self
                     .pool
                     .acquire()
                     .await
                     .map_err(|e| StoreError::backend("starting a write transaction", e))?;
-                control(&mut conn, "BEGIN IMMEDIATE")
+                let mut opening = Opening(Some(conn));
+                control(opening.conn(), "BEGIN IMMEDIATE")
                     .await
                     .map_err(|e| StoreError::backend("starting a write transaction", e))?;
                 let outcome = Arc::new(OnceLock::new());
-                state.conn = Some(conn);
+                state.conn = opening.0.take();
                 state.group = Some(Group {
                     members: 1,
                     outcome: outcome.clone(),
@@ -211,6 +212,42 @@ impl Writer {
             outcome,
             writer: self.clone(),
         })
+    }
+}
+
+/// The writer connection while `BEGIN IMMEDIATE` runs on it. A `begin`
+/// dropped meanwhile (its request was cancelled) cannot stop the statement
+/// on the connection's worker thread, so the connection would go back to
+/// the pool inside a transaction nobody owns, and every later `BEGIN` on
+/// it (the pool's only connection) would fail. Dropped still holding the
+/// connection, it rolls back whatever began before handing it back; a task
+/// of its own keeps the connection out of the pool until then.
+struct Opening(Option<PoolConnection<Sqlite>>);
+
+impl Opening {
+    fn conn(&mut self) -> &mut SqliteConnection {
+        match self.0.as_mut() {
+            Some(conn) => conn,
+            None => unreachable!("the connection is taken only when the transaction began"),
+        }
+    }
+}
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.0.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    // Fails harmlessly when the BEGIN did not start one.
+                    let _ = control(&mut conn, "ROLLBACK").await;
+                });
+            }
+            // No runtime left: SQLite rolls back when the connection closes.
+            Err(_) => conn.close_on_drop(),
+        }
     }
 }
 
@@ -235,7 +272,14 @@ impl Member {
         let members = guard.group.as_ref().map_or(0, |g| g.members);
         let writer = &self.writer;
         if writer.waiting.load(Ordering::SeqCst) == 0 || members >= MAX_MEMBERS {
-            return end_group(&mut guard, writer).await;
+            // A task of its own: a caller that stops waiting (a cancelled
+            // request) must not leave the COMMIT half done, the connection
+            // in an unknown state, or the group's outcome unset.
+            let back = writer.clone();
+            let task = tokio::spawn(async move { end_group(&mut guard, &back).await });
+            return task
+                .await
+                .map_err(|e| StoreError::backend("committing", e))?;
         }
         // Others wait: let them in, and come back behind them. The group's
         // first member back commits it. A task of its own, so that the
@@ -270,7 +314,12 @@ async fn end_group(state: &mut State, writer: &Writer) -> StoreResult<()> {
         Err(e) => {
             // A failed COMMIT can leave the transaction open (and when it
             // did not, this ROLLBACK fails harmlessly).
-            let _ = control(&mut conn, "ROLLBACK").await;
+            if let Err(rollback) = control(&mut conn, "ROLLBACK").await
+                && !rollback.to_string().contains("no transaction is active")
+            {
+                tracing::error!(error = %rollback, "rolling back after a failed COMMIT failed; reconnecting the writer");
+                conn.close_on_drop();
+            }
             Err(e.to_string())
         }
     };

@@ -7,6 +7,7 @@
 //! while the others reach `begin()` (bounded waits on the count of waiting
 //! transactions), so what joins which group is certain.
 
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -274,4 +275,35 @@ async fn a_commit_waiting_behind_a_hung_member_gives_up_and_says_it_may_land() {
     let _ = go.send(());
     tokio::time::timeout(BOUND, second).await.unwrap().unwrap();
     until_committed(&t.store, &[1, 2]).await;
+}
+
+#[tokio::test]
+async fn a_begin_cancelled_half_way_leaves_the_writer_usable() {
+    // A request whose client goes away is dropped wherever it is, also
+    // between sending `BEGIN IMMEDIATE` to the connection's worker thread
+    // and its answer: the statement still runs. The writer connection
+    // (the pool's only one) must not go back to the pool inside that
+    // transaction, or every later write fails with "cannot start a
+    // transaction within a transaction".
+    let t = temp_store().await;
+    with_table(&t.store).await;
+    let mut n = 0;
+    for polls in 1..=20 {
+        for _ in 0..20 {
+            let mut begin = Box::pin(t.store.writer.begin());
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            for _ in 0..polls {
+                if begin.as_mut().poll(&mut cx).is_ready() {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            drop(begin);
+            n += 1;
+            tokio::time::timeout(BOUND, write_one(&t.store.writer, n))
+                .await
+                .expect("a write after a cancelled begin finishes");
+        }
+    }
+    assert_eq!(committed(&t.store).await, (1..=n).collect::<Vec<_>>());
 }

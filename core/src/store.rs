@@ -151,9 +151,11 @@ pub struct NodeRecord {
     pub acked_rev: i64,
     /// Master only: the highest revision covered by packet `out_packet_no`.
     pub out_up_to_rev: i64,
-    /// Master only: the results returned for packet `received_packet_no`,
-    /// replayed when that packet arrives again.
-    pub last_results: Option<Value>,
+    /// Master only: the results returned for packet `received_packet_no`
+    /// (JSON text of a list of `ChangeResult`), replayed when that packet
+    /// arrives again. Text: it is parsed only for a replay, not with the
+    /// node row at every exchange (500 results are ~65 KB).
+    pub last_results: Option<String>,
     /// The schema set version the node reported last.
     pub schema_version: Option<String>,
 }

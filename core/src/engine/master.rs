@@ -193,6 +193,16 @@ impl ImportReport {
     }
 }
 
+/// The results the master answered `node`'s last packet with, for its
+/// replay (a duplicate, or a packet file exported again).
+fn stored_results(node: &NodeRecord) -> Result<Vec<ChangeResult>, StoreError> {
+    match &node.last_results {
+        Some(text) => serde_json::from_str(text)
+            .map_err(|e| StoreError::corrupt(format!("stored results of node {}: {e}", node.code))),
+        None => Ok(Vec::new()),
+    }
+}
+
 impl Engine {
     /// Handles one exchange from the authenticated node `node_id`: its
     /// packet received and our next packet built, in one transaction.
@@ -290,12 +300,7 @@ impl Engine {
             })?;
         tx.put_node(&node).await?;
         tx.commit().await?;
-        let results = match &node.last_results {
-            Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
-                StoreError::corrupt(format!("stored results of node {}: {e}", node.code))
-            })?,
-            None => Vec::new(),
-        };
+        let results = stored_results(&node)?;
         Ok(self.reply_envelope(&node, reply, results, now))
     }
 
@@ -370,7 +375,7 @@ impl Engine {
                 .await?;
             node.received_packet_no = h.packet_no;
             node.last_results = Some(
-                serde_json::to_value(&results)
+                serde_json::to_string(&results)
                     .map_err(|e| StoreError::corrupt(format!("results: {e}")))?,
             );
             node.last_sync_in = Some(now);
@@ -381,12 +386,7 @@ impl Engine {
             })
         } else if h.packet_no == node.received_packet_no && carries {
             // The node did not get our answer: the same results again.
-            let results = match &node.last_results {
-                Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
-                    StoreError::corrupt(format!("stored results of node {}: {e}", node.code))
-                })?,
-                None => Vec::new(),
-            };
+            let results = stored_results(node)?;
             Ok(Received {
                 results,
                 new_packet: false,

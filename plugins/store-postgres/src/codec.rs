@@ -61,6 +61,20 @@ pub(crate) fn check_jsonb(what: &'static str, value: &Value) -> Result<(), NulIn
     }
 }
 
+/// [`check_jsonb`] of JSON text: the text is parsed only when it holds the
+/// escape of U+0000 at all (it may be an escaped backslash followed by
+/// `u0000`, which JSONB accepts).
+pub(crate) fn check_jsonb_text(what: &'static str, text: &str) -> Result<(), NulInJson> {
+    if !text.contains("\\u0000") {
+        return Ok(());
+    }
+    match serde_json::from_str::<Value>(text) {
+        Ok(value) => check_jsonb(what, &value),
+        // Not JSON: PostgreSQL refuses it with its own message.
+        Err(_) => Ok(()),
+    }
+}
+
 /// Checks `value` for JSONB and wraps it for binding.
 pub(crate) fn jsonb<'v>(
     op: &'static str,

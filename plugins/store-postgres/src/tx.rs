@@ -11,7 +11,7 @@ use hubsync_core::store::{
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::codec::{RowReader, jsonb};
+use crate::codec::{RowReader, check_jsonb_text, jsonb};
 use crate::locks::WRITE_LOCK;
 use crate::rows::{
     self, node_cols, node_from_row, queued_cols, queued_from_row, revision_from_row,
@@ -553,18 +553,17 @@ impl StoreTx for PgTx {
     }
 
     async fn put_node(&mut self, node: &NodeRecord) -> StoreResult<()> {
-        let results = node
-            .last_results
-            .as_ref()
-            .map(|v| jsonb("writing a node", "the node's last results", v))
-            .transpose()?;
+        if let Some(text) = &node.last_results {
+            check_jsonb_text("the node's last results", text)
+                .map_err(|e| StoreError::backend("writing a node", e))?;
+        }
         // An upsert keyed by id: a node with the same code under another id
         // violates the unique constraint instead of being replaced.
         sqlx::query(
             "INSERT INTO sync_nodes (id, code, name, role, is_self, token_hash, revoked, created_at,
                  last_sync_in, last_sync_out, received_packet_no, sent_packet_no, out_packet_no,
                  acked_rev, out_up_to_rev, last_results, schema_version)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16::jsonb, $17)
              ON CONFLICT (id) DO UPDATE SET
                  code = excluded.code,
                  name = excluded.name,
@@ -598,7 +597,7 @@ impl StoreTx for PgTx {
         .bind(node.out_packet_no)
         .bind(node.acked_rev)
         .bind(node.out_up_to_rev)
-        .bind(results)
+        .bind(node.last_results.as_deref())
         .bind(node.schema_version.as_deref())
         .execute(&mut *self.tx)
         .await

@@ -132,7 +132,7 @@ pub(crate) fn node_from_row(row: &SqliteRow) -> StoreResult<NodeRecord> {
         out_packet_no: r.i64("out_packet_no")?,
         acked_rev: r.i64("acked_rev")?,
         out_up_to_rev: r.i64("out_up_to_rev")?,
-        last_results: r.opt_json("last_results")?,
+        last_results: r.opt_text("last_results")?.map(str::to_owned),
         schema_version: r.opt_text("schema_version")?.map(str::to_owned),
     })
 }

@@ -648,7 +648,7 @@ impl StoreTx for SqliteTx {
         .bind(node.out_packet_no)
         .bind(node.acked_rev)
         .bind(node.out_up_to_rev)
-        .bind(node.last_results.as_ref().map(json_text))
+        .bind(node.last_results.as_deref())
         .bind(node.schema_version.as_deref())
         .execute(&mut *self.tx)
         .await

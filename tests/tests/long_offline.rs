@@ -219,7 +219,19 @@ async fn a_large_queue_drains_in_bounded_packets_and_resumes_after_every_interru
     }
     drop(session);
     interruptions += 1;
-    let applied = master_revisions(&cluster).await;
+    // The request the session had in flight may still be applied: the
+    // master does not learn at once that its client went away. Counted
+    // once the master's log stops moving (so that the restart below is
+    // compared with everything committed before it).
+    let mut applied = master_revisions(&cluster).await;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = master_revisions(&cluster).await;
+        if now == applied {
+            break;
+        }
+        applied = now;
+    }
     eprintln!("session dropped mid-exchange: master has {applied} revisions");
     assert!(applied > before);
     before = applied;

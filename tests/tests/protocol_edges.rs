@@ -83,3 +83,202 @@ async fn a_late_duplicate_request_does_not_widen_a_packet_the_client_already_hol
     );
     set.close().await;
 }
+
+/// The master's node row as the client holds it: its packet counters.
+async fn master_row(client: &hubsync_core::Engine) -> hubsync_core::store::NodeRecord {
+    client
+        .store()
+        .get_node_by_code("MASTER")
+        .await
+        .unwrap()
+        .expect("the client knows its master")
+}
+
+/// Waits (at most 5 s) until the client has built packet `n` of changes:
+/// the packet that follows the one travelling. False if it never does.
+async fn built(client: &hubsync_core::Engine, n: i64) -> bool {
+    for _ in 0..500 {
+        if master_row(client).await.out_packet_no >= n {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// Before delivering packet `edit_in`, edits `edit` on the client (a
+/// local write while its packet travels); on every packet of changes,
+/// waits for the next to be built if more are queued, and records whether
+/// it was; with `cut`, the `cut`-th exchange is lost (before delivery
+/// unless `deliver`, then its answer).
+struct Travelling<'a> {
+    inner: &'a hubsync_tests::MemoryTransport,
+    client: &'a hubsync_core::Engine,
+    edit: Option<(i64, uuid::Uuid)>,
+    cut: Option<(usize, bool)>,
+    built_ahead: Mutex<Vec<(i64, bool)>>,
+    sent: Mutex<Vec<i64>>,
+}
+
+#[async_trait::async_trait]
+impl Transport for Travelling<'_> {
+    async fn exchange(&self, request: &Envelope) -> Result<Envelope, TransportError> {
+        let no = request.header.packet_no;
+        let n = {
+            let mut sent = self.sent.lock().unwrap();
+            sent.push(no);
+            sent.len()
+        };
+        if let Some((edit_in, uuid)) = self.edit
+            && edit_in == no
+            && !request.body.entities.is_empty()
+        {
+            self.client
+                .put("Brigade", uuid, json!({"name": "edited in flight"}))
+                .await
+                .unwrap();
+        }
+        if !request.body.entities.is_empty() {
+            let more = self
+                .client
+                .store()
+                .count_queued(self.inner_master())
+                .await
+                .unwrap()
+                > request.body.entities.len() as i64;
+            if more {
+                let ahead = built(self.client, no + 1).await;
+                self.built_ahead.lock().unwrap().push((no, ahead));
+            }
+        }
+        let lost = |deliver| self.cut == Some((n, deliver));
+        if lost(false) {
+            return Err(TransportError::Unreachable {
+                reason: "cut before delivery (test)".into(),
+                transient: true,
+            });
+        }
+        let answer = self.inner.exchange(request).await;
+        if lost(true) {
+            return Err(TransportError::Unreachable {
+                reason: "answer lost (test)".into(),
+                transient: true,
+            });
+        }
+        answer
+    }
+}
+
+impl Travelling<'_> {
+    fn new<'a>(
+        inner: &'a hubsync_tests::MemoryTransport,
+        client: &'a hubsync_core::Engine,
+    ) -> Travelling<'a> {
+        Travelling {
+            inner,
+            client,
+            edit: None,
+            cut: None,
+            built_ahead: Mutex::new(Vec::new()),
+            sent: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn inner_master(&self) -> uuid::Uuid {
+        self.inner.master.identity().node_id
+    }
+}
+
+/// `count` Brigades written on client 0 of a set with packets of 10.
+async fn queued_brigades(count: usize) -> (EngineSet, Vec<uuid::Uuid>) {
+    let mut options = EngineOptions::default();
+    options.limits.max_entities = 10;
+    let set = EngineSet::new(1, options).await.unwrap();
+    let mut ids = Vec::new();
+    for n in 0..count {
+        let e = set.clients[0]
+            .0
+            .create("Brigade", None, json!({"name": format!("b{n:02}")}))
+            .await
+            .unwrap();
+        ids.push(e.uuid);
+    }
+    (set, ids)
+}
+
+#[tokio::test]
+async fn the_next_packet_is_built_while_one_travels() {
+    let (set, _) = queued_brigades(35).await;
+    let (client, link) = &set.clients[0];
+    let t = Travelling::new(link, client);
+    let s = client.sync_session(&t, &NoProgress).await.unwrap();
+    assert_eq!(s.rounds, 4, "{s:?}");
+    assert_eq!(*t.sent.lock().unwrap(), vec![1, 2, 3, 4]);
+    // Packets 2, 3 and 4 were built while 1, 2 and 3 travelled.
+    assert_eq!(
+        *t.built_ahead.lock().unwrap(),
+        vec![(1, true), (2, true), (3, true)]
+    );
+    assert_eq!(
+        client.replica_state().await.unwrap(),
+        set.master.replica_state().await.unwrap()
+    );
+    set.close().await;
+}
+
+#[tokio::test]
+async fn an_entity_edited_while_its_packet_travels_waits_for_the_answer() {
+    // The edit's queue row must not go in the packet built ahead: its base
+    // revision is raised only by the answer to packet 1, and sent before
+    // that it would meet our own first version as a conflict (server wins:
+    // the edit would be lost).
+    let (set, ids) = queued_brigades(15).await;
+    let (client, link) = &set.clients[0];
+    let mut t = Travelling::new(link, client);
+    t.edit = Some((1, ids[0]));
+    let s = client.sync_session(&t, &NoProgress).await.unwrap();
+    assert!(s.conflicts.is_empty(), "{:?}", s.conflicts);
+    // Packet 2, built while packet 1 travelled, stops before the edit's
+    // row (the last of the queue): the edit goes alone in packet 3.
+    assert_eq!(*t.sent.lock().unwrap(), vec![1, 2, 3]);
+    assert_eq!(s.sent_changes, 16, "{s:?}");
+    let on_master = set.master.get("Brigade", ids[0]).await.unwrap();
+    assert_eq!(on_master.data, json!({"name": "edited in flight"}));
+    assert_eq!(
+        client.replica_state().await.unwrap(),
+        set.master.replica_state().await.unwrap()
+    );
+    set.close().await;
+}
+
+#[tokio::test]
+async fn two_packets_in_flight_are_resent_in_order_after_an_interruption() {
+    for deliver in [false, true] {
+        let (set, _) = queued_brigades(35).await;
+        let (client, link) = &set.clients[0];
+        // Packet 2 is lost while packet 3 is already built.
+        let mut t = Travelling::new(link, client);
+        t.cut = Some((2, deliver));
+        assert!(client.sync_session(&t, &NoProgress).await.is_err());
+        let row = master_row(client).await;
+        assert_eq!(
+            (row.sent_packet_no, row.out_packet_no),
+            (1, 3),
+            "deliver {deliver}: packets 2 and 3 in flight"
+        );
+        let again = Travelling::new(link, client);
+        let s = client.sync_session(&again, &NoProgress).await.unwrap();
+        assert_eq!(
+            *again.sent.lock().unwrap(),
+            vec![2, 3, 4],
+            "deliver {deliver}: the oldest first, then the next"
+        );
+        assert!(s.conflicts.is_empty(), "deliver {deliver}: {s:?}");
+        assert_eq!(set.master.replica_state().await.unwrap().len(), 35);
+        assert_eq!(
+            client.replica_state().await.unwrap(),
+            set.master.replica_state().await.unwrap()
+        );
+        set.close().await;
+    }
+}

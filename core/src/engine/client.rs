@@ -7,6 +7,13 @@
 //! The session ends when nothing is left to send and the master has nothing
 //! new, so that every packet of both sides ends acknowledged.
 //!
+//! While a packet travels and the master works on it, the session builds
+//! the next one (`build_ahead`), so that client and master work at once
+//! instead of in turn. The master still receives one packet at a time, in
+//! order, each after the answer to the one before was applied here; an
+//! interrupted session leaves up to two packets in flight, resent oldest
+//! first.
+//!
 //! Edits made while a session runs are safe: they only ever add unsent queue
 //! rows, and an incoming master version never overwrites an entity that
 //! still has a queued change (contract §7.7).
@@ -100,6 +107,8 @@ struct Outgoing {
     envelope: Envelope,
     /// Packet number of the changes carried (0 for a pure poll).
     carries_packet: Option<i64>,
+    /// Serialized size of the changes carried.
+    bytes: usize,
 }
 
 impl Engine {
@@ -117,6 +126,8 @@ impl Engine {
         let mut summary = SyncSummary::default();
         let pending_at_start = self.store.count_queued(master).await?;
         let mut bytes_received = 0u64;
+        // The packet built while the one before it travelled.
+        let mut ahead: Option<Outgoing> = None;
         loop {
             if summary.rounds >= self.options.max_rounds {
                 return Err(EngineError::Sync(format!(
@@ -125,13 +136,29 @@ impl Engine {
                 )));
             }
             summary.rounds += 1;
-            let out = self.build_outgoing().await?;
+            let out = match ahead.take() {
+                Some(mut out) => {
+                    // It acknowledges what the answer before it brought.
+                    out.envelope.header.ack_packet_no = summary.received_packet_no;
+                    out.envelope.header.timestamp = now_utc();
+                    out
+                }
+                None => self.build_outgoing().await?,
+            };
             let sent = out.envelope.body.entities.len() as u64;
-            summary.bytes_sent += approx_size(&out.envelope.body.entities) as u64;
-            let response = transport.exchange(&out.envelope).await?;
+            summary.bytes_sent += out.bytes as u64;
+            // The next packet is built while this one travels and the master
+            // works on it: the two processes work at once instead of in turn.
+            let (response, next) = futures_util::future::join(
+                transport.exchange(&out.envelope),
+                self.build_ahead(&out),
+            )
+            .await;
+            let response = response?;
             let applied = self
                 .apply_response(&response, out.carries_packet, &mut summary, false)
                 .await?;
+            ahead = next?;
             summary.sent_changes += sent;
             if applied.new_master_packet {
                 bytes_received += approx_size(&response.body.entities) as u64;
@@ -235,29 +262,114 @@ impl Engine {
         })
     }
 
-    /// Builds the next request: the packet in flight again if the master has
-    /// not acknowledged it, else a new packet of unsent changes, else a poll.
+    /// Builds the next request: the oldest packet in flight again if the
+    /// master has not acknowledged it, else a new packet of unsent changes,
+    /// else a poll.
     async fn build_outgoing(&self) -> Result<Outgoing, EngineError> {
         let master = self.master_id()?;
-        let limits = self.options.limits;
         let mut tx = self.store.begin().await?;
         let mut peer = tx
             .get_node(master)
             .await?
             .ok_or_else(|| StoreError::corrupt("master node row missing"))?;
-        let (packet_no, rows) = if peer.out_packet_no > peer.sent_packet_no {
-            let n = peer.out_packet_no;
-            (n, tx.changes_in_packet(master, n).await?)
+        // Up to two packets can be in flight (the one a session built ahead,
+        // `build_ahead`): the master takes them in order, the oldest first.
+        if peer.out_packet_no > peer.sent_packet_no {
+            let n = peer.sent_packet_no + 1;
+            let rows = tx.changes_in_packet(master, n).await?;
+            let (entities, _, bytes) = self.wire_changes(tx.as_mut(), &rows, None).await?;
+            tx.commit().await?;
+            return Ok(self.outgoing(&peer, (entities, bytes), Some(n)));
+        }
+        let rows = tx
+            .unsent_changes(master, self.options.limits.max_entities)
+            .await?;
+        let (entities, ids, bytes) = self
+            .wire_changes(tx.as_mut(), &rows, Some(self.options.limits.max_bytes))
+            .await?;
+        let carries = if entities.is_empty() {
+            None
         } else {
-            let candidates = tx.unsent_changes(master, limits.max_entities).await?;
-            (peer.out_packet_no + 1, candidates)
+            let n = peer.out_packet_no + 1;
+            tx.assign_packet(master, &ids, n).await?;
+            peer.out_packet_no = n;
+            tx.put_node(&peer).await?;
+            Some(n)
         };
-        let resend = peer.out_packet_no > peer.sent_packet_no;
+        tx.commit().await?;
+        Ok(self.outgoing(&peer, (entities, bytes), carries))
+    }
+
+    /// Builds, while packet `sent` travels, the packet that follows it: the
+    /// unsent changes from the head of the queue, up to the first one of an
+    /// entity `sent` carries (its base revision is raised only by the answer
+    /// to `sent`; sent before that, it would meet our own change as a
+    /// conflict). The rows become in flight under the next number, exactly
+    /// as if built after the answer: the master still receives one packet at
+    /// a time, in order, each after the answer to the one before is applied
+    /// (its acknowledgement number is set then). A session that stops in
+    /// between resends both, oldest first. None when there is nothing to
+    /// send or `sent` is not the newest packet in flight.
+    async fn build_ahead(&self, sent: &Outgoing) -> Result<Option<Outgoing>, EngineError> {
+        let Some(n) = sent.carries_packet else {
+            return Ok(None);
+        };
+        if sent.envelope.body.entities.is_empty() {
+            return Ok(None);
+        }
+        let master = self.master_id()?;
+        let mut tx = self.store.begin().await?;
+        let mut peer = tx
+            .get_node(master)
+            .await?
+            .ok_or_else(|| StoreError::corrupt("master node row missing"))?;
+        if peer.out_packet_no != n {
+            return Ok(None);
+        }
+        let in_flight: std::collections::HashSet<(&str, uuid::Uuid)> = sent
+            .envelope
+            .body
+            .entities
+            .iter()
+            .map(|w| (w.entity_type.as_str(), w.uuid))
+            .collect();
+        let mut rows = tx
+            .unsent_changes(master, self.options.limits.max_entities)
+            .await?;
+        if let Some(stop) = rows
+            .iter()
+            .position(|r| in_flight.contains(&(r.entity_type.as_str(), r.entity_uuid)))
+        {
+            rows.truncate(stop);
+        }
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let (entities, ids, bytes) = self
+            .wire_changes(tx.as_mut(), &rows, Some(self.options.limits.max_bytes))
+            .await?;
+        tx.assign_packet(master, &ids, n + 1).await?;
+        peer.out_packet_no = n + 1;
+        tx.put_node(&peer).await?;
+        tx.commit().await?;
+        Ok(Some(self.outgoing(&peer, (entities, bytes), Some(n + 1))))
+    }
+
+    /// The wire form of queued `rows` (their entities read in one batch),
+    /// ordered for the master to apply, with the ids of the rows carried
+    /// (all of them, or with `max_bytes` as many as fit, at least one) and
+    /// their serialized size.
+    async fn wire_changes(
+        &self,
+        tx: &mut dyn StoreTx,
+        rows: &[QueuedChange],
+        max_bytes: Option<usize>,
+    ) -> Result<(Vec<WireChange>, Vec<i64>, usize), EngineError> {
         let mut entities = Vec::with_capacity(rows.len());
         let mut ids = Vec::with_capacity(rows.len());
         let mut bytes = 0usize;
         // The rows' entities in one read (nothing is written here).
-        let mut cached = CachedTx::new(tx.as_mut());
+        let mut cached = CachedTx::new(tx);
         cached
             .prefetch(
                 rows.iter()
@@ -265,10 +377,13 @@ impl Engine {
                     .collect(),
             )
             .await?;
-        for row in &rows {
+        for row in rows {
             let change = wire_change(&mut cached, row).await?;
             let size = approx_size(std::slice::from_ref(&change));
-            if !resend && !entities.is_empty() && bytes + size > limits.max_bytes {
+            if let Some(max) = max_bytes
+                && !entities.is_empty()
+                && bytes + size > max
+            {
                 break;
             }
             bytes += size;
@@ -277,27 +392,28 @@ impl Engine {
         }
         cached.finish().await?;
         super::order::order_for_apply(&self.registry, &mut entities);
-        let carries_packet = if resend {
-            Some(packet_no)
-        } else if entities.is_empty() {
-            None
-        } else {
-            tx.assign_packet(master, &ids, packet_no).await?;
-            peer.out_packet_no = packet_no;
-            tx.put_node(&peer).await?;
-            Some(packet_no)
-        };
-        tx.commit().await?;
+        Ok((entities, ids, bytes))
+    }
+
+    /// A request to the master: `entities` (of serialized size `bytes`)
+    /// under packet number `carries` (a poll when None), acknowledging what
+    /// `peer` says we received.
+    fn outgoing(
+        &self,
+        peer: &crate::store::NodeRecord,
+        (entities, bytes): (Vec<WireChange>, usize),
+        carries: Option<i64>,
+    ) -> Outgoing {
         let header = Header {
             protocol: PROTOCOL_VERSION,
             sender_node_id: self.identity.node_id,
-            recipient_node_id: master,
-            packet_no: carries_packet.unwrap_or(peer.sent_packet_no),
+            recipient_node_id: peer.id,
+            packet_no: carries.unwrap_or(peer.sent_packet_no),
             ack_packet_no: peer.received_packet_no,
             schema_version: self.registry.version().to_string(),
             timestamp: now_utc(),
         };
-        Ok(Outgoing {
+        Outgoing {
             envelope: Envelope {
                 header,
                 body: Body {
@@ -308,8 +424,9 @@ impl Engine {
                     evict: Vec::new(),
                 },
             },
-            carries_packet,
-        })
+            carries_packet: carries,
+            bytes,
+        }
     }
 
     /// Applies the master's answer in one transaction: its acknowledgement

@@ -268,10 +268,7 @@ impl Engine {
     async fn build_outgoing(&self) -> Result<Outgoing, EngineError> {
         let master = self.master_id()?;
         let mut tx = self.store.begin().await?;
-        let mut peer = tx
-            .get_node(master)
-            .await?
-            .ok_or_else(|| StoreError::corrupt("master node row missing"))?;
+        let mut peer = master_row(tx.as_mut(), master).await?;
         // Up to two packets can be in flight (the one a session built ahead,
         // `build_ahead`): the master takes them in order, the oldest first.
         if peer.out_packet_no > peer.sent_packet_no {
@@ -319,10 +316,7 @@ impl Engine {
         }
         let master = self.master_id()?;
         let mut tx = self.store.begin().await?;
-        let mut peer = tx
-            .get_node(master)
-            .await?
-            .ok_or_else(|| StoreError::corrupt("master node row missing"))?;
+        let mut peer = master_row(tx.as_mut(), master).await?;
         if peer.out_packet_no != n {
             return Ok(None);
         }
@@ -447,10 +441,7 @@ impl Engine {
             )));
         }
         let mut tx = self.store.begin().await?;
-        let mut peer = tx
-            .get_node(master)
-            .await?
-            .ok_or_else(|| StoreError::corrupt("master node row missing"))?;
+        let mut peer = master_row(tx.as_mut(), master).await?;
         if h.ack_packet_no > peer.out_packet_no {
             return Err(EngineError::Sync(format!(
                 "the master acknowledges packet {} but this client only sent up to {}; the client store does not belong to this master (or was restored from a backup). Re-initialize the client",
@@ -634,6 +625,17 @@ impl Engine {
         summary.received_changes += 1;
         Ok(true)
     }
+}
+
+/// The master's node row (its packet counters), read in `tx`.
+async fn master_row(
+    tx: &mut dyn StoreTx,
+    master: uuid::Uuid,
+) -> Result<crate::store::NodeRecord, EngineError> {
+    Ok(tx
+        .get_node(master)
+        .await?
+        .ok_or_else(|| StoreError::corrupt("master node row missing"))?)
 }
 
 /// The wire form of a queued change: the entity's current state.

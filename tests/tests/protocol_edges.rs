@@ -282,3 +282,61 @@ async fn two_packets_in_flight_are_resent_in_order_after_an_interruption() {
         set.close().await;
     }
 }
+
+/// Records the progress of every round.
+#[derive(Default)]
+struct Rounds(Mutex<Vec<hubsync_core::engine::SyncProgress>>);
+
+impl hubsync_core::engine::Progress for Rounds {
+    fn on_round(&self, progress: &hubsync_core::engine::SyncProgress) {
+        self.0.lock().unwrap().push(progress.clone());
+    }
+}
+
+#[tokio::test]
+async fn a_queue_past_the_count_cap_reports_what_is_left_and_ends_when_empty() {
+    // After each round the session counts its queue only up to 5,000 rows
+    // (a full count of a big queue at every round made a push quadratic);
+    // past that it reports what is left of the queue it started with.
+    const N: usize = 6_000;
+    let set = EngineSet::new(1, EngineOptions::default()).await.unwrap();
+    let (client, link) = &set.clients[0];
+    for chunk in 0..N / 1_000 {
+        let ops = (0..1_000)
+            .map(|i| hubsync_core::engine::BatchOp::Put {
+                entity_type: "Brigade".into(),
+                uuid: uuid::Uuid::now_v7(),
+                data: json!({"name": format!("b{}", chunk * 1_000 + i)}),
+            })
+            .collect();
+        client.batch(ops).await.unwrap();
+    }
+    let rounds = Rounds::default();
+    let s = client.sync_session(link, &rounds).await.unwrap();
+    assert_eq!(s.sent_changes, N as u64);
+    let seen = rounds.0.into_inner().unwrap();
+    let trace: Vec<_> = seen
+        .iter()
+        .map(|p| (p.sent_changes, p.pending_changes, p.received_changes))
+        .collect();
+    // The answer to the last full packet ends the session: the master's
+    // page of the log ended at its head, so it says nothing more is coming.
+    assert_eq!(
+        seen.len(),
+        N / 500,
+        "packets of 500, no extra round: {trace:?}"
+    );
+    for p in &seen {
+        assert_eq!(p.pending_at_start, N as i64);
+        // Exact at every round: nothing was written during the session.
+        assert_eq!(
+            p.pending_changes,
+            N as i64 - p.sent_changes as i64,
+            "round {}: {p:?}",
+            p.round
+        );
+    }
+    assert_eq!(seen.last().map(|p| p.pending_changes), Some(0));
+    assert_eq!(set.master.replica_state().await.unwrap().len(), N);
+    set.close().await;
+}

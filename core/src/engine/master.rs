@@ -610,6 +610,12 @@ impl Engine {
             }
             None => node.sent_packet_no,
         };
+        // A page that ends at the log's head has nothing after it: a full
+        // page only looked like more (a push whose last packet was full took
+        // one more exchange to learn that).
+        if more && tx.log_head().await? <= up_to {
+            more = false;
+        }
         // "About how many": counted exactly up to a bound, so that a node
         // downloading a million rows does not have them all counted at every
         // exchange; past the bound, the width of the revision range (which

@@ -278,23 +278,41 @@ impl Engine {
             tx.commit().await?;
             return Ok(self.outgoing(&peer, (entities, bytes), Some(n)));
         }
-        let rows = tx
-            .unsent_changes(master, self.options.limits.max_entities)
-            .await?;
-        let (entities, ids, bytes) = self
-            .wire_changes(tx.as_mut(), &rows, Some(self.options.limits.max_bytes))
-            .await?;
-        let carries = if entities.is_empty() {
-            None
-        } else {
-            let n = peer.out_packet_no + 1;
-            tx.assign_packet(master, &ids, n).await?;
-            peer.out_packet_no = n;
-            tx.put_node(&peer).await?;
-            Some(n)
-        };
+        let built = self.new_packet(tx.as_mut(), &mut peer, None).await?;
         tx.commit().await?;
-        Ok(self.outgoing(&peer, (entities, bytes), carries))
+        Ok(match built {
+            Some((changes, n)) => self.outgoing(&peer, changes, Some(n)),
+            None => self.outgoing(&peer, (Vec::new(), 0), None),
+        })
+    }
+
+    /// Assigns the unsent changes at the head of the queue to the next
+    /// packet number, in `tx` (up to the first change of an entity in
+    /// `stop_before`): their wire form and size, and the number. None when
+    /// there is nothing to send.
+    async fn new_packet(
+        &self,
+        tx: &mut dyn StoreTx,
+        peer: &mut crate::store::NodeRecord,
+        stop_before: Option<&std::collections::HashSet<(&str, uuid::Uuid)>>,
+    ) -> Result<Option<((Vec<WireChange>, usize), i64)>, EngineError> {
+        let limits = self.options.limits;
+        let mut rows = tx.unsent_changes(peer.id, limits.max_entities).await?;
+        if let Some(stop) = stop_before.and_then(|keys| {
+            rows.iter()
+                .position(|r| keys.contains(&(r.entity_type.as_str(), r.entity_uuid)))
+        }) {
+            rows.truncate(stop);
+        }
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let (entities, ids, bytes) = self.wire_changes(tx, &rows, Some(limits.max_bytes)).await?;
+        let n = peer.out_packet_no + 1;
+        tx.assign_packet(peer.id, &ids, n).await?;
+        peer.out_packet_no = n;
+        tx.put_node(peer).await?;
+        Ok(Some(((entities, bytes), n)))
     }
 
     /// Builds, while packet `sent` travels, the packet that follows it: the
@@ -327,26 +345,14 @@ impl Engine {
             .iter()
             .map(|w| (w.entity_type.as_str(), w.uuid))
             .collect();
-        let mut rows = tx
-            .unsent_changes(master, self.options.limits.max_entities)
-            .await?;
-        if let Some(stop) = rows
-            .iter()
-            .position(|r| in_flight.contains(&(r.entity_type.as_str(), r.entity_uuid)))
-        {
-            rows.truncate(stop);
-        }
-        if rows.is_empty() {
+        let Some((changes, next)) = self
+            .new_packet(tx.as_mut(), &mut peer, Some(&in_flight))
+            .await?
+        else {
             return Ok(None);
-        }
-        let (entities, ids, bytes) = self
-            .wire_changes(tx.as_mut(), &rows, Some(self.options.limits.max_bytes))
-            .await?;
-        tx.assign_packet(master, &ids, n + 1).await?;
-        peer.out_packet_no = n + 1;
-        tx.put_node(&peer).await?;
+        };
         tx.commit().await?;
-        Ok(Some(self.outgoing(&peer, (entities, bytes), Some(n + 1))))
+        Ok(Some(self.outgoing(&peer, changes, Some(next))))
     }
 
     /// The wire form of queued `rows` (their entities read in one batch),

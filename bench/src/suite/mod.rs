@@ -382,6 +382,50 @@ async fn timed_sync(
     Ok((took, s))
 }
 
+/// CPU time the master and a client spent during one step, per entity
+/// moved: steadier than wall time on a shared VM, and it shows which side
+/// a change made cheaper.
+struct CpuMeter {
+    master: f64,
+    client: f64,
+}
+
+/// [`CpuMeter`]'s result, in µs of CPU per entity.
+struct CpuPerEntity {
+    master: f64,
+    client: f64,
+}
+
+impl CpuMeter {
+    fn start(master: &NodeProc, client: &NodeProc) -> CpuMeter {
+        CpuMeter {
+            master: master.cpu_secs(),
+            client: client.cpu_secs(),
+        }
+    }
+
+    fn per_entity_us(self, master: &NodeProc, client: &NodeProc, n: usize) -> CpuPerEntity {
+        let per = |before: f64, after: f64| (after - before) * 1e6 / n.max(1) as f64;
+        CpuPerEntity {
+            master: per(self.master, master.cpu_secs()),
+            client: per(self.client, client.cpu_secs()),
+        }
+    }
+}
+
+impl CpuPerEntity {
+    fn text(&self) -> String {
+        format!(
+            "CPU per entity: master {:.1} µs, client {:.1} µs",
+            self.master, self.client
+        )
+    }
+
+    fn json(&self) -> Value {
+        json!({"master": self.master, "client": self.client})
+    }
+}
+
 /// The sessions of one incremental measurement.
 struct Sessions {
     median: Duration,
@@ -703,8 +747,12 @@ async fn sqlite_parts(
             Perf::start(&master, "push-master"),
             Perf::start(&a, "push-client"),
         ];
+        let cpu = CpuMeter::start(&master, &a);
         let (push_t, s) = timed_sync(&a, Some(queued as u64), queued).await?;
+        let cpu = cpu.per_entity_us(&master, &a, queued);
         perf.into_iter().flatten().for_each(Perf::stop);
+        eprintln!("suite:   push: {}", cpu.text());
+        extra.insert("push_cpu_us_per_entity".into(), cpu.json());
         in_master += queued;
         let base = raw_sqlite(
             &m.dir.join("raw-push.db"),
@@ -725,10 +773,11 @@ async fn sqlite_parts(
                 per_s(queued, base),
             )
             .note(format!(
-                "one sync session over HTTPS: {} rounds, {} bytes sent, {:.1} s",
+                "one sync session over HTTPS: {} rounds, {} bytes sent, {:.1} s; {}",
                 count(&s, "rounds"),
                 count(&s, "bytes_sent"),
-                push_t.as_secs_f64()
+                push_t.as_secs_f64(),
+                cpu.text()
             )),
         );
         a_peak_push = Some(a.peak_rss_mb());
@@ -777,9 +826,13 @@ async fn sqlite_parts(
             Perf::start(&master, "download-master"),
             Perf::start(&b, "download-client"),
         ];
+        let cpu = CpuMeter::start(&master, &b);
         let (dl_t, s) = timed_sync(&b, Some(0), in_master).await?;
         perf.into_iter().flatten().for_each(Perf::stop);
         let received = count(&s, "received_changes") as usize;
+        let cpu = cpu.per_entity_us(&master, &b, received);
+        eprintln!("suite:   download: {}", cpu.text());
+        extra.insert("download_cpu_us_per_entity".into(), cpu.json());
         anyhow::ensure!(
             received >= in_master,
             "the fresh client received {received} changes, expected at least {in_master}"
@@ -805,9 +858,10 @@ async fn sqlite_parts(
                 per_s(received, base),
             )
             .note(format!(
-                "one sync session over HTTPS: {} rounds, {:.1} s",
+                "one sync session over HTTPS: {} rounds, {:.1} s; {}",
                 count(&s, "rounds"),
-                dl_t.as_secs_f64()
+                dl_t.as_secs_f64(),
+                cpu.text()
             )),
         );
         download = Some((received, b_peak));

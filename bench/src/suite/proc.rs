@@ -85,6 +85,11 @@ impl NodeProc {
         proc_status_kb(self.pid(), "VmHWM:") as f64 / 1024.0
     }
 
+    /// CPU time the process has used so far (user + system), in seconds.
+    pub fn cpu_secs(&self) -> f64 {
+        proc_cpu_secs(self.pid())
+    }
+
     /// Current resident set size (`VmRSS`), in MB.
     pub fn rss_mb(&self) -> f64 {
         proc_status_kb(self.pid(), "VmRSS:") as f64 / 1024.0
@@ -179,6 +184,30 @@ pub fn raise_open_files(want: libc::rlim_t) -> std::io::Result<(libc::rlim_t, li
         return Err(std::io::Error::last_os_error());
     }
     Ok((raised.rlim_cur, raised.rlim_max))
+}
+
+/// User + system CPU time of a process (`/proc/PID/stat` fields 14 and
+/// 15), in seconds; 0 when unreadable.
+pub fn proc_cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The command name (field 2) may hold spaces: count from after its ')'.
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state), so fields 14 and 15 are at 11 and 12.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if per_s <= 0 {
+        return 0.0;
+    }
+    ticks as f64 / per_s as f64
 }
 
 /// A `kB` field of `/proc/PID/status`, 0 when unreadable.

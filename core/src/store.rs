@@ -355,6 +355,27 @@ impl NewRevision {
     }
 }
 
+/// The references of several sources, as [`StoreTx::set_references_many`]
+/// takes them.
+pub type SourceReferences = ((String, Uuid), Vec<EntityRef>);
+
+/// Of items with the same source, the last one (what replacing them one by
+/// one leaves), in the order of those last items: the rows a batch
+/// replacement inserts.
+pub fn last_references_per_source(items: &[SourceReferences]) -> Vec<&SourceReferences> {
+    let mut last: std::collections::HashMap<(&str, Uuid), usize> =
+        std::collections::HashMap::with_capacity(items.len());
+    for (i, ((t, u), _)) in items.iter().enumerate() {
+        last.insert((t.as_str(), *u), i);
+    }
+    items
+        .iter()
+        .enumerate()
+        .filter(|(i, ((t, u), _))| last.get(&(t.as_str(), *u)) == Some(i))
+        .map(|(_, item)| item)
+        .collect()
+}
+
 /// A stored version of an entity (`object_version_history`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistoryRecord {
@@ -855,6 +876,30 @@ pub trait StoreTx: Send {
     /// order would: each replaces the log row of the same entity and
     /// target. Of a key given twice, the higher number stays.
     async fn append_revisions(&mut self, revisions: &[NewRevision]) -> StoreResult<()>;
+
+    /// Writes buffered rows: [`StoreTx::append_revisions`] of `revisions`,
+    /// then [`StoreTx::put_entities`] of `entities`, then
+    /// [`StoreTx::set_references_many`] of `references`, with the same
+    /// outcome as those three calls in that order. A backend may overlap
+    /// the work of one batch with the next (the SQLite store binds the
+    /// next statement's values while the current one runs).
+    async fn write_rows(
+        &mut self,
+        revisions: &[NewRevision],
+        entities: &[&Entity],
+        references: &[((String, Uuid), Vec<EntityRef>)],
+    ) -> StoreResult<()> {
+        if !revisions.is_empty() {
+            self.append_revisions(revisions).await?;
+        }
+        if !entities.is_empty() {
+            self.put_entities(entities).await?;
+        }
+        if !references.is_empty() {
+            self.set_references_many(references).await?;
+        }
+        Ok(())
+    }
 
     /// The queue rows of `node` for these entities, sent or not, in queue
     /// order. Keys may repeat.

@@ -245,30 +245,29 @@ impl<'a> CachedTx<'a> {
 
     /// Writes the buffered rows.
     pub(crate) async fn flush(&mut self) -> StoreResult<()> {
-        self.flush_revisions().await?;
         self.flush_queue().await?;
-        if !self.puts.is_empty() {
-            // Written from the cache, which holds the latest version of
-            // every buffered entity (it is only cleared after a flush).
-            let rows: Vec<&Entity> = self
-                .puts
-                .iter()
-                .filter_map(|k| self.cache.get(k).and_then(Option::as_ref))
-                .collect();
-            if rows.len() != self.puts.len() {
-                return Err(StoreError::corrupt(
-                    "an entity to write is no longer in the transaction's cache (engine bug)",
-                ));
-            }
-            self.inner.put_entities(&rows).await?;
-            self.puts.clear();
-            self.put_at.clear();
+        if self.revs.is_empty() && self.puts.is_empty() && self.refs.is_empty() {
+            return Ok(());
         }
-        if !self.refs.is_empty() {
-            self.inner.set_references_many(&self.refs).await?;
-            self.refs.clear();
-            self.refs_at.clear();
+        // Written from the cache, which holds the latest version of every
+        // buffered entity (it is only cleared after a flush).
+        let rows: Vec<&Entity> = self
+            .puts
+            .iter()
+            .filter_map(|k| self.cache.get(k).and_then(Option::as_ref))
+            .collect();
+        if rows.len() != self.puts.len() {
+            return Err(StoreError::corrupt(
+                "an entity to write is no longer in the transaction's cache (engine bug)",
+            ));
         }
+        // One call, so that the store can overlap the three batches.
+        self.inner.write_rows(&self.revs, &rows, &self.refs).await?;
+        self.revs.clear();
+        self.puts.clear();
+        self.put_at.clear();
+        self.refs.clear();
+        self.refs_at.clear();
         Ok(())
     }
 

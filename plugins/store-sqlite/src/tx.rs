@@ -8,7 +8,7 @@ use hubsync_core::entity::{Entity, Operation, now_utc};
 use hubsync_core::store::{
     AuditRecord, EntityRef, EntityStamp, HeldChange, HistoryRecord, Holding, NewRevision,
     NodeRecord, QueuedChange, Revision, ScopeFilter, ScopeRecord, ScopedPage, StoreError,
-    StoreResult, StoreTx,
+    StoreResult, StoreTx, last_references_per_source,
 };
 use sqlx::{QueryBuilder, Sqlite};
 use uuid::Uuid;
@@ -42,6 +42,136 @@ fn held_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<HeldChange> {
 /// SQLite's limit of 32,766 bound values).
 const BATCH_ROWS: usize = 500;
 
+/// A statement with its values bound, and what it does (for its error).
+type Statement = (QueryBuilder<Sqlite>, &'static str);
+
+/// Per [`BATCH_ROWS`] revisions: the DELETE of the log rows they replace,
+/// then their multi-row INSERT. Each statement is built when the iterator
+/// reaches it.
+fn revision_statements<'q>(
+    picked: &'q [&'q NewRevision],
+    created_at: &'q str,
+) -> impl Iterator<Item = Statement> + Send + 'q {
+    picked.chunks(BATCH_ROWS).flat_map(move |chunk| {
+        [false, true].into_iter().map(move |insert| {
+            if insert {
+                revisions_insert(chunk, created_at)
+            } else {
+                revisions_delete(chunk)
+            }
+        })
+    })
+}
+
+fn revisions_delete<'q>(chunk: &'q [&'q NewRevision]) -> Statement {
+    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+        "DELETE FROM sync_changes
+         WHERE kind = 'log' AND (entity_type, entity_uuid, ifnull(node_id, '')) IN (VALUES ",
+    );
+    for (i, r) in chunk.iter().enumerate() {
+        if i > 0 {
+            q.push(", ");
+        }
+        q.push("(")
+            .push_bind(r.entity_type.as_str())
+            .push(", ")
+            .push_bind(uuid_text(r.entity_uuid))
+            .push(", ")
+            .push_bind(opt_uuid_text(r.target).unwrap_or_default())
+            .push(")");
+    }
+    q.push(")");
+    (q, "replacing the previous revisions")
+}
+
+fn revisions_insert<'q>(chunk: &'q [&'q NewRevision], created_at: &'q str) -> Statement {
+    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+        "INSERT INTO sync_changes
+             (id, kind, node_id, entity_type, entity_uuid, operation, created_at, origin_node_id) ",
+    );
+    q.push_values(chunk, |mut b, r| {
+        b.push_bind(r.rev)
+            .push_bind("log")
+            .push_bind(opt_uuid_text(r.target))
+            .push_bind(r.entity_type.as_str())
+            .push_bind(uuid_text(r.entity_uuid))
+            .push_bind(r.operation.as_str())
+            .push_bind(created_at)
+            .push_bind(opt_uuid_text(r.origin));
+    });
+    (q, "appending revisions")
+}
+
+/// One multi-row upsert per [`BATCH_ROWS`] entities.
+fn entity_statements<'q>(
+    entities: &'q [&'q Entity],
+) -> impl Iterator<Item = Statement> + Send + 'q {
+    entities.chunks(BATCH_ROWS).map(|chunk| {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO entities (entity_type, uuid, updated_at, is_deleted, data, rev, origin_node_id) ",
+        );
+        q.push_values(chunk, |mut b, e| {
+            b.push_bind(e.entity_type.as_str())
+                .push_bind(uuid_text(e.uuid))
+                .push_bind(ts_text(e.updated_at))
+                .push_bind(e.is_deleted)
+                .push_bind(json_text(&e.data))
+                .push_bind(e.rev)
+                .push_bind(opt_uuid_text(e.origin));
+        });
+        q.push(
+            " ON CONFLICT (entity_type, uuid) DO UPDATE SET
+                 updated_at = excluded.updated_at,
+                 is_deleted = excluded.is_deleted,
+                 data = excluded.data,
+                 rev = excluded.rev,
+                 origin_node_id = excluded.origin_node_id",
+        );
+        (q, "writing entities")
+    })
+}
+
+/// The reference rows of `items`, flattened: (source type, source, reference).
+type ReferenceRow<'q> = (&'q str, Uuid, &'q EntityRef);
+
+/// Of a source given twice, only its last item's rows.
+fn reference_rows(items: &[((String, Uuid), Vec<EntityRef>)]) -> Vec<ReferenceRow<'_>> {
+    last_references_per_source(items)
+        .into_iter()
+        .flat_map(|((t, u), refs)| refs.iter().map(move |r| (t.as_str(), *u, r)))
+        .collect()
+}
+
+/// One DELETE of the recorded references per [`BATCH_ROWS`] entities, then
+/// one multi-row INSERT per [`BATCH_ROWS`] of `rows` (their new ones).
+fn reference_statements<'q>(
+    items: &'q [((String, Uuid), Vec<EntityRef>)],
+    rows: &'q [ReferenceRow<'q>],
+) -> impl Iterator<Item = Statement> + Send + 'q {
+    let deletes = items.chunks(BATCH_ROWS).map(|chunk| {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "DELETE FROM entity_refs WHERE (source_type, source_uuid) IN (VALUES ",
+        );
+        push_keys(&mut q, chunk.iter().map(|((t, u), _)| (t.as_str(), *u)));
+        (q, "replacing entities' references")
+    });
+    let inserts = rows.chunks(BATCH_ROWS).map(|chunk| {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT OR IGNORE INTO entity_refs
+                 (source_type, source_uuid, pointer, target_type, target_uuid) ",
+        );
+        q.push_values(chunk, |mut b, (t, u, r)| {
+            b.push_bind(*t)
+                .push_bind(uuid_text(*u))
+                .push_bind(r.pointer.as_str())
+                .push_bind(r.target_type.as_str())
+                .push_bind(uuid_text(r.target_uuid));
+        });
+        (q, "recording entities' references")
+    });
+    deletes.chain(inserts)
+}
+
 pub(crate) struct SqliteTx {
     tx: Member,
 }
@@ -49,6 +179,32 @@ pub(crate) struct SqliteTx {
 impl SqliteTx {
     pub(crate) fn new(tx: Member) -> Self {
         SqliteTx { tx }
+    }
+
+    /// Runs `statements` in order, binding the values of the next one while
+    /// the connection's worker thread runs the current one. Binding a
+    /// multi-row write (formatting uuids and timestamps, serializing
+    /// entity data) is CPU work of the same order as SQLite's; done in
+    /// turn, each waited for the other (docs/benchmarks.md, session 11).
+    /// The statements still run one at a time, in order, on the one
+    /// connection; the first error stops the rest.
+    async fn run_pipelined(
+        &mut self,
+        mut statements: impl Iterator<Item = Statement> + Send,
+    ) -> StoreResult<()> {
+        let mut next = statements.next();
+        while let Some((mut q, what)) = next {
+            // `join` polls the execution first: its first poll hands the
+            // statement to the worker thread, then the next one is built.
+            let (done, following) =
+                futures_util::future::join(q.build().execute(&mut *self.tx), async {
+                    statements.next()
+                })
+                .await;
+            done.map_err(|e| StoreError::backend(what, e))?;
+            next = following;
+        }
+        Ok(())
     }
 
     /// [`REVISIONS_AFTER`]; with `own_above`, the node's own versions above
@@ -1093,33 +1249,7 @@ impl StoreTx for SqliteTx {
     /// One multi-row upsert per [`BATCH_ROWS`] entities (a key given twice
     /// keeps its last version: SQLite applies the rows in order).
     async fn put_entities(&mut self, entities: &[&Entity]) -> StoreResult<()> {
-        for chunk in entities.chunks(BATCH_ROWS) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO entities (entity_type, uuid, updated_at, is_deleted, data, rev, origin_node_id) ",
-            );
-            q.push_values(chunk, |mut b, e| {
-                b.push_bind(e.entity_type.as_str())
-                    .push_bind(uuid_text(e.uuid))
-                    .push_bind(ts_text(e.updated_at))
-                    .push_bind(e.is_deleted)
-                    .push_bind(json_text(&e.data))
-                    .push_bind(e.rev)
-                    .push_bind(opt_uuid_text(e.origin));
-            });
-            q.push(
-                " ON CONFLICT (entity_type, uuid) DO UPDATE SET
-                     updated_at = excluded.updated_at,
-                     is_deleted = excluded.is_deleted,
-                     data = excluded.data,
-                     rev = excluded.rev,
-                     origin_node_id = excluded.origin_node_id",
-            );
-            q.build()
-                .execute(&mut *self.tx)
-                .await
-                .map_err(|e| StoreError::backend("writing entities", e))?;
-        }
-        Ok(())
+        self.run_pipelined(entity_statements(entities)).await
     }
 
     /// One DELETE per [`BATCH_ROWS`] entities and one multi-row INSERT per
@@ -1128,38 +1258,28 @@ impl StoreTx for SqliteTx {
         &mut self,
         items: &[((String, Uuid), Vec<EntityRef>)],
     ) -> StoreResult<()> {
-        for chunk in items.chunks(BATCH_ROWS) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "DELETE FROM entity_refs WHERE (source_type, source_uuid) IN (VALUES ",
-            );
-            push_keys(&mut q, chunk.iter().map(|((t, u), _)| (t.as_str(), *u)));
-            q.build()
-                .execute(&mut *self.tx)
-                .await
-                .map_err(|e| StoreError::backend("replacing entities' references", e))?;
-        }
-        let rows: Vec<(&str, Uuid, &EntityRef)> = items
-            .iter()
-            .flat_map(|((t, u), refs)| refs.iter().map(move |r| (t.as_str(), *u, r)))
-            .collect();
-        for chunk in rows.chunks(BATCH_ROWS) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT OR IGNORE INTO entity_refs
-                     (source_type, source_uuid, pointer, target_type, target_uuid) ",
-            );
-            q.push_values(chunk, |mut b, (t, u, r)| {
-                b.push_bind(*t)
-                    .push_bind(uuid_text(*u))
-                    .push_bind(r.pointer.as_str())
-                    .push_bind(r.target_type.as_str())
-                    .push_bind(uuid_text(r.target_uuid));
-            });
-            q.build()
-                .execute(&mut *self.tx)
-                .await
-                .map_err(|e| StoreError::backend("recording entities' references", e))?;
-        }
-        Ok(())
+        let rows = reference_rows(items);
+        self.run_pipelined(reference_statements(items, &rows)).await
+    }
+
+    /// The three batches in one pipeline ([`SqliteTx::run_pipelined`]), so
+    /// that the values of the entities are bound while the revisions are
+    /// written, and the references' while the entities are.
+    async fn write_rows(
+        &mut self,
+        revisions: &[NewRevision],
+        entities: &[&Entity],
+        references: &[((String, Uuid), Vec<EntityRef>)],
+    ) -> StoreResult<()> {
+        let picked = NewRevision::latest_per_key(revisions);
+        let created_at = ts_text(now_utc());
+        let rows = reference_rows(references);
+        self.run_pipelined(
+            revision_statements(&picked, &created_at)
+                .chain(entity_statements(entities))
+                .chain(reference_statements(references, &rows)),
+        )
+        .await
     }
     /// One primary-key lookup per key, [`BATCH_ROWS`] keys a statement, the
     /// data column not read.
@@ -1257,48 +1377,8 @@ impl StoreTx for SqliteTx {
     async fn append_revisions(&mut self, revisions: &[NewRevision]) -> StoreResult<()> {
         let picked = NewRevision::latest_per_key(revisions);
         let created_at = ts_text(now_utc());
-        for chunk in picked.chunks(BATCH_ROWS) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "DELETE FROM sync_changes
-                 WHERE kind = 'log' AND (entity_type, entity_uuid, ifnull(node_id, '')) IN (VALUES ",
-            );
-            for (i, r) in chunk.iter().enumerate() {
-                if i > 0 {
-                    q.push(", ");
-                }
-                q.push("(")
-                    .push_bind(r.entity_type.as_str())
-                    .push(", ")
-                    .push_bind(uuid_text(r.entity_uuid))
-                    .push(", ")
-                    .push_bind(opt_uuid_text(r.target).unwrap_or_default())
-                    .push(")");
-            }
-            q.push(")");
-            q.build()
-                .execute(&mut *self.tx)
-                .await
-                .map_err(|e| StoreError::backend("replacing the previous revisions", e))?;
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO sync_changes
-                     (id, kind, node_id, entity_type, entity_uuid, operation, created_at, origin_node_id) ",
-            );
-            q.push_values(chunk, |mut b, r| {
-                b.push_bind(r.rev)
-                    .push_bind("log")
-                    .push_bind(opt_uuid_text(r.target))
-                    .push_bind(r.entity_type.as_str())
-                    .push_bind(uuid_text(r.entity_uuid))
-                    .push_bind(r.operation.as_str())
-                    .push_bind(created_at.as_str())
-                    .push_bind(opt_uuid_text(r.origin));
-            });
-            q.build()
-                .execute(&mut *self.tx)
-                .await
-                .map_err(|e| StoreError::backend("appending revisions", e))?;
-        }
-        Ok(())
+        self.run_pipelined(revision_statements(&picked, &created_at))
+            .await
     }
 
     async fn queued_rows(

@@ -1,7 +1,7 @@
 //! The batch methods (`get_entities`, `put_entities`,
 //! `set_references_many`, `reserve_revisions` and `append_revisions`,
-//! `queued_rows` and `write_queue`): the same results as the one-row
-//! methods, for batches larger than one statement's worth of rows.
+//! `write_rows`, `queued_rows` and `write_queue`): the same results as the
+//! one-row methods, for batches larger than one statement's worth of rows.
 
 use hubsync_core::entity::{Entity, Operation};
 use hubsync_core::store::{EntityRef, NewRevision, StoreError};
@@ -150,6 +150,74 @@ pub async fn batched_references_replace_each_sources_references(s: &Subject) {
     let left = tx.referrers("Employee", id(100_000)).await.unwrap();
     assert_eq!(left.len(), MANY as usize - 3);
     assert!(left.iter().all(|r| r.source_uuid.as_u128() > 3));
+}
+
+pub async fn writing_rows_at_once_is_the_three_batch_writes_in_order(s: &Subject) {
+    let store = s.store.as_ref();
+    let node = crate::add_node(store, 100).await;
+    let mut tx = store.begin().await.unwrap();
+    // Nothing at all is fine.
+    tx.write_rows(&[], &[], &[]).await.unwrap();
+    // Sources 1..=MANY, each with two references; MANY + 1 refers to
+    // 300_000 and is then given no references in the same call (the later
+    // item wins, as in set_references_many).
+    let mut items: Vec<((String, Uuid), Vec<EntityRef>)> = (1..=MANY + 1)
+        .map(|n| {
+            (
+                ("DailyReport".to_string(), id(n)),
+                vec![employee_ref(n, 300_000), employee_ref(n, 300_001 + n % 2)],
+            )
+        })
+        .collect();
+    items.push((("DailyReport".into(), id(MANY + 1)), vec![]));
+    let mut entities: Vec<Entity> = (1..=MANY + 1).map(|n| report(n, 1)).collect();
+    // A key given twice ends with its last version.
+    entities.push(report(2, 5));
+    let reserved = tx.reserve_revisions(MANY as usize + 2).await.unwrap();
+    let mut revisions: Vec<NewRevision> = (1..=MANY + 1)
+        .map(|n| new_rev(reserved[n as usize - 1], n, None, Operation::Insert))
+        .collect();
+    // Of a key given twice, the higher number stays.
+    let last = reserved[MANY as usize + 1];
+    revisions.push(new_rev(last, 2, None, Operation::Update));
+    tx.write_rows(&revisions, &each(&entities), &items)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    for n in [1, 3, 500, 501, 1000, MANY, MANY + 1] {
+        assert_eq!(
+            store.get_entity("DailyReport", id(n)).await.unwrap(),
+            Some(report(n, 1)),
+            "entity {n}"
+        );
+    }
+    assert_eq!(
+        store.get_entity("DailyReport", id(2)).await.unwrap(),
+        Some(report(2, 5))
+    );
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(
+        tx.referrers("Employee", id(300_000)).await.unwrap().len(),
+        MANY as usize
+    );
+    assert_eq!(
+        tx.referrers("Employee", id(300_001)).await.unwrap().len(),
+        (1..=MANY).filter(|n| n % 2 == 0).count()
+    );
+    let seen = tx.revisions_after(node, 0, 10_000).await.unwrap();
+    assert_eq!(seen.len(), MANY as usize + 1);
+    assert!(seen.windows(2).all(|w| w[0].0.rev < w[1].0.rev));
+    let of_2: Vec<_> = seen
+        .iter()
+        .filter(|(r, _)| r.entity_uuid == id(2))
+        .map(|(r, e)| (r.rev, r.operation, e.data.clone()))
+        .collect();
+    assert_eq!(
+        of_2,
+        [(last, Operation::Update, report(2, 5).data)],
+        "one log row for entity 2, the later one, with its entity's last version"
+    );
 }
 
 fn new_rev(rev: i64, n: u128, target: Option<Uuid>, op: Operation) -> NewRevision {

@@ -99,6 +99,17 @@ async fn the_background_loop_retries_with_backoff_reports_the_error_and_recovers
         }
     })
     .await;
+    // The store's record follows the in-memory state (the session publishes
+    // its outcome, then records it), so it is waited for too.
+    eventually("the recorded error clears", Duration::from_secs(20), || {
+        let node = node.clone();
+        async move {
+            node.recorded_health()
+                .await
+                .is_ok_and(|h| h.consecutive_failures == 0)
+        }
+    })
+    .await;
     let health = node.recorded_health().await.unwrap();
     assert_eq!(health.consecutive_failures, 0);
     assert!(

@@ -12,7 +12,7 @@
 //!   and not lost, and applied as soon as that entity arrives; it never
 //!   blocks the rest of its packet.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 use serde_json::Value;
 use uuid::Uuid;
@@ -64,7 +64,8 @@ impl Engine {
         let refs: Vec<EntityRef> = if entity.is_deleted {
             Vec::new()
         } else {
-            let set: BTreeSet<EntityRef> = ty
+            // Sorted and without repeats, as the store records them.
+            let mut refs: Vec<EntityRef> = ty
                 .references
                 .iter()
                 .flat_map(|r| {
@@ -77,7 +78,9 @@ impl Engine {
                     })
                 })
                 .collect();
-            set.into_iter().collect()
+            refs.sort_unstable();
+            refs.dedup();
+            refs
         };
         tx.set_references(&entity.entity_type, entity.uuid, &refs)
             .await?;

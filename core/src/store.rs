@@ -359,10 +359,10 @@ impl NewRevision {
 /// takes them.
 pub type SourceReferences = ((String, Uuid), Vec<EntityRef>);
 
-/// Of items with the same source, the last one (what replacing them one by
-/// one leaves), in the order of those last items: the rows a batch
-/// replacement inserts.
-pub fn last_references_per_source(items: &[SourceReferences]) -> Vec<&SourceReferences> {
+/// The reference rows a batch replacement ([`StoreTx::set_references_many`])
+/// inserts: `(source type, source, reference)`, of a source given twice
+/// only its last item's (what replacing them one by one leaves).
+pub fn references_to_insert(items: &[SourceReferences]) -> Vec<(&str, Uuid, &EntityRef)> {
     let mut last: std::collections::HashMap<(&str, Uuid), usize> =
         std::collections::HashMap::with_capacity(items.len());
     for (i, ((t, u), _)) in items.iter().enumerate() {
@@ -372,7 +372,7 @@ pub fn last_references_per_source(items: &[SourceReferences]) -> Vec<&SourceRefe
         .iter()
         .enumerate()
         .filter(|(i, ((t, u), _))| last.get(&(t.as_str(), *u)) == Some(i))
-        .map(|(_, item)| item)
+        .flat_map(|(_, ((t, u), refs))| refs.iter().map(move |r| (t.as_str(), *u, r)))
         .collect()
 }
 
@@ -887,7 +887,7 @@ pub trait StoreTx: Send {
         &mut self,
         revisions: &[NewRevision],
         entities: &[&Entity],
-        references: &[((String, Uuid), Vec<EntityRef>)],
+        references: &[SourceReferences],
     ) -> StoreResult<()> {
         if !revisions.is_empty() {
             self.append_revisions(revisions).await?;

@@ -6,7 +6,7 @@ use hubsync_core::entity::{Entity, Operation, now_utc};
 use hubsync_core::store::{
     AuditRecord, EntityRef, EntityStamp, HeldChange, HistoryRecord, Holding, NewRevision,
     NodeRecord, QueuedChange, Revision, ScopeFilter, ScopeRecord, ScopedPage, StoreError,
-    StoreResult, StoreTx, last_references_per_source,
+    StoreResult, StoreTx, references_to_insert,
 };
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
@@ -1134,11 +1134,7 @@ impl StoreTx for PgTx {
         .execute(&mut *self.tx)
         .await
         .map_err(|e| StoreError::backend("replacing entities' references", e))?;
-        // Of a source given twice, only its last item's rows.
-        let refs: Vec<(&str, Uuid, &EntityRef)> = last_references_per_source(items)
-            .into_iter()
-            .flat_map(|((t, u), refs)| refs.iter().map(move |r| (t.as_str(), *u, r)))
-            .collect();
+        let refs = references_to_insert(items);
         if refs.is_empty() {
             return Ok(());
         }

@@ -7,8 +7,8 @@ use std::fmt::Write as _;
 use hubsync_core::entity::{Entity, Operation, now_utc};
 use hubsync_core::store::{
     AuditRecord, EntityRef, EntityStamp, HeldChange, HistoryRecord, Holding, NewRevision,
-    NodeRecord, QueuedChange, Revision, ScopeFilter, ScopeRecord, ScopedPage, StoreError,
-    StoreResult, StoreTx, last_references_per_source,
+    NodeRecord, QueuedChange, Revision, ScopeFilter, ScopeRecord, ScopedPage, SourceReferences,
+    StoreError, StoreResult, StoreTx, references_to_insert,
 };
 use sqlx::{QueryBuilder, Sqlite};
 use uuid::Uuid;
@@ -131,21 +131,13 @@ fn entity_statements<'q>(
     })
 }
 
-/// The reference rows of `items`, flattened: (source type, source, reference).
+/// A reference row to insert: (source type, source, reference).
 type ReferenceRow<'q> = (&'q str, Uuid, &'q EntityRef);
-
-/// Of a source given twice, only its last item's rows.
-fn reference_rows(items: &[((String, Uuid), Vec<EntityRef>)]) -> Vec<ReferenceRow<'_>> {
-    last_references_per_source(items)
-        .into_iter()
-        .flat_map(|((t, u), refs)| refs.iter().map(move |r| (t.as_str(), *u, r)))
-        .collect()
-}
 
 /// One DELETE of the recorded references per [`BATCH_ROWS`] entities, then
 /// one multi-row INSERT per [`BATCH_ROWS`] of `rows` (their new ones).
 fn reference_statements<'q>(
-    items: &'q [((String, Uuid), Vec<EntityRef>)],
+    items: &'q [SourceReferences],
     rows: &'q [ReferenceRow<'q>],
 ) -> impl Iterator<Item = Statement> + Send + 'q {
     let deletes = items.chunks(BATCH_ROWS).map(|chunk| {
@@ -1249,17 +1241,13 @@ impl StoreTx for SqliteTx {
     /// One multi-row upsert per [`BATCH_ROWS`] entities (a key given twice
     /// keeps its last version: SQLite applies the rows in order).
     async fn put_entities(&mut self, entities: &[&Entity]) -> StoreResult<()> {
-        self.run_pipelined(entity_statements(entities)).await
+        self.write_rows(&[], entities, &[]).await
     }
 
     /// One DELETE per [`BATCH_ROWS`] entities and one multi-row INSERT per
     /// [`BATCH_ROWS`] references.
-    async fn set_references_many(
-        &mut self,
-        items: &[((String, Uuid), Vec<EntityRef>)],
-    ) -> StoreResult<()> {
-        let rows = reference_rows(items);
-        self.run_pipelined(reference_statements(items, &rows)).await
+    async fn set_references_many(&mut self, items: &[SourceReferences]) -> StoreResult<()> {
+        self.write_rows(&[], &[], items).await
     }
 
     /// The three batches in one pipeline ([`SqliteTx::run_pipelined`]), so
@@ -1269,11 +1257,11 @@ impl StoreTx for SqliteTx {
         &mut self,
         revisions: &[NewRevision],
         entities: &[&Entity],
-        references: &[((String, Uuid), Vec<EntityRef>)],
+        references: &[SourceReferences],
     ) -> StoreResult<()> {
         let picked = NewRevision::latest_per_key(revisions);
         let created_at = ts_text(now_utc());
-        let rows = reference_rows(references);
+        let rows = references_to_insert(references);
         self.run_pipelined(
             revision_statements(&picked, &created_at)
                 .chain(entity_statements(entities))
@@ -1375,10 +1363,7 @@ impl StoreTx for SqliteTx {
     /// One DELETE of the previous rows and one multi-row INSERT per
     /// [`BATCH_ROWS`] revisions.
     async fn append_revisions(&mut self, revisions: &[NewRevision]) -> StoreResult<()> {
-        let picked = NewRevision::latest_per_key(revisions);
-        let created_at = ts_text(now_utc());
-        self.run_pipelined(revision_statements(&picked, &created_at))
-            .await
+        self.write_rows(revisions, &[], &[]).await
     }
 
     async fn queued_rows(

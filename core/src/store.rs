@@ -550,6 +550,11 @@ pub trait StoreTx: Send {
     async fn get_entity(&mut self, entity_type: &str, uuid: Uuid) -> StoreResult<Option<Entity>>;
     /// Inserts or replaces the entity keyed by (type, uuid).
     async fn put_entity(&mut self, entity: &Entity) -> StoreResult<()>;
+    /// [`StoreTx::put_entity`], handing the entity over: a transaction that
+    /// keeps it until it writes (the engine's cache) need not copy its data.
+    async fn put_entity_owned(&mut self, entity: Entity) -> StoreResult<()> {
+        self.put_entity(&entity).await
+    }
     /// Master only: keeps `entity` (which has a `rev`) as the version of its
     /// entity at that revision, so that a later conflict can find the base
     /// version a client's change started from. Keeping the same revision
@@ -823,6 +828,18 @@ pub trait StoreTx: Send {
     /// `get_entity(..).is_some()` without handing out a copy.
     async fn entity_exists(&mut self, entity_type: &str, uuid: Uuid) -> StoreResult<bool> {
         Ok(self.get_entity(entity_type, uuid).await?.is_some())
+    }
+
+    /// [`StoreTx::set_references`], handing the references over: a
+    /// transaction that keeps them until it writes (the engine's cache) need
+    /// not copy them.
+    async fn set_references_owned(
+        &mut self,
+        entity_type: &str,
+        uuid: Uuid,
+        refs: Vec<EntityRef>,
+    ) -> StoreResult<()> {
+        self.set_references(entity_type, uuid, &refs).await
     }
 
     /// Replaces the recorded references of several entities, as

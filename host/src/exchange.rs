@@ -404,10 +404,11 @@ impl Request {
                 .await;
             // The engine refuses it with 403 and says why (below).
         }
-        match self.node.engine.handle_exchange(client.id, &envelope).await {
+        let (packet_no, received) = (envelope.header.packet_no, envelope.body.entities.len());
+        match self.node.engine.handle_exchange(client.id, envelope).await {
             Ok(answer) => {
                 self.node.metrics.record_exchange(true);
-                tracing::debug!(node = %client.code, packet_no = envelope.header.packet_no, received = envelope.body.entities.len(), sent = answer.body.entities.len(), "exchange");
+                tracing::debug!(node = %client.code, packet_no, received, sent = answer.body.entities.len(), "exchange");
                 match protocol::encode_envelope(&answer) {
                     Ok(bytes) => gzip_response(StatusCode::OK, bytes),
                     Err(e) => refusal(

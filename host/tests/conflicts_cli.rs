@@ -168,7 +168,7 @@ async fn master_with_deferred_conflicts(root: &Path, n: usize) -> (PathBuf, Vec<
     let answer = m
         .handle_exchange(
             client.id,
-            &Envelope {
+            Envelope {
                 header: Header {
                     protocol: PROTOCOL_VERSION,
                     sender_node_id: client.id,

@@ -262,7 +262,7 @@ impl Transport for MemoryTransport {
                 transient: false,
             }
         })?;
-        match self.master.handle_exchange(self.node_id, &decoded).await {
+        match self.master.handle_exchange(self.node_id, decoded).await {
             Ok(answer) => {
                 let wire = protocol::encode_envelope(&answer).map_err(|e| {
                     TransportError::Unreachable {

@@ -216,7 +216,7 @@ impl World {
             .map(|n| n.received_packet_no);
         let wire = protocol::encode_envelope(request).expect("encode");
         let decoded = protocol::decode_envelope(&wire, DecodeLimits::default()).expect("decode");
-        match self.master.handle_exchange(node, &decoded).await {
+        match self.master.handle_exchange(node, decoded).await {
             Ok(answer) => {
                 let after = self
                     .master

@@ -78,7 +78,7 @@ impl Transport for Wire<'_> {
             .map_err(|e| broken(e.to_string()))?;
         let answer = self
             .master
-            .handle_exchange(self.node, &decoded)
+            .handle_exchange(self.node, decoded.clone())
             .await
             .map_err(|e| broken(format!("the master refused: {e}")))?;
         let answer_wire = protocol::encode_envelope(&answer).map_err(|e| broken(e.to_string()))?;

@@ -215,7 +215,7 @@ async fn a_change_before_its_reference_is_held_then_applied_when_it_arrives() {
         .master
         .handle_exchange(
             set.clients[0].1.node_id,
-            &envelope(
+            envelope(
                 &set,
                 0,
                 1,
@@ -255,7 +255,7 @@ async fn a_change_before_its_reference_is_held_then_applied_when_it_arrives() {
     set.master
         .handle_exchange(
             set.clients[0].1.node_id,
-            &envelope(
+            envelope(
                 &set,
                 0,
                 2,
@@ -277,7 +277,7 @@ async fn a_change_before_its_reference_is_held_then_applied_when_it_arrives() {
     set.master
         .handle_exchange(
             set.clients[0].1.node_id,
-            &envelope(
+            envelope(
                 &set,
                 0,
                 3,
@@ -327,7 +327,7 @@ async fn a_held_change_whose_reference_never_arrives_goes_to_the_manual_queue() 
     set.master
         .handle_exchange(
             set.clients[0].1.node_id,
-            &envelope(
+            envelope(
                 &set,
                 0,
                 1,
@@ -345,7 +345,7 @@ async fn a_held_change_whose_reference_never_arrives_goes_to_the_manual_queue() 
         .unwrap();
     // The next exchange finds it past its (zero) hold time.
     set.master
-        .handle_exchange(set.clients[0].1.node_id, &envelope(&set, 0, 1, vec![]))
+        .handle_exchange(set.clients[0].1.node_id, envelope(&set, 0, 1, vec![]))
         .await
         .unwrap();
     assert_eq!(set.master.store().count_held().await.unwrap(), 0);

@@ -120,7 +120,7 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
             },
         };
         let answer = master
-            .handle_exchange(client.id, &request)
+            .handle_exchange(client.id, request)
             .await
             .with_context(|| format!("exchange of packet {}", k + 1))?;
         anyhow::ensure!(

@@ -324,12 +324,16 @@ impl StoreTx for CachedTx<'_> {
     }
 
     async fn put_entity(&mut self, entity: &Entity) -> StoreResult<()> {
+        self.put_entity_owned(entity.clone()).await
+    }
+
+    async fn put_entity_owned(&mut self, entity: Entity) -> StoreResult<()> {
         let key = (entity.entity_type.clone(), entity.uuid);
         if self.put_at.insert(key.clone()) {
             self.puts.push(key.clone());
         }
-        // The one copy: the flush writes it from the cache.
-        self.cache.insert(key, Some(entity.clone()));
+        // Kept only here: the flush writes it from the cache.
+        self.cache.insert(key, Some(entity));
         self.buffered().await
     }
 
@@ -491,12 +495,22 @@ impl StoreTx for CachedTx<'_> {
         uuid: Uuid,
         refs: &[EntityRef],
     ) -> StoreResult<()> {
+        self.set_references_owned(entity_type, uuid, refs.to_vec())
+            .await
+    }
+
+    async fn set_references_owned(
+        &mut self,
+        entity_type: &str,
+        uuid: Uuid,
+        refs: Vec<EntityRef>,
+    ) -> StoreResult<()> {
         let key = (entity_type.to_string(), uuid);
         match self.refs_at.get(&key) {
-            Some(&i) => self.refs[i].1 = refs.to_vec(),
+            Some(&i) => self.refs[i].1 = refs,
             None => {
                 self.refs_at.insert(key.clone(), self.refs.len());
-                self.refs.push((key, refs.to_vec()));
+                self.refs.push((key, refs));
             }
         }
         self.buffered().await

@@ -155,13 +155,17 @@ impl Engine {
             )
             .await;
             let response = response?;
+            // The answer is handed to the transaction that applies it (its
+            // entities' data is moved into the store, not copied).
+            let (more, remaining) = (response.body.more, response.body.remaining);
+            let received_size = approx_size(&response.body.entities) as u64;
             let applied = self
-                .apply_response(&response, out.carries_packet, &mut summary, false)
+                .apply_response(response, out.carries_packet, &mut summary, false)
                 .await?;
             ahead = next?;
             summary.sent_changes += sent;
             if applied.new_master_packet {
-                bytes_received += approx_size(&response.body.entities) as u64;
+                bytes_received += received_size;
             }
             let pending = self
                 .pending_after_round(master, pending_at_start, &summary)
@@ -174,8 +178,8 @@ impl Engine {
                 bytes_received,
                 pending_changes: pending,
                 pending_at_start,
-                more_from_master: response.body.more,
-                remaining_from_master: response.body.remaining,
+                more_from_master: more,
+                remaining_from_master: remaining,
             });
             // Done when the master had nothing more for us and we have
             // nothing left to send: either this round sent nothing, or it
@@ -183,7 +187,7 @@ impl Engine {
             // (`pending` counts the in-flight ones until then). A round that
             // only polls after that would move nothing: the answer we just
             // applied is the master's state after our packet.
-            let master_drained = !applied.new_master_packet && !response.body.more;
+            let master_drained = !applied.new_master_packet && !more;
             if master_drained && (sent == 0 || pending == 0) {
                 return Ok(summary);
             }
@@ -247,7 +251,7 @@ impl Engine {
         }
         let mut summary = SyncSummary::default();
         let applied = self
-            .apply_response(envelope, None, &mut summary, dry_run)
+            .apply_response(envelope.clone(), None, &mut summary, dry_run)
             .await?;
         Ok(ImportReport {
             from: "MASTER".into(),
@@ -368,17 +372,26 @@ impl Engine {
         let mut entities = Vec::with_capacity(rows.len());
         let mut ids = Vec::with_capacity(rows.len());
         let mut bytes = 0usize;
-        // The rows' entities in one read (nothing is written here).
-        let mut cached = CachedTx::new(tx);
-        cached
-            .prefetch(
-                rows.iter()
-                    .map(|r| (r.entity_type.clone(), r.entity_uuid))
-                    .collect(),
-            )
-            .await?;
-        for row in rows {
-            let change = wire_change(&mut cached, row).await?;
+        // The rows' entities in one read (nothing is written here), each
+        // moved into its change: the data is not copied.
+        let keys: Vec<(String, uuid::Uuid)> = rows
+            .iter()
+            .map(|r| (r.entity_type.clone(), r.entity_uuid))
+            .collect();
+        let mut found: std::collections::HashMap<(String, uuid::Uuid), Entity> = tx
+            .get_entities(&keys)
+            .await?
+            .into_iter()
+            .map(|e| ((e.entity_type.clone(), e.uuid), e))
+            .collect();
+        for (row, key) in rows.iter().zip(&keys) {
+            // A row's entity is taken once; another row of the same entity
+            // (none is expected) reads it again.
+            let current = match found.remove(key) {
+                Some(e) => Some(e),
+                None => tx.get_entity(&row.entity_type, row.entity_uuid).await?,
+            };
+            let change = wire_change(row, current)?;
             let size = approx_size(std::slice::from_ref(&change));
             if let Some(max) = max_bytes
                 && !entities.is_empty()
@@ -390,7 +403,6 @@ impl Engine {
             ids.push(row.id);
             entities.push(change);
         }
-        cached.finish().await?;
         super::order::order_for_apply(&self.registry, &mut entities);
         Ok((entities, ids, bytes))
     }
@@ -430,16 +442,18 @@ impl Engine {
     }
 
     /// Applies the master's answer in one transaction: its acknowledgement
-    /// of our packet and its own next packet.
+    /// of our packet and its own next packet (whose entities are moved into
+    /// the store).
     async fn apply_response(
         &self,
-        response: &Envelope,
+        response: Envelope,
         carried: Option<i64>,
         summary: &mut SyncSummary,
         dry_run: bool,
     ) -> Result<Applied, EngineError> {
         let master = self.master_id()?;
-        let h = &response.header;
+        let Envelope { header, body } = response;
+        let h = &header;
         if h.sender_node_id != master || h.recipient_node_id != self.identity.node_id {
             return Err(EngineError::Sync(format!(
                 "the answer came from node {} for node {}, but this client is {} syncing with master {}; check [master].url",
@@ -466,8 +480,7 @@ impl Engine {
         // rows written in batches (cached_tx.rs).
         let mut cached = CachedTx::new(tx.as_mut());
         if h.ack_packet_no > peer.sent_packet_no {
-            let taken: Vec<(String, uuid::Uuid)> = response
-                .body
+            let taken: Vec<(String, uuid::Uuid)> = body
                 .results
                 .iter()
                 .filter(|r| r.outcome.client_version_taken())
@@ -484,7 +497,7 @@ impl Engine {
             let ctx: &mut dyn StoreTx = &mut cached;
             let mut redundant = Vec::new();
             let mut raise = Vec::new();
-            for r in &response.body.results {
+            for r in &body.results {
                 if r.outcome.client_version_taken()
                     && let Some(e) = stamps.get(&(r.entity_type.clone(), r.uuid))
                 {
@@ -525,44 +538,37 @@ impl Engine {
             let now = now_utc();
             // The packet's entities, what they reference and their queue
             // rows, read in batches.
-            cached
-                .prefetch(self.packet_keys(&response.body.entities))
-                .await?;
-            let mut own: Vec<(String, uuid::Uuid)> = response
-                .body
+            cached.prefetch(self.packet_keys(&body.entities)).await?;
+            let mut own: Vec<(String, uuid::Uuid)> = body
                 .entities
                 .iter()
                 .map(|w| (w.entity_type.clone(), w.uuid))
                 .collect();
-            own.extend(
-                response
-                    .body
-                    .evict
-                    .iter()
-                    .map(|e| (e.entity_type.clone(), e.uuid)),
-            );
+            own.extend(body.evict.iter().map(|e| (e.entity_type.clone(), e.uuid)));
             cached.prefetch_queue(master, own).await?;
             let ctx: &mut dyn StoreTx = &mut cached;
             // Held changes are looked for only when some may be waiting.
             let mut may_release = super::master::held_exists(ctx).await?;
-            for w in &response.body.entities {
+            for w in body.entities {
                 // What it references has not arrived (it travels in a later
                 // packet): hold it until it does.
-                if let Some(missing) = self.missing_reference(ctx, w).await? {
-                    self.hold(ctx, master, m, w, missing, now).await?;
+                if let Some(missing) = self.missing_reference(ctx, &w).await? {
+                    self.hold(ctx, master, m, &w, missing, now).await?;
                     may_release = true;
                     summary.held += 1;
                     continue;
                 }
+                let arrived = w.uuid;
                 if self.store_master_version(ctx, master, w, summary).await? && may_release {
-                    let mut work = vec![w.uuid];
+                    let mut work = vec![arrived];
                     while let Some(u) = work.pop() {
                         for (_, released) in self.unblocked_by(ctx, u, now).await? {
+                            let uuid = released.uuid;
                             if self
-                                .store_master_version(ctx, master, &released, summary)
+                                .store_master_version(ctx, master, released, summary)
                                 .await?
                             {
-                                work.push(released.uuid);
+                                work.push(uuid);
                             }
                         }
                     }
@@ -570,7 +576,7 @@ impl Engine {
             }
             // Rows that left this node's routing scope. One with a local
             // change still queued stays: the change goes to the master.
-            for ev in &response.body.evict {
+            for ev in &body.evict {
                 if ctx.has_queued(master, &ev.entity_type, ev.uuid).await? {
                     summary.kept_local += 1;
                 } else if ctx.purge_entity(&ev.entity_type, ev.uuid).await? {
@@ -608,7 +614,7 @@ impl Engine {
         &self,
         tx: &mut dyn StoreTx,
         master: uuid::Uuid,
-        w: &WireChange,
+        w: WireChange,
         summary: &mut SyncSummary,
     ) -> Result<bool, EngineError> {
         if tx.has_queued(master, &w.entity_type, w.uuid).await? {
@@ -617,12 +623,12 @@ impl Engine {
         }
         self.put_indexed(
             tx,
-            &Entity {
-                entity_type: w.entity_type.clone(),
+            Entity {
+                entity_type: w.entity_type,
                 uuid: w.uuid,
                 updated_at: w.updated_at,
                 is_deleted: w.is_deleted,
-                data: w.data.clone(),
+                data: w.data,
                 rev: w.rev,
                 origin: w.origin_node_id,
             },
@@ -644,17 +650,14 @@ async fn master_row(
         .ok_or_else(|| StoreError::corrupt("master node row missing"))?)
 }
 
-/// The wire form of a queued change: the entity's current state.
-async fn wire_change(tx: &mut dyn StoreTx, row: &QueuedChange) -> Result<WireChange, EngineError> {
-    let e = tx
-        .get_entity(&row.entity_type, row.entity_uuid)
-        .await?
-        .ok_or_else(|| {
-            StoreError::corrupt(format!(
-                "queued change {} refers to missing entity {} {}",
-                row.id, row.entity_type, row.entity_uuid
-            ))
-        })?;
+/// The wire form of a queued change: its entity's current state.
+fn wire_change(row: &QueuedChange, current: Option<Entity>) -> Result<WireChange, EngineError> {
+    let e = current.ok_or_else(|| {
+        StoreError::corrupt(format!(
+            "queued change {} refers to missing entity {} {}",
+            row.id, row.entity_type, row.entity_uuid
+        ))
+    })?;
     Ok(WireChange {
         entity_type: e.entity_type,
         uuid: e.uuid,

@@ -39,29 +39,32 @@ pub(super) struct DeletePlan {
 }
 
 impl Engine {
-    /// Stores an entity and records its references.
+    /// Stores an entity and records its references (none once it is
+    /// deleted). The entity and its references are handed to `tx`, not
+    /// copied (a transaction cache keeps them until it writes).
     pub(super) async fn put_indexed(
         &self,
         tx: &mut dyn StoreTx,
-        entity: &Entity,
+        entity: Entity,
     ) -> Result<(), EngineError> {
-        tx.put_entity(entity).await?;
-        self.index_references(tx, entity).await
+        let refs = self.references_of(&entity);
+        let (entity_type, uuid) = (entity.entity_type.clone(), entity.uuid);
+        tx.put_entity_owned(entity).await?;
+        if let Some(refs) = refs {
+            tx.set_references_owned(&entity_type, uuid, refs).await?;
+        }
+        Ok(())
     }
 
-    /// Records the references of `entity` (none once it is deleted).
-    pub(super) async fn index_references(
-        &self,
-        tx: &mut dyn StoreTx,
-        entity: &Entity,
-    ) -> Result<(), EngineError> {
-        let Some(ty) = self.registry.get(&entity.entity_type) else {
-            return Ok(());
-        };
+    /// The references `entity` holds, sorted and without repeats, as the
+    /// store records them (empty once it is deleted); None when its type
+    /// declares none.
+    fn references_of(&self, entity: &Entity) -> Option<Vec<EntityRef>> {
+        let ty = self.registry.get(&entity.entity_type)?;
         if ty.references.is_empty() {
-            return Ok(());
+            return None;
         }
-        let refs: Vec<EntityRef> = if entity.is_deleted {
+        Some(if entity.is_deleted {
             Vec::new()
         } else {
             // Sorted and without repeats, as the store records them.
@@ -81,10 +84,7 @@ impl Engine {
             refs.sort_unstable();
             refs.dedup();
             refs
-        };
-        tx.set_references(&entity.entity_type, entity.uuid, &refs)
-            .await?;
-        Ok(())
+        })
     }
 
     /// The reference definition a recorded reference came from.

@@ -313,7 +313,7 @@ impl Engine {
                 entity.rev = Some(rev);
             }
         }
-        self.put_indexed(tx, &entity).await?;
+        self.put_indexed(tx, entity.clone()).await?;
         if self.identity.role == NodeRole::Master && self.policy.keeps_versions(entity_type) {
             tx.put_version(&entity).await?;
         }

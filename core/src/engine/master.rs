@@ -205,27 +205,29 @@ fn stored_results(node: &NodeRecord) -> Result<Vec<ChangeResult>, StoreError> {
 
 impl Engine {
     /// Handles one exchange from the authenticated node `node_id`: its
-    /// packet received and our next packet built, in one transaction.
+    /// packet received and our next packet built, in one transaction. The
+    /// packet's entities are moved into the store, not copied.
     pub async fn handle_exchange(
         &self,
         node_id: Uuid,
-        request: &Envelope,
+        request: Envelope,
     ) -> Result<Envelope, ExchangeError> {
         if self.identity.role != NodeRole::Master {
             return Err(ExchangeError::NotMaster);
         }
-        self.check_request(node_id, request)?;
+        self.check_request(node_id, &request)?;
         let now = now_utc();
         let mut tx = self.store.begin().await?;
         let mut node = self.exchange_node(tx.as_mut(), node_id).await?;
+        let Envelope { header, body } = request;
         let received = self
-            .receive_in(tx.as_mut(), &mut node, request, now)
+            .receive_in(tx.as_mut(), &mut node, &header, body.entities, now)
             .await?;
         if received.held_possible {
             self.expire_held(tx.as_mut(), now).await?;
         }
         let reply = self.reply_in(tx.as_mut(), &mut node, now).await?;
-        node.schema_version = Some(request.header.schema_version.clone());
+        node.schema_version = Some(header.schema_version);
         tx.put_node(&node).await?;
         tx.commit().await?;
         Ok(self.reply_envelope(&node, reply, received.results, now))
@@ -255,7 +257,13 @@ impl Engine {
             });
         }
         let received = self
-            .receive_in(tx.as_mut(), &mut node, request, now)
+            .receive_in(
+                tx.as_mut(),
+                &mut node,
+                &request.header,
+                request.body.entities.clone(),
+                now,
+            )
             .await?;
         node.schema_version = Some(request.header.schema_version.clone());
         tx.put_node(&node).await?;
@@ -351,10 +359,10 @@ impl Engine {
         &self,
         tx: &mut dyn StoreTx,
         node: &mut NodeRecord,
-        request: &Envelope,
+        h: &crate::protocol::Header,
+        entities: Vec<WireChange>,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<Received, ExchangeError> {
-        let h = &request.header;
         // 1. The node's acknowledgement of our last packet.
         if h.ack_packet_no > node.out_packet_no {
             return Err(ExchangeError::OutOfSequence(format!(
@@ -368,10 +376,10 @@ impl Engine {
         }
 
         // 2. The node's packet, applied exactly once.
-        let carries = !request.body.entities.is_empty();
+        let carries = !entities.is_empty();
         if h.packet_no == node.received_packet_no + 1 {
             let (results, held_possible) = self
-                .apply_packet(tx, node, h.packet_no, &request.body.entities, now)
+                .apply_packet(tx, node, h.packet_no, entities, now)
                 .await?;
             node.received_packet_no = h.packet_no;
             node.last_results = Some(
@@ -724,14 +732,14 @@ impl Engine {
         tx: &mut dyn StoreTx,
         node: &NodeRecord,
         packet_no: i64,
-        changes: &[WireChange],
+        changes: Vec<WireChange>,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<(Vec<ChangeResult>, bool), ExchangeError> {
         // The packet's entities and everything they reference, read in one
         // batch; the changes then read them from memory, and their rows are
         // written in batches (cached_tx.rs).
         let mut cached = CachedTx::new(tx);
-        cached.prefetch(self.packet_keys(changes)).await?;
+        cached.prefetch(self.packet_keys(&changes)).await?;
         cached.expect_revisions(changes.len());
         let tx: &mut dyn StoreTx = &mut cached;
         // Held changes are looked for only when some may be waiting: none
@@ -741,11 +749,11 @@ impl Engine {
         let mut results = Vec::with_capacity(changes.len());
         for c in changes {
             if let Some(missing) = self
-                .missing_reference(tx, c)
+                .missing_reference(tx, &c)
                 .await
                 .map_err(engine_to_exchange)?
             {
-                self.hold(tx, node.id, packet_no, c, missing, now)
+                self.hold(tx, node.id, packet_no, &c, missing, now)
                     .await
                     .map_err(engine_to_exchange)?;
                 may_release = true;
@@ -758,11 +766,12 @@ impl Engine {
                 });
                 continue;
             }
+            let uuid = c.uuid;
             let result = self.apply_change(tx, node, packet_no, c, now).await?;
             let applied = result.outcome != Outcome::Rejected;
             results.push(result);
             if applied && may_release {
-                self.release_held(tx, c.uuid, now).await?;
+                self.release_held(tx, uuid, now).await?;
             }
         }
         cached.finish().await?;
@@ -812,7 +821,7 @@ impl Engine {
                     continue;
                 };
                 let result = self
-                    .apply_change(tx, &source, held.packet_no, &change, now)
+                    .apply_change(tx, &source, held.packet_no, change.clone(), now)
                     .await?;
                 tracing::info!(entity_type = %change.entity_type, uuid = %change.uuid, outcome = result.outcome.as_str(), "held change released");
                 if result.outcome.client_version_taken() {
@@ -903,16 +912,16 @@ impl Engine {
         tx: &mut dyn StoreTx,
         node: &NodeRecord,
         packet_no: i64,
-        c: &WireChange,
+        c: WireChange,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<ChangeResult, ExchangeError> {
         let current = tx.get_entity(&c.entity_type, c.uuid).await?;
         if let Some(m) = &current
             && (c.base_rev == m.rev || m.same_content(&c.data, c.is_deleted))
         {
-            if let Some(reason) = self.integrity_refusal(tx, c, m).await? {
+            if let Some(reason) = self.integrity_refusal(tx, &c, m).await? {
                 return self
-                    .reject_change(tx, node, packet_no, c, m.clone(), reason, now)
+                    .reject_change(tx, node, packet_no, &c, m.clone(), reason, now)
                     .await;
             }
             if c.is_deleted && !m.is_deleted {
@@ -927,7 +936,7 @@ impl Engine {
         }
         let result = match current {
             Some(m) if c.base_rev != m.rev && !m.same_content(&c.data, c.is_deleted) => {
-                self.resolve_conflict(tx, node, packet_no, c, m, now)
+                self.resolve_conflict(tx, node, packet_no, &c, m, now)
                     .await?
             }
             // No conflict: the base is current, the entity is new, or
@@ -935,13 +944,15 @@ impl Engine {
             // so the sender's copy (its updated_at included) becomes
             // the master's and reaches every other node.
             _ => {
-                let rev = self.store_incoming(tx, node.id, c, c.operation).await?;
+                let (entity_type, uuid, updated_at, op) =
+                    (c.entity_type.clone(), c.uuid, c.updated_at, c.operation);
+                let rev = self.store_incoming(tx, node.id, c, op).await?;
                 ChangeResult {
-                    entity_type: c.entity_type.clone(),
-                    uuid: c.uuid,
+                    entity_type,
+                    uuid,
                     outcome: Outcome::Applied,
                     rev,
-                    updated_at: Some(c.updated_at),
+                    updated_at: Some(updated_at),
                 }
             }
         };
@@ -1054,15 +1065,14 @@ impl Engine {
     async fn put_master_version(
         &self,
         tx: &mut dyn StoreTx,
-        entity: &Entity,
+        entity: Entity,
     ) -> Result<(), ExchangeError> {
+        if self.policy.keeps_versions(&entity.entity_type) {
+            tx.put_version(&entity).await?;
+        }
         self.put_indexed(tx, entity)
             .await
-            .map_err(engine_to_exchange)?;
-        if self.policy.keeps_versions(&entity.entity_type) {
-            tx.put_version(entity).await?;
-        }
-        Ok(())
+            .map_err(engine_to_exchange)
     }
 
     /// Stores the incoming version as the master's new one.
@@ -1070,22 +1080,22 @@ impl Engine {
         &self,
         tx: &mut dyn StoreTx,
         origin: Uuid,
-        c: &WireChange,
+        c: WireChange,
         op: Operation,
     ) -> Result<i64, ExchangeError> {
         let rev = tx
             .append_revision(None, &c.entity_type, c.uuid, op, Some(origin))
             .await?;
         let entity = Entity {
-            entity_type: c.entity_type.clone(),
+            entity_type: c.entity_type,
             uuid: c.uuid,
             updated_at: c.updated_at,
             is_deleted: c.is_deleted,
-            data: c.data.clone(),
+            data: c.data,
             rev: Some(rev),
             origin: Some(origin),
         };
-        self.put_master_version(tx, &entity).await?;
+        self.put_master_version(tx, entity).await?;
         Ok(rev)
     }
 
@@ -1181,7 +1191,7 @@ impl Engine {
             Decision::TakeIncoming => {
                 losers.push((master_json, master.origin));
                 let rev = self
-                    .store_incoming(tx, node.id, c, Operation::Update)
+                    .store_incoming(tx, node.id, c.clone(), Operation::Update)
                     .await?;
                 (Outcome::ConflictIncomingWon, rev)
             }
@@ -1208,7 +1218,7 @@ impl Engine {
                     rev: Some(rev),
                     origin: Some(self.identity.node_id),
                 };
-                self.put_master_version(tx, &merged).await?;
+                self.put_master_version(tx, merged).await?;
                 (Outcome::ConflictMerged, rev)
             }
         };

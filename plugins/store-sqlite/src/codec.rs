@@ -5,6 +5,8 @@
 //! does not decode is reported as `StoreError::Corrupt` naming the table,
 //! the column and the offending value, never a panic.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use hubsync_core::entity::{Operation, format_ts, parse_ts};
 use hubsync_core::store::{StoreError, StoreResult};
@@ -22,6 +24,40 @@ pub(crate) fn uuid_text(id: Uuid) -> String {
 
 pub(crate) fn opt_uuid_text(id: Option<Uuid>) -> Option<String> {
     id.map(uuid_text)
+}
+
+/// A uuid's text as a bound value in one allocation (sqlx wraps a
+/// `String` in a second one, an `Arc<str>` in none).
+pub(crate) fn uuid_arg(id: Uuid) -> Arc<str> {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    Arc::from(&*id.hyphenated().encode_lower(&mut buf))
+}
+
+pub(crate) fn opt_uuid_arg(id: Option<Uuid>) -> Option<Arc<str>> {
+    id.map(uuid_arg)
+}
+
+/// The short texts a multi-row statement binds again and again (entity
+/// types, reference pointers, a timestamp), each allocated once and shared:
+/// sqlx copies a bound `&str` into two new allocations per value, and
+/// binds an `Arc<str>` clone without any.
+#[derive(Default)]
+pub(crate) struct SharedTexts(Vec<Arc<str>>);
+
+impl SharedTexts {
+    /// Distinct texts kept; past that each is allocated (still correct).
+    const KEPT: usize = 32;
+
+    pub(crate) fn get(&mut self, text: &str) -> Arc<str> {
+        if let Some(kept) = self.0.iter().find(|k| ***k == *text) {
+            return kept.clone();
+        }
+        let new: Arc<str> = Arc::from(text);
+        if self.0.len() < Self::KEPT {
+            self.0.push(new.clone());
+        }
+        new
+    }
 }
 
 pub(crate) fn ts_text(ts: DateTime<Utc>) -> String {
@@ -142,6 +178,29 @@ impl<'r> RowReader<'r> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_uuid_bound_as_shared_text_is_its_stored_text() {
+        let id = Uuid::from_u128(0xABCDEF01_2345_6789_ABCD_EF0123456789);
+        assert_eq!(&*uuid_arg(id), uuid_text(id));
+        assert_eq!(opt_uuid_arg(None), None);
+    }
+
+    #[test]
+    fn shared_texts_hand_out_one_copy_per_text_and_stay_correct_past_their_bound() {
+        let mut texts = SharedTexts::default();
+        let a = texts.get("Report");
+        let b = texts.get(&String::from("Report"));
+        assert_eq!(&*a, "Report");
+        assert!(Arc::ptr_eq(&a, &b), "the same text is shared");
+        assert_ne!(&*texts.get("Brigade"), &*a);
+        let many: Vec<String> = (0..100).map(|i| format!("t{i}")).collect();
+        for t in &many {
+            assert_eq!(&*texts.get(t), t.as_str());
+        }
+        assert_eq!(&*texts.get("t99"), "t99");
+        assert!(texts.0.len() <= SharedTexts::KEPT);
+    }
 
     #[test]
     fn uuid_text_is_canonical_lowercase_hyphenated() {

@@ -13,7 +13,10 @@ use hubsync_core::store::{
 use sqlx::{QueryBuilder, Sqlite};
 use uuid::Uuid;
 
-use crate::codec::{RowReader, json_text, opt_ts_text, opt_uuid_text, ts_text, uuid_text};
+use crate::codec::{
+    RowReader, SharedTexts, json_text, opt_ts_text, opt_uuid_arg, opt_uuid_text, ts_text, uuid_arg,
+    uuid_text,
+};
 use crate::queries::{self, queued_cols, queued_from_row, revision_from_row};
 use crate::writer::Member;
 
@@ -68,16 +71,17 @@ fn revisions_delete<'q>(chunk: &'q [&'q NewRevision]) -> Statement {
         "DELETE FROM sync_changes
          WHERE kind = 'log' AND (entity_type, entity_uuid, ifnull(node_id, '')) IN (VALUES ",
     );
+    let mut texts = SharedTexts::default();
     for (i, r) in chunk.iter().enumerate() {
         if i > 0 {
             q.push(", ");
         }
         q.push("(")
-            .push_bind(r.entity_type.as_str())
+            .push_bind(texts.get(&r.entity_type))
             .push(", ")
-            .push_bind(uuid_text(r.entity_uuid))
+            .push_bind(uuid_arg(r.entity_uuid))
             .push(", ")
-            .push_bind(opt_uuid_text(r.target).unwrap_or_default())
+            .push_bind(opt_uuid_arg(r.target).unwrap_or_else(|| texts.get("")))
             .push(")");
     }
     q.push(")");
@@ -89,15 +93,16 @@ fn revisions_insert<'q>(chunk: &'q [&'q NewRevision], created_at: &'q str) -> St
         "INSERT INTO sync_changes
              (id, kind, node_id, entity_type, entity_uuid, operation, created_at, origin_node_id) ",
     );
+    let mut texts = SharedTexts::default();
     q.push_values(chunk, |mut b, r| {
         b.push_bind(r.rev)
-            .push_bind("log")
-            .push_bind(opt_uuid_text(r.target))
-            .push_bind(r.entity_type.as_str())
-            .push_bind(uuid_text(r.entity_uuid))
-            .push_bind(r.operation.as_str())
-            .push_bind(created_at)
-            .push_bind(opt_uuid_text(r.origin));
+            .push("'log'")
+            .push_bind(opt_uuid_arg(r.target))
+            .push_bind(texts.get(&r.entity_type))
+            .push_bind(uuid_arg(r.entity_uuid))
+            .push_bind(texts.get(r.operation.as_str()))
+            .push_bind(texts.get(created_at))
+            .push_bind(opt_uuid_arg(r.origin));
     });
     (q, "appending revisions")
 }
@@ -110,14 +115,15 @@ fn entity_statements<'q>(
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO entities (entity_type, uuid, updated_at, is_deleted, data, rev, origin_node_id) ",
         );
+        let mut texts = SharedTexts::default();
         q.push_values(chunk, |mut b, e| {
-            b.push_bind(e.entity_type.as_str())
-                .push_bind(uuid_text(e.uuid))
+            b.push_bind(texts.get(&e.entity_type))
+                .push_bind(uuid_arg(e.uuid))
                 .push_bind(ts_text(e.updated_at))
                 .push_bind(e.is_deleted)
                 .push_bind(json_text(&e.data))
                 .push_bind(e.rev)
-                .push_bind(opt_uuid_text(e.origin));
+                .push_bind(opt_uuid_arg(e.origin));
         });
         q.push(
             " ON CONFLICT (entity_type, uuid) DO UPDATE SET
@@ -152,12 +158,13 @@ fn reference_statements<'q>(
             "INSERT OR IGNORE INTO entity_refs
                  (source_type, source_uuid, pointer, target_type, target_uuid) ",
         );
+        let mut texts = SharedTexts::default();
         q.push_values(chunk, |mut b, (t, u, r)| {
-            b.push_bind(*t)
-                .push_bind(uuid_text(*u))
-                .push_bind(r.pointer.as_str())
-                .push_bind(r.target_type.as_str())
-                .push_bind(uuid_text(r.target_uuid));
+            b.push_bind(texts.get(t))
+                .push_bind(uuid_arg(*u))
+                .push_bind(texts.get(&r.pointer))
+                .push_bind(texts.get(&r.target_type))
+                .push_bind(uuid_arg(r.target_uuid));
         });
         (q, "recording entities' references")
     });
@@ -1462,14 +1469,15 @@ impl StoreTx for SqliteTx {
 /// Appends keys as the rows of a `VALUES` list, `(?, ?), (?, ?)`, and the
 /// `)` that closes the `IN (VALUES ` the statement ends with.
 fn push_keys<'a>(q: &mut QueryBuilder<Sqlite>, keys: impl IntoIterator<Item = (&'a str, Uuid)>) {
+    let mut texts = SharedTexts::default();
     for (i, (t, u)) in keys.into_iter().enumerate() {
         if i > 0 {
             q.push(", ");
         }
         q.push("(")
-            .push_bind(t)
+            .push_bind(texts.get(t))
             .push(", ")
-            .push_bind(uuid_text(u))
+            .push_bind(uuid_arg(u))
             .push(")");
     }
     q.push(")");

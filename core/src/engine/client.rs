@@ -21,6 +21,7 @@
 use serde::Serialize;
 
 use super::cached_tx::CachedTx;
+use super::integrity::{FoundReferences, missing_reference_found};
 use super::{Engine, EngineError, ImportReport};
 use crate::entity::{Entity, now_utc};
 use crate::protocol::{
@@ -538,7 +539,15 @@ impl Engine {
             let now = now_utc();
             // The packet's entities, what they reference and their queue
             // rows, read in batches.
-            cached.prefetch(self.packet_keys(&body.entities)).await?;
+            // Each entity's references, found once.
+            let found: Vec<FoundReferences<'_>> = body
+                .entities
+                .iter()
+                .map(|w| self.found_references(&w.entity_type, &w.data, w.is_deleted))
+                .collect();
+            cached
+                .prefetch(super::master::packet_keys(&body.entities, &found))
+                .await?;
             let mut own: Vec<(String, uuid::Uuid)> = body
                 .entities
                 .iter()
@@ -549,23 +558,27 @@ impl Engine {
             let ctx: &mut dyn StoreTx = &mut cached;
             // Held changes are looked for only when some may be waiting.
             let mut may_release = super::master::held_exists(ctx).await?;
-            for w in body.entities {
+            for (w, found) in body.entities.into_iter().zip(found) {
                 // What it references has not arrived (it travels in a later
                 // packet): hold it until it does.
-                if let Some(missing) = self.missing_reference(ctx, &w).await? {
+                if let Some(missing) = missing_reference_found(ctx, &w, found.as_deref()).await? {
                     self.hold(ctx, master, m, &w, missing, now).await?;
                     may_release = true;
                     summary.held += 1;
                     continue;
                 }
                 let arrived = w.uuid;
-                if self.store_master_version(ctx, master, w, summary).await? && may_release {
+                if self
+                    .store_master_version(ctx, master, w, Some(found), summary)
+                    .await?
+                    && may_release
+                {
                     let mut work = vec![arrived];
                     while let Some(u) = work.pop() {
                         for (_, released) in self.unblocked_by(ctx, u, now).await? {
                             let uuid = released.uuid;
                             if self
-                                .store_master_version(ctx, master, released, summary)
+                                .store_master_version(ctx, master, released, None, summary)
                                 .await?
                             {
                                 work.push(uuid);
@@ -609,19 +622,25 @@ struct Applied {
 impl Engine {
     /// Stores a version received from the master, unless a local change of
     /// the entity is still queued (the master decides that conflict).
-    /// Returns whether it was stored.
+    /// Returns whether it was stored. `found`: the references of its data,
+    /// when already found (else they are found here).
     async fn store_master_version(
         &self,
         tx: &mut dyn StoreTx,
         master: uuid::Uuid,
         w: WireChange,
+        found: Option<FoundReferences<'_>>,
         summary: &mut SyncSummary,
     ) -> Result<bool, EngineError> {
         if tx.has_queued(master, &w.entity_type, w.uuid).await? {
             summary.kept_local += 1;
             return Ok(false);
         }
-        self.put_indexed(
+        let found = match found {
+            Some(found) => found,
+            None => self.found_references(&w.entity_type, &w.data, w.is_deleted),
+        };
+        self.put_indexed_found(
             tx,
             Entity {
                 entity_type: w.entity_type,
@@ -632,6 +651,7 @@ impl Engine {
                 rev: w.rev,
                 origin: w.origin_node_id,
             },
+            found,
         )
         .await?;
         summary.received_changes += 1;

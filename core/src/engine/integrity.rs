@@ -26,6 +26,12 @@ use crate::store::{EntityRef, HeldChange, StoreTx};
 /// Upper bound of entities one delete may cascade to or detach from.
 const MAX_DELETE_CLOSURE: usize = 100_000;
 
+/// The references a received change's data holds, found once per change
+/// (its prefetch keys, the check that their targets exist and its entry in
+/// the references index all come from them): None when its type declares
+/// no references (or is unknown), empty for a deletion.
+pub(super) type FoundReferences<'r> = Option<Vec<(&'r Reference, Uuid)>>;
+
 /// What deleting an entity does, once its policies are evaluated.
 #[derive(Debug, Default)]
 pub(super) struct DeletePlan {
@@ -47,7 +53,19 @@ impl Engine {
         tx: &mut dyn StoreTx,
         entity: Entity,
     ) -> Result<(), EngineError> {
-        let refs = self.references_of(&entity);
+        let found = self.found_references(&entity.entity_type, &entity.data, entity.is_deleted);
+        self.put_indexed_found(tx, entity, found).await
+    }
+
+    /// [`Engine::put_indexed`] with the references of `entity`'s data
+    /// already found ([`Engine::found_references`] of the same data).
+    pub(super) async fn put_indexed_found(
+        &self,
+        tx: &mut dyn StoreTx,
+        entity: Entity,
+        found: FoundReferences<'_>,
+    ) -> Result<(), EngineError> {
+        let refs = found.map(|found| index_entries(&entity, found));
         let (entity_type, uuid) = (entity.entity_type.clone(), entity.uuid);
         tx.put_entity_owned(entity).await?;
         if let Some(refs) = refs {
@@ -56,34 +74,22 @@ impl Engine {
         Ok(())
     }
 
-    /// The references `entity` holds, sorted and without repeats, as the
-    /// store records them (empty once it is deleted); None when its type
-    /// declares none.
-    fn references_of(&self, entity: &Entity) -> Option<Vec<EntityRef>> {
-        let ty = self.registry.get(&entity.entity_type)?;
+    /// The references the data of an entity of `entity_type` holds (see
+    /// [`FoundReferences`]).
+    pub(super) fn found_references(
+        &self,
+        entity_type: &str,
+        data: &Value,
+        is_deleted: bool,
+    ) -> FoundReferences<'_> {
+        let ty = self.registry.get(entity_type)?;
         if ty.references.is_empty() {
             return None;
         }
-        Some(if entity.is_deleted {
+        Some(if is_deleted {
             Vec::new()
         } else {
-            // Sorted and without repeats, as the store records them.
-            let mut refs: Vec<EntityRef> = ty
-                .references
-                .iter()
-                .flat_map(|r| {
-                    r.values(&entity.data).into_iter().map(|target| EntityRef {
-                        source_type: entity.entity_type.clone(),
-                        source_uuid: entity.uuid,
-                        pointer: r.pointer.clone(),
-                        target_type: r.target.clone(),
-                        target_uuid: target,
-                    })
-                })
-                .collect();
-            refs.sort_unstable();
-            refs.dedup();
-            refs
+            ty.reference_values(data)
         })
     }
 
@@ -217,21 +223,8 @@ impl Engine {
         tx: &mut dyn StoreTx,
         change: &WireChange,
     ) -> Result<Option<(String, Uuid)>, EngineError> {
-        if change.is_deleted {
-            return Ok(None);
-        }
-        let Some(ty) = self.registry.get(&change.entity_type) else {
-            return Ok(None);
-        };
-        for (r, target) in ty.reference_values(&change.data) {
-            if r.target == change.entity_type && target == change.uuid {
-                continue;
-            }
-            if !tx.entity_exists(&r.target, target).await? {
-                return Ok(Some((r.target.clone(), target)));
-            }
-        }
-        Ok(None)
+        let found = self.found_references(&change.entity_type, &change.data, change.is_deleted);
+        missing_reference_found(tx, change, found.as_deref()).await
     }
 
     /// Keeps `change` until `(waiting_type, waiting_for)` arrives.
@@ -327,6 +320,45 @@ fn remove_reference(data: &mut Value, path: &[PathSegment], target: Uuid) {
         }
         _ => {}
     }
+}
+
+/// The index entries of `entity` for the references `found` in its data:
+/// sorted and without repeats, as the store records them.
+fn index_entries(entity: &Entity, found: Vec<(&Reference, Uuid)>) -> Vec<EntityRef> {
+    let mut refs: Vec<EntityRef> = found
+        .into_iter()
+        .map(|(r, target)| EntityRef {
+            source_type: entity.entity_type.clone(),
+            source_uuid: entity.uuid,
+            pointer: r.pointer.clone(),
+            target_type: r.target.clone(),
+            target_uuid: target,
+        })
+        .collect();
+    refs.sort_unstable();
+    refs.dedup();
+    refs
+}
+
+/// [`Engine::missing_reference`] with the references of `change`'s data
+/// already found (none to check for a deletion or a type without any).
+pub(super) async fn missing_reference_found(
+    tx: &mut dyn StoreTx,
+    change: &WireChange,
+    found: Option<&[(&Reference, Uuid)]>,
+) -> Result<Option<(String, Uuid)>, EngineError> {
+    if change.is_deleted {
+        return Ok(None);
+    }
+    for (r, target) in found.unwrap_or_default() {
+        if r.target == change.entity_type && *target == change.uuid {
+            continue;
+        }
+        if !tx.entity_exists(&r.target, *target).await? {
+            return Ok(Some((r.target.clone(), *target)));
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]

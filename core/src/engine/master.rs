@@ -24,6 +24,7 @@ use crate::store::{AuditRecord, HistoryRecord, NodeRecord, NodeRole, StoreError,
 
 use super::cached_tx::CachedTx;
 use super::client::approx_size;
+use super::integrity::{FoundReferences, missing_reference_found};
 use super::routing::Route;
 
 /// Why the master refused an exchange. Nothing of a refused packet is
@@ -739,7 +740,11 @@ impl Engine {
         // batch; the changes then read them from memory, and their rows are
         // written in batches (cached_tx.rs).
         let mut cached = CachedTx::new(tx);
-        cached.prefetch(self.packet_keys(&changes)).await?;
+        let found: Vec<FoundReferences<'_>> = changes
+            .iter()
+            .map(|c| self.found_references(&c.entity_type, &c.data, c.is_deleted))
+            .collect();
+        cached.prefetch(packet_keys(&changes, &found)).await?;
         cached.expect_revisions(changes.len());
         let tx: &mut dyn StoreTx = &mut cached;
         // Held changes are looked for only when some may be waiting: none
@@ -747,9 +752,8 @@ impl Engine {
         // the prefetch) and none was held by it, in the common case.
         let mut may_release = held_exists(tx).await?;
         let mut results = Vec::with_capacity(changes.len());
-        for c in changes {
-            if let Some(missing) = self
-                .missing_reference(tx, &c)
+        for (c, found) in changes.into_iter().zip(found) {
+            if let Some(missing) = missing_reference_found(tx, &c, found.as_deref())
                 .await
                 .map_err(engine_to_exchange)?
             {
@@ -767,7 +771,9 @@ impl Engine {
                 continue;
             }
             let uuid = c.uuid;
-            let result = self.apply_change(tx, node, packet_no, c, now).await?;
+            let result = self
+                .apply_change(tx, node, packet_no, c, found, now)
+                .await?;
             let applied = result.outcome != Outcome::Rejected;
             results.push(result);
             if applied && may_release {
@@ -776,23 +782,6 @@ impl Engine {
         }
         cached.finish().await?;
         Ok((results, may_release))
-    }
-
-    /// The keys of a packet's entities and of what they reference.
-    pub(super) fn packet_keys(&self, changes: &[WireChange]) -> Vec<(String, Uuid)> {
-        let mut keys = Vec::with_capacity(changes.len() * 2);
-        for c in changes {
-            keys.push((c.entity_type.clone(), c.uuid));
-            if c.is_deleted {
-                continue;
-            }
-            if let Some(ty) = self.registry.get(&c.entity_type) {
-                for (r, target) in ty.reference_values(&c.data) {
-                    keys.push((r.target.clone(), target));
-                }
-            }
-        }
-        keys
     }
 
     /// Applies the held changes that the arrival of `arrived` unblocks, and
@@ -820,8 +809,10 @@ impl Engine {
                     tracing::warn!(node = %held.source_node, "a held change's node is gone; dropped");
                     continue;
                 };
+                let found =
+                    self.found_references(&change.entity_type, &change.data, change.is_deleted);
                 let result = self
-                    .apply_change(tx, &source, held.packet_no, change.clone(), now)
+                    .apply_change(tx, &source, held.packet_no, change.clone(), found, now)
                     .await?;
                 tracing::info!(entity_type = %change.entity_type, uuid = %change.uuid, outcome = result.outcome.as_str(), "held change released");
                 if result.outcome.client_version_taken() {
@@ -913,6 +904,7 @@ impl Engine {
         node: &NodeRecord,
         packet_no: i64,
         c: WireChange,
+        found: FoundReferences<'_>,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<ChangeResult, ExchangeError> {
         let current = tx.get_entity(&c.entity_type, c.uuid).await?;
@@ -946,7 +938,7 @@ impl Engine {
             _ => {
                 let (entity_type, uuid, updated_at, op) =
                     (c.entity_type.clone(), c.uuid, c.updated_at, c.operation);
-                let rev = self.store_incoming(tx, node.id, c, op).await?;
+                let rev = self.store_incoming(tx, node.id, c, op, found).await?;
                 ChangeResult {
                     entity_type,
                     uuid,
@@ -1066,11 +1058,12 @@ impl Engine {
         &self,
         tx: &mut dyn StoreTx,
         entity: Entity,
+        found: FoundReferences<'_>,
     ) -> Result<(), ExchangeError> {
         if self.policy.keeps_versions(&entity.entity_type) {
             tx.put_version(&entity).await?;
         }
-        self.put_indexed(tx, entity)
+        self.put_indexed_found(tx, entity, found)
             .await
             .map_err(engine_to_exchange)
     }
@@ -1082,6 +1075,7 @@ impl Engine {
         origin: Uuid,
         c: WireChange,
         op: Operation,
+        found: FoundReferences<'_>,
     ) -> Result<i64, ExchangeError> {
         let rev = tx
             .append_revision(None, &c.entity_type, c.uuid, op, Some(origin))
@@ -1095,7 +1089,7 @@ impl Engine {
             rev: Some(rev),
             origin: Some(origin),
         };
-        self.put_master_version(tx, entity).await?;
+        self.put_master_version(tx, entity, found).await?;
         Ok(rev)
     }
 
@@ -1191,7 +1185,13 @@ impl Engine {
             Decision::TakeIncoming => {
                 losers.push((master_json, master.origin));
                 let rev = self
-                    .store_incoming(tx, node.id, c.clone(), Operation::Update)
+                    .store_incoming(
+                        tx,
+                        node.id,
+                        c.clone(),
+                        Operation::Update,
+                        self.found_references(&c.entity_type, &c.data, c.is_deleted),
+                    )
                     .await?;
                 (Outcome::ConflictIncomingWon, rev)
             }
@@ -1218,7 +1218,9 @@ impl Engine {
                     rev: Some(rev),
                     origin: Some(self.identity.node_id),
                 };
-                self.put_master_version(tx, merged).await?;
+                let found =
+                    self.found_references(&merged.entity_type, &merged.data, merged.is_deleted);
+                self.put_master_version(tx, merged, found).await?;
                 (Outcome::ConflictMerged, rev)
             }
         };
@@ -1345,4 +1347,20 @@ fn routing_error(e: EngineError) -> ExchangeError {
             "{other}; set the node's scope again with `hubsync node scope`"
         ))),
     }
+}
+
+/// The keys of a packet's entities and of what they reference (`found`:
+/// each change's references, in the same order).
+pub(super) fn packet_keys(
+    changes: &[WireChange],
+    found: &[FoundReferences<'_>],
+) -> Vec<(String, Uuid)> {
+    let mut keys = Vec::with_capacity(changes.len() * 2);
+    for (c, found) in changes.iter().zip(found) {
+        keys.push((c.entity_type.clone(), c.uuid));
+        for (r, target) in found.iter().flatten() {
+            keys.push((r.target.clone(), *target));
+        }
+    }
+    keys
 }

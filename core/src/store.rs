@@ -830,6 +830,19 @@ pub trait StoreTx: Send {
         Ok(self.get_entity(entity_type, uuid).await?.is_some())
     }
 
+    /// Whether the entity is deleted (None: not stored), as
+    /// `get_entity(..).map(|e| e.is_deleted)` without handing out a copy.
+    async fn entity_is_deleted(
+        &mut self,
+        entity_type: &str,
+        uuid: Uuid,
+    ) -> StoreResult<Option<bool>> {
+        Ok(self
+            .get_entity(entity_type, uuid)
+            .await?
+            .map(|e| e.is_deleted))
+    }
+
     /// [`StoreTx::set_references`], handing the references over: a
     /// transaction that keeps them until it writes (the engine's cache) need
     /// not copy them.

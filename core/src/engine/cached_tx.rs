@@ -648,6 +648,19 @@ impl StoreTx for CachedTx<'_> {
             None => Ok(self.get_entity(entity_type, uuid).await?.is_some()),
         }
     }
+    async fn entity_is_deleted(
+        &mut self,
+        entity_type: &str,
+        uuid: Uuid,
+    ) -> StoreResult<Option<bool>> {
+        match self.cache.get(&(entity_type.to_string(), uuid)) {
+            Some(hit) => Ok(hit.as_ref().map(|e| e.is_deleted)),
+            None => Ok(self
+                .get_entity(entity_type, uuid)
+                .await?
+                .map(|e| e.is_deleted)),
+        }
+    }
     // put_entities and set_references_many: the trait's defaults, which
     // buffer through put_entity and set_references above.
 

@@ -336,37 +336,59 @@ impl Engine {
         };
         let mut issues = Vec::new();
         for reference in &ty.references {
-            for (path, target) in reference.locate(data) {
+            for (i, target) in reference.values(data).into_iter().enumerate() {
+                // The field's JSON pointer, found (again) only for a problem:
+                // `locate` walks the data as `values` does, in the same order.
+                let path = || {
+                    reference
+                        .locate(data)
+                        .into_iter()
+                        .nth(i)
+                        .map(|(path, _)| path)
+                        .unwrap_or_default()
+                };
                 if reference.is_parent && target == uuid && reference.target == entity_type {
                     issues.push(Issue {
-                        path,
+                        path: path(),
                         message: format!("{entity_type} {uuid} cannot be its own parent"),
                     });
                     continue;
                 }
-                match tx.get_entity(&reference.target, target).await? {
+                // Only a parent of the same type is read whole (its chain is
+                // followed); for the others the store says whether it is
+                // there and live, without a copy of its data.
+                let same_type_parent = reference.is_parent && reference.target == entity_type;
+                let deleted = if same_type_parent {
+                    match tx.get_entity(&reference.target, target).await? {
+                        Some(t) if !t.is_deleted => {
+                            if let Some(cycle) = self.parent_cycle(tx, ty, &t, uuid).await? {
+                                issues.push(Issue {
+                                    path: path(),
+                                    message: format!(
+                                        "making {target} the parent of {uuid} would create a cycle ({cycle}); move the subtree elsewhere first"
+                                    ),
+                                });
+                            }
+                            continue;
+                        }
+                        t => t.map(|t| t.is_deleted),
+                    }
+                } else {
+                    tx.entity_is_deleted(&reference.target, target).await?
+                };
+                match deleted {
                     None => issues.push(Issue {
-                        path,
+                        path: path(),
                         message: format!(
                             "references {} {target}, which does not exist on this node; create it first (or sync to receive it)",
                             reference.target
                         ),
                     }),
-                    Some(t) if t.is_deleted => issues.push(Issue {
-                        path,
+                    Some(true) => issues.push(Issue {
+                        path: path(),
                         message: format!("references {} {target}, which is deleted", reference.target),
                     }),
-                    Some(t) if reference.is_parent && reference.target == entity_type => {
-                        if let Some(cycle) = self.parent_cycle(tx, ty, &t, uuid).await? {
-                            issues.push(Issue {
-                                path,
-                                message: format!(
-                                    "making {target} the parent of {uuid} would create a cycle ({cycle}); move the subtree elsewhere first"
-                                ),
-                            });
-                        }
-                    }
-                    Some(_) => {}
+                    Some(false) => {}
                 }
             }
         }

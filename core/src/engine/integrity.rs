@@ -46,19 +46,10 @@ pub(super) struct DeletePlan {
 
 impl Engine {
     /// Stores an entity and records its references (none once it is
-    /// deleted). The entity and its references are handed to `tx`, not
-    /// copied (a transaction cache keeps them until it writes).
-    pub(super) async fn put_indexed(
-        &self,
-        tx: &mut dyn StoreTx,
-        entity: Entity,
-    ) -> Result<(), EngineError> {
-        let found = self.found_references(&entity.entity_type, &entity.data, entity.is_deleted);
-        self.put_indexed_found(tx, entity, found).await
-    }
-
-    /// [`Engine::put_indexed`] with the references of `entity`'s data
-    /// already found ([`Engine::found_references`] of the same data).
+    /// deleted): `found`, the references of its data
+    /// ([`Engine::found_references`] of the same data). The entity and its
+    /// references are handed to `tx`, not copied (a transaction cache keeps
+    /// them until it writes).
     pub(super) async fn put_indexed_found(
         &self,
         tx: &mut dyn StoreTx,

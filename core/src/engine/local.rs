@@ -10,9 +10,10 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::cached_tx::CachedTx;
+use super::integrity::FoundReferences;
 use super::{Engine, EngineError};
 use crate::entity::{Entity, Operation, next_updated_at};
-use crate::schema::{Issue, ValidateError, ValidationError};
+use crate::schema::{Issue, Reference, ValidateError, ValidationError};
 use crate::store::{NodeRole, StoreTx};
 
 /// One operation of a batch.
@@ -141,7 +142,18 @@ impl Engine {
         // The batch's entities and what they reference read in one go, the
         // rows written in batches (cached_tx.rs).
         let mut cached = CachedTx::new(tx.as_mut());
-        cached.prefetch(self.batch_keys(&ops)).await?;
+        // Each put's references, found once (prefetch keys, the check of
+        // their targets, the index entries).
+        let found: Vec<FoundReferences<'_>> = ops
+            .iter()
+            .map(|op| match op {
+                BatchOp::Put {
+                    entity_type, data, ..
+                } => self.found_references(entity_type, data, false),
+                BatchOp::Delete { .. } => None,
+            })
+            .collect();
+        cached.prefetch(batch_keys(&ops, &found)).await?;
         match self.identity.role {
             NodeRole::Client => {
                 let keys = ops.iter().map(BatchOp::key).collect();
@@ -150,14 +162,14 @@ impl Engine {
             NodeRole::Master => cached.expect_revisions(ops.len()),
         }
         let mut out = Vec::with_capacity(ops.len());
-        for (index, op) in ops.into_iter().enumerate() {
+        for (index, (op, found)) in ops.into_iter().zip(found).enumerate() {
             let res = match op {
                 BatchOp::Put {
                     entity_type,
                     uuid,
                     data,
                 } => {
-                    self.write_in(&mut cached, &entity_type, uuid, Some(data))
+                    self.write_in_found(&mut cached, &entity_type, uuid, Some(data), Some(found))
                         .await
                 }
                 BatchOp::Delete { entity_type, uuid } => {
@@ -195,29 +207,6 @@ impl Engine {
         Ok(out)
     }
 
-    /// The keys of a batch's entities and of what its puts reference.
-    fn batch_keys(&self, ops: &[BatchOp]) -> Vec<(String, Uuid)> {
-        let mut keys = Vec::with_capacity(ops.len() * 2);
-        for op in ops {
-            match op {
-                BatchOp::Put {
-                    entity_type,
-                    uuid,
-                    data,
-                } => {
-                    keys.push((entity_type.clone(), *uuid));
-                    if let Some(ty) = self.registry.get(entity_type) {
-                        for (r, target) in ty.reference_values(data) {
-                            keys.push((r.target.clone(), target));
-                        }
-                    }
-                }
-                BatchOp::Delete { entity_type, uuid } => keys.push((entity_type.clone(), *uuid)),
-            }
-        }
-        keys
-    }
-
     pub(super) fn validate(&self, entity_type: &str, data: &Value) -> Result<(), EngineError> {
         match self.registry.validate(entity_type, data) {
             Ok(()) => Ok(()),
@@ -237,8 +226,29 @@ impl Engine {
         uuid: Uuid,
         data: Option<Value>,
     ) -> Result<(Entity, PutOutcome), EngineError> {
+        self.write_in_found(tx, entity_type, uuid, data, None).await
+    }
+
+    /// [`Engine::write_in`]; `found`: the references of `data`, when
+    /// already found ([`Engine::found_references`]).
+    async fn write_in_found(
+        &self,
+        tx: &mut dyn StoreTx,
+        entity_type: &str,
+        uuid: Uuid,
+        data: Option<Value>,
+        found: Option<FoundReferences<'_>>,
+    ) -> Result<(Entity, PutOutcome), EngineError> {
+        let mut found = found;
         match &data {
-            Some(d) => self.check_references(tx, entity_type, uuid, d).await?,
+            Some(d) => {
+                let refs = found
+                    .take()
+                    .unwrap_or_else(|| self.found_references(entity_type, d, false));
+                self.check_references(tx, entity_type, uuid, d, refs.as_deref())
+                    .await?;
+                found = Some(refs);
+            }
             None => {
                 if tx
                     .get_entity(entity_type, uuid)
@@ -253,7 +263,8 @@ impl Engine {
                 }
             }
         }
-        self.write_plain(tx, entity_type, uuid, data).await
+        self.write_plain_found(tx, entity_type, uuid, data, found)
+            .await
     }
 
     /// Writes one entity and registers its change inside `tx`, without
@@ -265,6 +276,20 @@ impl Engine {
         entity_type: &str,
         uuid: Uuid,
         data: Option<Value>,
+    ) -> Result<(Entity, PutOutcome), EngineError> {
+        self.write_plain_found(tx, entity_type, uuid, data, None)
+            .await
+    }
+
+    /// [`Engine::write_plain`]; `found`: the references of `data` (a put),
+    /// when already found.
+    async fn write_plain_found(
+        &self,
+        tx: &mut dyn StoreTx,
+        entity_type: &str,
+        uuid: Uuid,
+        data: Option<Value>,
+        found: Option<FoundReferences<'_>>,
     ) -> Result<(Entity, PutOutcome), EngineError> {
         let current = tx.get_entity(entity_type, uuid).await?;
         let (op, outcome) = match (&current, &data) {
@@ -313,7 +338,11 @@ impl Engine {
                 entity.rev = Some(rev);
             }
         }
-        self.put_indexed(tx, entity.clone()).await?;
+        let found = match found {
+            Some(found) if !entity.is_deleted => found,
+            _ => self.found_references(entity_type, &entity.data, entity.is_deleted),
+        };
+        self.put_indexed_found(tx, entity.clone(), found).await?;
         if self.identity.role == NodeRole::Master && self.policy.keeps_versions(entity_type) {
             tx.put_version(&entity).await?;
         }
@@ -330,66 +359,74 @@ impl Engine {
         entity_type: &str,
         uuid: Uuid,
         data: &Value,
+        found: Option<&[(&Reference, Uuid)]>,
     ) -> Result<(), EngineError> {
         let Some(ty) = self.registry.get(entity_type) else {
             return Ok(());
         };
         let mut issues = Vec::new();
-        for reference in &ty.references {
-            for (i, target) in reference.values(data).into_iter().enumerate() {
-                // The field's JSON pointer, found (again) only for a problem:
-                // `locate` walks the data as `values` does, in the same order.
-                let path = || {
-                    reference
-                        .locate(data)
-                        .into_iter()
-                        .nth(i)
-                        .map(|(path, _)| path)
-                        .unwrap_or_default()
-                };
-                if reference.is_parent && target == uuid && reference.target == entity_type {
-                    issues.push(Issue {
-                        path: path(),
-                        message: format!("{entity_type} {uuid} cannot be its own parent"),
-                    });
-                    continue;
-                }
-                // Only a parent of the same type is read whole (its chain is
-                // followed); for the others the store says whether it is
-                // there and live, without a copy of its data.
-                let same_type_parent = reference.is_parent && reference.target == entity_type;
-                let deleted = if same_type_parent {
-                    match tx.get_entity(&reference.target, target).await? {
-                        Some(t) if !t.is_deleted => {
-                            if let Some(cycle) = self.parent_cycle(tx, ty, &t, uuid).await? {
-                                issues.push(Issue {
-                                    path: path(),
-                                    message: format!(
-                                        "making {target} the parent of {uuid} would create a cycle ({cycle}); move the subtree elsewhere first"
-                                    ),
-                                });
-                            }
-                            continue;
+        // `found` lists each reference's values in turn; `i` is a value's
+        // place among its reference's.
+        let mut previous: Option<&Reference> = None;
+        let mut i = 0usize;
+        for &(reference, target) in found.unwrap_or_default() {
+            i = match previous {
+                Some(p) if std::ptr::eq(p, reference) => i + 1,
+                _ => 0,
+            };
+            previous = Some(reference);
+            // The field's JSON pointer, found (again) only for a problem:
+            // `locate` walks the data as `values` does, in the same order.
+            let path = || {
+                reference
+                    .locate(data)
+                    .into_iter()
+                    .nth(i)
+                    .map(|(path, _)| path)
+                    .unwrap_or_default()
+            };
+            if reference.is_parent && target == uuid && reference.target == entity_type {
+                issues.push(Issue {
+                    path: path(),
+                    message: format!("{entity_type} {uuid} cannot be its own parent"),
+                });
+                continue;
+            }
+            // Only a parent of the same type is read whole (its chain is
+            // followed); for the others the store says whether it is
+            // there and live, without a copy of its data.
+            let same_type_parent = reference.is_parent && reference.target == entity_type;
+            let deleted = if same_type_parent {
+                match tx.get_entity(&reference.target, target).await? {
+                    Some(t) if !t.is_deleted => {
+                        if let Some(cycle) = self.parent_cycle(tx, ty, &t, uuid).await? {
+                            issues.push(Issue {
+                                path: path(),
+                                message: format!(
+                                    "making {target} the parent of {uuid} would create a cycle ({cycle}); move the subtree elsewhere first"
+                                ),
+                            });
                         }
-                        t => t.map(|t| t.is_deleted),
+                        continue;
                     }
-                } else {
-                    tx.entity_is_deleted(&reference.target, target).await?
-                };
-                match deleted {
-                    None => issues.push(Issue {
-                        path: path(),
-                        message: format!(
-                            "references {} {target}, which does not exist on this node; create it first (or sync to receive it)",
-                            reference.target
-                        ),
-                    }),
-                    Some(true) => issues.push(Issue {
-                        path: path(),
-                        message: format!("references {} {target}, which is deleted", reference.target),
-                    }),
-                    Some(false) => {}
+                    t => t.map(|t| t.is_deleted),
                 }
+            } else {
+                tx.entity_is_deleted(&reference.target, target).await?
+            };
+            match deleted {
+                None => issues.push(Issue {
+                    path: path(),
+                    message: format!(
+                        "references {} {target}, which does not exist on this node; create it first (or sync to receive it)",
+                        reference.target
+                    ),
+                }),
+                Some(true) => issues.push(Issue {
+                    path: path(),
+                    message: format!("references {} {target}, which is deleted", reference.target),
+                }),
+                Some(false) => {}
             }
         }
         if issues.is_empty() {
@@ -467,4 +504,17 @@ impl Engine {
         }
         Ok(None)
     }
+}
+
+/// The keys of a batch's entities and of what its puts reference (`found`:
+/// each operation's references, in the same order).
+fn batch_keys(ops: &[BatchOp], found: &[FoundReferences<'_>]) -> Vec<(String, Uuid)> {
+    let mut keys = Vec::with_capacity(ops.len() * 2);
+    for (op, found) in ops.iter().zip(found) {
+        keys.push(op.key());
+        for (r, target) in found.iter().flatten() {
+            keys.push((r.target.clone(), *target));
+        }
+    }
+    keys
 }

@@ -827,7 +827,7 @@ pub trait StoreTx: Send {
     /// Whether the entity is stored (deleted or not), as
     /// `get_entity(..).is_some()` without handing out a copy.
     async fn entity_exists(&mut self, entity_type: &str, uuid: Uuid) -> StoreResult<bool> {
-        Ok(self.get_entity(entity_type, uuid).await?.is_some())
+        Ok(self.entity_is_deleted(entity_type, uuid).await?.is_some())
     }
 
     /// Whether the entity is deleted (None: not stored), as

@@ -642,12 +642,7 @@ impl StoreTx for CachedTx<'_> {
             .filter_map(|k| self.cache.get(k).cloned().flatten())
             .collect())
     }
-    async fn entity_exists(&mut self, entity_type: &str, uuid: Uuid) -> StoreResult<bool> {
-        match self.cache.get(&(entity_type.to_string(), uuid)) {
-            Some(hit) => Ok(hit.is_some()),
-            None => Ok(self.get_entity(entity_type, uuid).await?.is_some()),
-        }
-    }
+    // entity_exists: the trait's default, through entity_is_deleted below.
     async fn entity_is_deleted(
         &mut self,
         entity_type: &str,

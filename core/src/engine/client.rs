@@ -543,7 +543,7 @@ impl Engine {
             let found: Vec<FoundReferences<'_>> = body
                 .entities
                 .iter()
-                .map(|w| self.found_references(&w.entity_type, &w.data, w.is_deleted))
+                .map(|w| self.change_references(w))
                 .collect();
             cached
                 .prefetch(super::master::packet_keys(&body.entities, &found))
@@ -638,7 +638,7 @@ impl Engine {
         }
         let found = match found {
             Some(found) => found,
-            None => self.found_references(&w.entity_type, &w.data, w.is_deleted),
+            None => self.change_references(&w),
         };
         self.put_indexed_found(
             tx,

@@ -65,6 +65,11 @@ impl Engine {
         Ok(())
     }
 
+    /// The references a received change's data holds.
+    pub(super) fn change_references(&self, change: &WireChange) -> FoundReferences<'_> {
+        self.found_references(&change.entity_type, &change.data, change.is_deleted)
+    }
+
     /// The references the data of an entity of `entity_type` holds (see
     /// [`FoundReferences`]).
     pub(super) fn found_references(
@@ -197,11 +202,11 @@ impl Engine {
                     "detaching {t} {u} from a deleted entity leaves it invalid ({e}); make the reference optional in the schema or use another x-hubsync-on-delete policy"
                 ))
             })?;
-            self.write_plain(tx, &t, u, Some(data)).await?;
+            self.write_plain(tx, &t, u, Some(data), None).await?;
         }
         for (t, u) in &plan.cascade {
             if tx.get_entity(t, *u).await?.is_some_and(|e| !e.is_deleted) {
-                self.write_plain(tx, t, *u, None).await?;
+                self.write_plain(tx, t, *u, None, None).await?;
             }
         }
         Ok(())
@@ -214,7 +219,7 @@ impl Engine {
         tx: &mut dyn StoreTx,
         change: &WireChange,
     ) -> Result<Option<(String, Uuid)>, EngineError> {
-        let found = self.found_references(&change.entity_type, &change.data, change.is_deleted);
+        let found = self.change_references(change);
         missing_reference_found(tx, change, found.as_deref()).await
     }
 

@@ -75,7 +75,7 @@ impl Engine {
             });
         }
         let (entity, _) = self
-            .write_in(tx.as_mut(), entity_type, uuid, Some(data))
+            .write_in(tx.as_mut(), entity_type, uuid, Some(data), None)
             .await?;
         tx.commit().await?;
         Ok(entity)
@@ -91,7 +91,7 @@ impl Engine {
         self.validate(entity_type, &data)?;
         let mut tx = self.store.begin().await?;
         let written = self
-            .write_in(tx.as_mut(), entity_type, uuid, Some(data))
+            .write_in(tx.as_mut(), entity_type, uuid, Some(data), None)
             .await?;
         tx.commit().await?;
         Ok(written)
@@ -101,7 +101,9 @@ impl Engine {
     pub async fn delete(&self, entity_type: &str, uuid: Uuid) -> Result<Entity, EngineError> {
         self.check_type(entity_type)?;
         let mut tx = self.store.begin().await?;
-        let (entity, _) = self.write_in(tx.as_mut(), entity_type, uuid, None).await?;
+        let (entity, _) = self
+            .write_in(tx.as_mut(), entity_type, uuid, None, None)
+            .await?;
         tx.commit().await?;
         Ok(entity)
     }
@@ -169,11 +171,12 @@ impl Engine {
                     uuid,
                     data,
                 } => {
-                    self.write_in_found(&mut cached, &entity_type, uuid, Some(data), Some(found))
+                    self.write_in(&mut cached, &entity_type, uuid, Some(data), Some(found))
                         .await
                 }
                 BatchOp::Delete { entity_type, uuid } => {
-                    self.write_in(&mut cached, &entity_type, uuid, None).await
+                    self.write_in(&mut cached, &entity_type, uuid, None, None)
+                        .await
                 }
             };
             match res {
@@ -218,20 +221,10 @@ impl Engine {
     /// Writes one entity and registers its change inside `tx`, with the
     /// checks of a local write: every reference resolvable (and no parent
     /// cycle), and for `data: None` (a soft delete) the delete policies of
-    /// the entities that still refer to it (contract §7.8).
+    /// the entities that still refer to it (contract §7.8). `found`: the
+    /// references of `data` when the caller already found them
+    /// ([`Engine::found_references`]); None finds them here.
     pub(super) async fn write_in(
-        &self,
-        tx: &mut dyn StoreTx,
-        entity_type: &str,
-        uuid: Uuid,
-        data: Option<Value>,
-    ) -> Result<(Entity, PutOutcome), EngineError> {
-        self.write_in_found(tx, entity_type, uuid, data, None).await
-    }
-
-    /// [`Engine::write_in`]; `found`: the references of `data`, when
-    /// already found ([`Engine::found_references`]).
-    async fn write_in_found(
         &self,
         tx: &mut dyn StoreTx,
         entity_type: &str,
@@ -239,15 +232,12 @@ impl Engine {
         data: Option<Value>,
         found: Option<FoundReferences<'_>>,
     ) -> Result<(Entity, PutOutcome), EngineError> {
-        let mut found = found;
-        match &data {
+        let found = match &data {
             Some(d) => {
-                let refs = found
-                    .take()
-                    .unwrap_or_else(|| self.found_references(entity_type, d, false));
+                let refs = found.unwrap_or_else(|| self.found_references(entity_type, d, false));
                 self.check_references(tx, entity_type, uuid, d, refs.as_deref())
                     .await?;
-                found = Some(refs);
+                Some(refs)
             }
             None => {
                 if tx
@@ -261,29 +251,16 @@ impl Engine {
                     }
                     self.carry_out(tx, &plan).await?;
                 }
+                None
             }
-        }
-        self.write_plain_found(tx, entity_type, uuid, data, found)
-            .await
+        };
+        self.write_plain(tx, entity_type, uuid, data, found).await
     }
 
     /// Writes one entity and registers its change inside `tx`, without
     /// integrity checks (the caller did them). `data: None` is a soft
-    /// delete of an existing entity.
+    /// delete of an existing entity. `found`: as for [`Engine::write_in`].
     pub(super) async fn write_plain(
-        &self,
-        tx: &mut dyn StoreTx,
-        entity_type: &str,
-        uuid: Uuid,
-        data: Option<Value>,
-    ) -> Result<(Entity, PutOutcome), EngineError> {
-        self.write_plain_found(tx, entity_type, uuid, data, None)
-            .await
-    }
-
-    /// [`Engine::write_plain`]; `found`: the references of `data` (a put),
-    /// when already found.
-    async fn write_plain_found(
         &self,
         tx: &mut dyn StoreTx,
         entity_type: &str,

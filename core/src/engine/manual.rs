@@ -338,7 +338,7 @@ impl Engine {
             })?,
             Some((data, deleted)) => {
                 let (entity, _) = self
-                    .write_in(tx.as_mut(), ty, uuid, (!deleted).then_some(data))
+                    .write_in(tx.as_mut(), ty, uuid, (!deleted).then_some(data), None)
                     .await?;
                 if self.options.versioning
                     && let Some(replaced) = &current

@@ -740,10 +740,8 @@ impl Engine {
         // batch; the changes then read them from memory, and their rows are
         // written in batches (cached_tx.rs).
         let mut cached = CachedTx::new(tx);
-        let found: Vec<FoundReferences<'_>> = changes
-            .iter()
-            .map(|c| self.found_references(&c.entity_type, &c.data, c.is_deleted))
-            .collect();
+        let found: Vec<FoundReferences<'_>> =
+            changes.iter().map(|c| self.change_references(c)).collect();
         cached.prefetch(packet_keys(&changes, &found)).await?;
         cached.expect_revisions(changes.len());
         let tx: &mut dyn StoreTx = &mut cached;
@@ -809,26 +807,27 @@ impl Engine {
                     tracing::warn!(node = %held.source_node, "a held change's node is gone; dropped");
                     continue;
                 };
-                let found =
-                    self.found_references(&change.entity_type, &change.data, change.is_deleted);
+                let found = self.change_references(&change);
+                let (entity_type, uuid, operation) =
+                    (change.entity_type.clone(), change.uuid, change.operation);
                 let result = self
-                    .apply_change(tx, &source, held.packet_no, change.clone(), found, now)
+                    .apply_change(tx, &source, held.packet_no, change, found, now)
                     .await?;
-                tracing::info!(entity_type = %change.entity_type, uuid = %change.uuid, outcome = result.outcome.as_str(), "held change released");
+                tracing::info!(%entity_type, %uuid, outcome = result.outcome.as_str(), "held change released");
                 if result.outcome.client_version_taken() {
                     // The sender got `held` for it: address the applied
                     // version (with its revision) to it.
                     tx.append_revision(
                         Some(source.id),
-                        &change.entity_type,
-                        change.uuid,
-                        change.operation,
+                        &entity_type,
+                        uuid,
+                        operation,
                         Some(source.id),
                     )
                     .await?;
                 }
                 if result.outcome != Outcome::Rejected {
-                    work.push(change.uuid);
+                    work.push(uuid);
                 }
             }
         }
@@ -1190,7 +1189,7 @@ impl Engine {
                         node.id,
                         c.clone(),
                         Operation::Update,
-                        self.found_references(&c.entity_type, &c.data, c.is_deleted),
+                        self.change_references(c),
                     )
                     .await?;
                 (Outcome::ConflictIncomingWon, rev)

@@ -110,6 +110,67 @@ pub(crate) struct CachedTx<'a> {
     queue: HashMap<(Uuid, Key), QueueSlot>,
     /// Slots with a buffered operation.
     queue_dirty: Vec<(Uuid, Key)>,
+    /// The revision numbers reserved here and what was appended with them.
+    log: LogAppends,
+}
+
+/// The revision numbers a [`CachedTx`] reserved, and whose rows it
+/// appended with them, for [`CachedTx::own_appends`].
+#[derive(Default)]
+struct LogAppends {
+    /// The first and last number reserved (blocks follow each other).
+    reserved: Option<(i64, i64)>,
+    /// The origin of every appended row (None: no row appended yet).
+    origin: Option<Option<Uuid>>,
+    /// Set for good once a block left a gap after the one before, numbers
+    /// were reserved or revisions appended past the wrapper (it cannot say
+    /// whose they are), a row was addressed to one node, or two rows
+    /// differed in origin.
+    broken: bool,
+}
+
+impl LogAppends {
+    fn reserved(&mut self, block: &[i64]) {
+        let (Some(&first), Some(&last)) = (block.first(), block.last()) else {
+            return;
+        };
+        if block.windows(2).any(|w| w[1] != w[0] + 1) {
+            self.broken = true;
+        }
+        self.reserved = match self.reserved {
+            None => Some((first, last)),
+            Some((start, end)) => {
+                if first != end + 1 {
+                    self.broken = true;
+                }
+                Some((start, last))
+            }
+        };
+    }
+
+    fn own(&self, origin: Uuid) -> Option<OwnAppends> {
+        let (first, last) = self.reserved?;
+        (!self.broken && self.origin == Some(Some(origin))).then_some(OwnAppends {
+            after: first - 1,
+            through: last,
+        })
+    }
+
+    fn appended(&mut self, target: Option<Uuid>, origin: Option<Uuid>) {
+        if target.is_some() || self.origin.is_some_and(|o| o != origin) {
+            self.broken = true;
+        }
+        self.origin = Some(origin);
+    }
+}
+
+/// Every revision number in `(after, through]` was reserved by one
+/// [`CachedTx`], and every row it appended with them is a revision for
+/// every node (unaddressed) whose origin is the node asked about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OwnAppends {
+    pub(crate) after: i64,
+    pub(crate) through: i64,
 }
 
 impl<'a> CachedTx<'a> {
@@ -127,7 +188,17 @@ impl<'a> CachedTx<'a> {
             rev_expected: None,
             queue: HashMap::new(),
             queue_dirty: Vec::new(),
+            log: LogAppends::default(),
         }
+    }
+
+    /// Whether everything this wrapper put into the change log is `origin`'s
+    /// own, unaddressed, under numbers it reserved in one unbroken range:
+    /// then a log row above that range's start and up to its end can only
+    /// be one of those (the write lock keeps everyone else out of the
+    /// range). None when nothing was appended, or anything else was.
+    pub(crate) fn own_appends(&self, origin: Uuid) -> Option<OwnAppends> {
+        self.log.own(origin)
     }
 
     /// Says that about `n` revisions are coming (a packet's changes), so
@@ -211,7 +282,9 @@ impl<'a> CachedTx<'a> {
                     n
                 }
             };
-            self.rev_pool.extend(self.inner.reserve_revisions(n).await?);
+            let block = self.inner.reserve_revisions(n).await?;
+            self.log.reserved(&block);
+            self.rev_pool.extend(block);
         }
         self.rev_pool
             .pop_front()
@@ -442,6 +515,7 @@ impl StoreTx for CachedTx<'_> {
         origin: Option<Uuid>,
     ) -> StoreResult<i64> {
         let rev = self.next_rev().await?;
+        self.log.appended(target, origin);
         self.revs.push(NewRevision {
             rev,
             target,
@@ -689,9 +763,11 @@ impl StoreTx for CachedTx<'_> {
         Ok(())
     }
     async fn reserve_revisions(&mut self, n: usize) -> StoreResult<Vec<i64>> {
+        self.log.broken = true;
         self.inner.reserve_revisions(n).await
     }
     async fn append_revisions(&mut self, revisions: &[NewRevision]) -> StoreResult<()> {
+        self.log.broken = true;
         self.flush_revisions().await?;
         self.inner.append_revisions(revisions).await
     }
@@ -713,5 +789,76 @@ impl StoreTx for CachedTx<'_> {
         self.inner.write_queue(node, inserts, updates).await?;
         self.queue.retain(|(n, _), _| *n != node);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{LogAppends, OwnAppends};
+    use uuid::Uuid;
+
+    fn node(n: u128) -> Uuid {
+        Uuid::from_u128(n)
+    }
+
+    fn own(log: &LogAppends, origin: Uuid) -> Option<(i64, i64)> {
+        log.own(origin)
+            .map(|OwnAppends { after, through }| (after, through))
+    }
+
+    #[test]
+    fn one_node_own_rows_in_unbroken_blocks_are_its_own() {
+        let mut log = LogAppends::default();
+        log.reserved(&[11, 12, 13]);
+        log.appended(None, Some(node(1)));
+        log.appended(None, Some(node(1)));
+        log.reserved(&[14, 15]);
+        log.appended(None, Some(node(1)));
+        assert_eq!(own(&log, node(1)), Some((10, 15)));
+        assert_eq!(own(&log, node(2)), None, "another node's view");
+    }
+
+    #[test]
+    fn nothing_appended_is_not_a_push() {
+        let mut log = LogAppends::default();
+        assert_eq!(own(&log, node(1)), None);
+        log.reserved(&[11, 12]);
+        assert_eq!(own(&log, node(1)), None);
+    }
+
+    #[test]
+    fn an_addressed_row_another_origin_or_a_gap_breaks_it_for_good() {
+        let mut addressed = LogAppends::default();
+        addressed.reserved(&[11, 12]);
+        addressed.appended(None, Some(node(1)));
+        addressed.appended(Some(node(1)), Some(node(1)));
+        addressed.reserved(&[13]);
+        addressed.appended(None, Some(node(1)));
+        assert_eq!(own(&addressed, node(1)), None);
+
+        let mut merged = LogAppends::default();
+        merged.reserved(&[11, 12]);
+        merged.appended(None, Some(node(1)));
+        merged.appended(None, Some(node(9)));
+        assert_eq!(own(&merged, node(1)), None);
+        assert_eq!(own(&merged, node(9)), None);
+
+        let mut gap = LogAppends::default();
+        gap.reserved(&[11, 12]);
+        gap.appended(None, Some(node(1)));
+        gap.reserved(&[20]);
+        gap.appended(None, Some(node(1)));
+        assert_eq!(own(&gap, node(1)), None);
+
+        let mut holes = LogAppends::default();
+        holes.reserved(&[11, 13]);
+        holes.appended(None, Some(node(1)));
+        assert_eq!(own(&holes, node(1)), None);
+
+        let mut past = LogAppends::default();
+        past.reserved(&[11]);
+        past.appended(None, Some(node(1)));
+        past.broken = true; // numbers reserved or rows appended past the wrapper
+        assert_eq!(own(&past, node(1)), None);
     }
 }

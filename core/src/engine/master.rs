@@ -22,7 +22,7 @@ use crate::protocol::{
 use crate::schema::{Issue, SchemaVersion};
 use crate::store::{AuditRecord, HistoryRecord, NodeRecord, NodeRole, StoreError, StoreTx};
 
-use super::cached_tx::CachedTx;
+use super::cached_tx::{CachedTx, OwnAppends};
 use super::client::approx_size;
 use super::integrity::{FoundReferences, missing_reference_found};
 use super::routing::Route;
@@ -130,6 +130,9 @@ struct Received {
     /// False when the held changes are known to be none (none before the
     /// packet, none held by it): nothing can expire in this transaction.
     held_possible: bool,
+    /// The packet's changes went into the log as the node's own versions
+    /// only, under these revisions (the usual push).
+    own_appends: Option<OwnAppends>,
 }
 
 /// Our next packet for a node.
@@ -227,7 +230,9 @@ impl Engine {
         if received.held_possible {
             self.expire_held(tx.as_mut(), now).await?;
         }
-        let reply = self.reply_in(tx.as_mut(), &mut node, now).await?;
+        let reply = self
+            .reply_in(tx.as_mut(), &mut node, received.own_appends, now)
+            .await?;
         node.schema_version = Some(header.schema_version);
         tx.put_node(&node).await?;
         tx.commit().await?;
@@ -301,7 +306,7 @@ impl Engine {
             .await?
             .ok_or_else(|| EngineError::UnknownNode(code.to_string()))?;
         let reply = self
-            .reply_in(tx.as_mut(), &mut node, now)
+            .reply_in(tx.as_mut(), &mut node, None, now)
             .await
             .map_err(|e| match e {
                 ExchangeError::Store(s) => EngineError::Store(s),
@@ -379,7 +384,7 @@ impl Engine {
         // 2. The node's packet, applied exactly once.
         let carries = !entities.is_empty();
         if h.packet_no == node.received_packet_no + 1 {
-            let (results, held_possible) = self
+            let (results, held_possible, own_appends) = self
                 .apply_packet(tx, node, h.packet_no, entities, now)
                 .await?;
             node.received_packet_no = h.packet_no;
@@ -392,6 +397,7 @@ impl Engine {
                 results,
                 new_packet: true,
                 held_possible,
+                own_appends,
             })
         } else if h.packet_no == node.received_packet_no && carries {
             // The node did not get our answer: the same results again.
@@ -400,12 +406,14 @@ impl Engine {
                 results,
                 new_packet: false,
                 held_possible: true,
+                own_appends: None,
             })
         } else if h.packet_no <= node.received_packet_no {
             Ok(Received {
                 results: Vec::new(),
                 new_packet: false,
                 held_possible: true,
+                own_appends: None,
             })
         } else {
             Err(ExchangeError::OutOfSequence(format!(
@@ -423,10 +431,14 @@ impl Engine {
     /// duplicated request cannot tell us), and its acknowledgement will mean
     /// that range. Within the range only rows replaced by newer revisions
     /// can be missing, and those newer revisions lie beyond it.
+    ///
+    /// `own`: what this exchange appended to the log, when it was only the
+    /// node's own versions (see below).
     async fn reply_in(
         &self,
         tx: &mut dyn StoreTx,
         node: &mut NodeRecord,
+        own: Option<OwnAppends>,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<Reply, ExchangeError> {
         let limits = self.options.limits;
@@ -458,7 +470,28 @@ impl Engine {
         // routing would not skip (the others are never parsed); a packet
         // sent again takes every candidate of its window, so that it covers
         // exactly its first range.
+        //
+        // A push: the node had everything up to its cursor, and all this
+        // exchange appended after it is its own versions (unaddressed, their
+        // entities written by it) under one unbroken range of revisions
+        // that reaches the log's head. Every row past the cursor would be
+        // read (without data) only to be skipped, so none is read: the
+        // cursor moves to the head, as if the rows had been scanned.
+        let own_up_to = match own {
+            Some(own)
+                if routing.is_none()
+                    && resend_to.is_none()
+                    && !restart
+                    && own.after <= node.acked_rev
+                    && resend_own_to <= node.acked_rev =>
+            {
+                let head = tx.log_head().await?;
+                (head <= own.through).then_some(head)
+            }
+            _ => None,
+        };
         let (rows, mut more, scanned_to) = match routing.as_ref() {
+            None if own_up_to.is_some() => (Vec::new(), false, own_up_to),
             None => {
                 let rows = tx
                     .revisions_after_skipping_own(
@@ -723,9 +756,10 @@ impl Engine {
         Ok(())
     }
 
-    /// Applies one packet's changes in order; returns their outcomes and
+    /// Applies one packet's changes in order; returns their outcomes,
     /// whether any change may be held now (false: none was held before the
-    /// packet and none by it). A change whose reference has not arrived is
+    /// packet and none by it), and the revisions it appended when they are
+    /// all the node's own versions ([`CachedTx::own_appends`]). A change whose reference has not arrived is
     /// held (and applied when it does, with everything it unblocks); it
     /// never blocks the rest.
     async fn apply_packet(
@@ -735,7 +769,7 @@ impl Engine {
         packet_no: i64,
         changes: Vec<WireChange>,
         now: chrono::DateTime<chrono::Utc>,
-    ) -> Result<(Vec<ChangeResult>, bool), ExchangeError> {
+    ) -> Result<(Vec<ChangeResult>, bool, Option<OwnAppends>), ExchangeError> {
         // The packet's entities and everything they reference, read in one
         // batch; the changes then read them from memory, and their rows are
         // written in batches (cached_tx.rs).
@@ -778,8 +812,9 @@ impl Engine {
                 self.release_held(tx, uuid, now).await?;
             }
         }
+        let own_appends = cached.own_appends(node.id);
         cached.finish().await?;
-        Ok((results, may_release))
+        Ok((results, may_release, own_appends))
     }
 
     /// Applies the held changes that the arrival of `arrived` unblocks, and

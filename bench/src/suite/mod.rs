@@ -1060,14 +1060,20 @@ async fn many_run(
         alone.first_error.as_deref().unwrap_or("")
     );
     let perf = Perf::start(&master, &format!("{name}-master"));
+    let (cpu_before, switches_before) = (master.cpu_secs(), master.context_switches());
     let crowd = many::run(&target, &peers[1..], 1, plan.rounds).await;
+    let per_exchange = crowd.exchanges().max(1) as f64;
+    let cpu_us = (master.cpu_secs() - cpu_before) * 1e6 / per_exchange;
+    let switches = master.context_switches().saturating_sub(switches_before) as f64 / per_exchange;
     perf.into_iter().for_each(Perf::stop);
     eprintln!(
-        "suite:   {} clients: {} exchanges in {:.1} s, {} errors",
+        "suite:   {} clients: {} exchanges in {:.1} s, {} errors; the master's CPU per exchange {:.0} µs, context switches per exchange {:.1}",
         plan.clients,
         crowd.exchanges(),
         crowd.wall.as_secs_f64(),
-        crowd.errors
+        crowd.errors,
+        cpu_us,
+        switches
     );
     if let Some(e) = &crowd.first_error {
         eprintln!("suite:   the first error: {e}");
@@ -1081,11 +1087,13 @@ async fn many_run(
     rows.push(
         Row::rate(&format!("{label}: throughput"), size.clone(), "exch/s", crowd.per_s(), "one client alone", alone.per_s())
             .note(format!(
-                "{} exchanges of one small entity each ({} per client, closed loop; {what}), {} entities received back, {:.1} s; registering {} nodes took {:.1} s",
+                "{} exchanges of one small entity each ({} per client, closed loop; {what}), {} entities received back, {:.1} s; the master's CPU per exchange {:.0} µs, its context switches per exchange {:.1}; registering {} nodes took {:.1} s",
                 crowd.exchanges(),
                 plan.rounds,
                 crowd.received,
                 crowd.wall.as_secs_f64(),
+                cpu_us,
+                switches,
                 plan.clients + 1,
                 reg_t.as_secs_f64()
             )),

@@ -90,6 +90,30 @@ impl NodeProc {
         proc_cpu_secs(self.pid())
     }
 
+    /// Context switches of all the process's threads so far (voluntary
+    /// and not, from `/proc/PID/task/*/status`; 0 where unreadable). An
+    /// exchange's hand-offs between the async runtime and SQLite's worker
+    /// thread show up here.
+    pub fn context_switches(&self) -> u64 {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else {
+            return 0;
+        };
+        tasks
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+            .flat_map(|status| {
+                status
+                    .lines()
+                    .filter(|l| {
+                        l.starts_with("voluntary_ctxt_switches:")
+                            || l.starts_with("nonvoluntary_ctxt_switches:")
+                    })
+                    .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .sum()
+    }
+
     /// Current resident set size (`VmRSS`), in MB.
     pub fn rss_mb(&self) -> f64 {
         proc_status_kb(self.pid(), "VmRSS:") as f64 / 1024.0

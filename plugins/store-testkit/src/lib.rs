@@ -145,6 +145,7 @@ macro_rules! store_conformance_suite {
             batched_references_replace_each_sources_references,
             reserved_revisions_come_after_everything_and_batches_keep_the_latest_per_key,
             writing_rows_at_once_is_the_three_batch_writes_in_order,
+            writing_few_rows_at_once_is_the_three_batch_writes_in_order,
             batched_queue_reads_and_writes_match_queue_change,
             stamps_and_raised_revisions_leave_the_data_alone,
             revisions_can_be_read_without_the_data_of_the_nodes_own_versions,

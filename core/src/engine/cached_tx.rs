@@ -797,68 +797,92 @@ mod tests {
     use super::{LogAppends, OwnAppends};
     use uuid::Uuid;
 
+    /// A step of a transaction's log work.
+    enum Step {
+        /// A block of revision numbers reserved through the cache.
+        Reserve(&'static [i64]),
+        /// A row appended with the next number: (addressed to, origin).
+        Append(Option<u128>, u128),
+        /// Numbers reserved or rows appended past the cache.
+        Past,
+    }
+    use Step::*;
+
     fn node(n: u128) -> Uuid {
         Uuid::from_u128(n)
     }
 
-    fn own(log: &LogAppends, origin: Uuid) -> Option<(i64, i64)> {
-        log.own(origin)
+    /// What the cache would say for `origin` after `steps`.
+    fn own(steps: &[Step], origin: u128) -> Option<(i64, i64)> {
+        let mut log = LogAppends::default();
+        for step in steps {
+            match step {
+                Reserve(block) => log.reserved(block),
+                Append(target, from) => log.appended(target.map(node), Some(node(*from))),
+                Past => log.broken = true,
+            }
+        }
+        log.own(node(origin))
             .map(|OwnAppends { after, through }| (after, through))
     }
 
     #[test]
     fn one_node_own_rows_in_unbroken_blocks_are_its_own() {
-        let mut log = LogAppends::default();
-        log.reserved(&[11, 12, 13]);
-        log.appended(None, Some(node(1)));
-        log.appended(None, Some(node(1)));
-        log.reserved(&[14, 15]);
-        log.appended(None, Some(node(1)));
-        assert_eq!(own(&log, node(1)), Some((10, 15)));
-        assert_eq!(own(&log, node(2)), None, "another node's view");
+        let steps = [
+            Reserve(&[11, 12, 13]),
+            Append(None, 1),
+            Append(None, 1),
+            Reserve(&[14, 15]),
+            Append(None, 1),
+        ];
+        assert_eq!(own(&steps, 1), Some((10, 15)));
+        assert_eq!(own(&steps, 2), None, "another node's view");
     }
 
     #[test]
     fn nothing_appended_is_not_a_push() {
-        let mut log = LogAppends::default();
-        assert_eq!(own(&log, node(1)), None);
-        log.reserved(&[11, 12]);
-        assert_eq!(own(&log, node(1)), None);
+        assert_eq!(own(&[], 1), None);
+        assert_eq!(own(&[Reserve(&[11, 12])], 1), None);
     }
 
     #[test]
     fn an_addressed_row_another_origin_or_a_gap_breaks_it_for_good() {
-        let mut addressed = LogAppends::default();
-        addressed.reserved(&[11, 12]);
-        addressed.appended(None, Some(node(1)));
-        addressed.appended(Some(node(1)), Some(node(1)));
-        addressed.reserved(&[13]);
-        addressed.appended(None, Some(node(1)));
-        assert_eq!(own(&addressed, node(1)), None);
-
-        let mut merged = LogAppends::default();
-        merged.reserved(&[11, 12]);
-        merged.appended(None, Some(node(1)));
-        merged.appended(None, Some(node(9)));
-        assert_eq!(own(&merged, node(1)), None);
-        assert_eq!(own(&merged, node(9)), None);
-
-        let mut gap = LogAppends::default();
-        gap.reserved(&[11, 12]);
-        gap.appended(None, Some(node(1)));
-        gap.reserved(&[20]);
-        gap.appended(None, Some(node(1)));
-        assert_eq!(own(&gap, node(1)), None);
-
-        let mut holes = LogAppends::default();
-        holes.reserved(&[11, 13]);
-        holes.appended(None, Some(node(1)));
-        assert_eq!(own(&holes, node(1)), None);
-
-        let mut past = LogAppends::default();
-        past.reserved(&[11]);
-        past.appended(None, Some(node(1)));
-        past.broken = true; // numbers reserved or rows appended past the wrapper
-        assert_eq!(own(&past, node(1)), None);
+        let cases: [(&str, &[Step]); 5] = [
+            (
+                "a row addressed to the node, then its own again",
+                &[
+                    Reserve(&[11, 12]),
+                    Append(None, 1),
+                    Append(Some(1), 1),
+                    Reserve(&[13]),
+                    Append(None, 1),
+                ],
+            ),
+            (
+                "another origin (a merge)",
+                &[Reserve(&[11, 12]), Append(None, 1), Append(None, 9)],
+            ),
+            (
+                "a gap between blocks",
+                &[
+                    Reserve(&[11, 12]),
+                    Append(None, 1),
+                    Reserve(&[20]),
+                    Append(None, 1),
+                ],
+            ),
+            (
+                "a gap inside a block",
+                &[Reserve(&[11, 13]), Append(None, 1)],
+            ),
+            (
+                "work past the cache",
+                &[Reserve(&[11]), Append(None, 1), Past],
+            ),
+        ];
+        for (what, steps) in cases {
+            assert_eq!(own(steps, 1), None, "{what}");
+            assert_eq!(own(steps, 9), None, "{what}, the other origin");
+        }
     }
 }

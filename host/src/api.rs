@@ -41,14 +41,14 @@ pub fn routes(
             .and(warp::get())
             .and(n())
             .then(|node: Arc<Node>| async move {
-                let pending = node
+                let (pending, held) = node
                     .engine
                     .status()
                     .await
-                    .map(|s| s.pending_changes)
-                    .unwrap_or(0);
+                    .map(|s| (s.pending_changes, s.held_changes))
+                    .unwrap_or((0, 0));
                 let writes = node.engine.store().write_stats();
-                let mut r = Response::new(node.metrics.render(pending, writes).into());
+                let mut r = Response::new(node.metrics.render(pending, held, writes).into());
                 r.headers_mut().insert(
                     "content-type",
                     warp::http::HeaderValue::from_static("text/plain; version=0.0.4"),

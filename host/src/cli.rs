@@ -478,12 +478,13 @@ pub async fn run(cli: Cli) -> Result<(), HostError> {
             let node = Node::open(load(&config.config)?).await?;
             let s = node.engine.status().await?;
             let mut text = format!(
-                "node {} ({}) mode {}\nschema set {}\npending changes {}\nlast sync in {}, out {}\npackets: received {}, sent (acknowledged) {}\n",
+                "node {} ({}) mode {}\nschema set {}\npending changes {}\nheld changes {} (waiting for an entity they reference)\nlast sync in {}, out {}\npackets: received {}, sent (acknowledged) {}\n",
                 s.node_id,
                 s.code,
                 s.mode,
                 s.schema_version,
                 s.pending_changes,
+                s.held_changes,
                 fmt_time(s.last_sync_in),
                 fmt_time(s.last_sync_out),
                 s.received_packet_no,

@@ -41,7 +41,7 @@ impl Metrics {
 
     /// The Prometheus exposition, with `pending` queued changes and the
     /// store's write counts when it keeps them.
-    pub fn render(&self, pending: i64, writes: Option<WriteStats>) -> String {
+    pub fn render(&self, pending: i64, held: i64, writes: Option<WriteStats>) -> String {
         let mut out = String::new();
         let mut metric = |name: &str, help: &str, kind: &str, samples: &[(&str, u64)]| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -85,6 +85,12 @@ impl Metrics {
             "Changes not yet acknowledged (client: queued for the master; master: revisions not acknowledged, summed over nodes).",
             "gauge",
             &[("", pending.max(0) as u64)],
+        );
+        metric(
+            "hubsync_held_changes",
+            "Received changes held until an entity they reference arrives (master; after hold_timeout they go to the manual queue).",
+            "gauge",
+            &[("", held.max(0) as u64)],
         );
         if let Some(w) = writes {
             metric(

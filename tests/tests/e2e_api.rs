@@ -503,6 +503,7 @@ async fn status_counts_pending_changes_until_sync() {
     assert_eq!(status["node_id"], json!(c.client(0).identity().node_id));
     assert_eq!(status["schema_version"], "1.0.0");
     assert_eq!(status["pending_changes"], 0);
+    assert_eq!(status["held_changes"], 0);
 
     let a = uuid_of(&check(
         call(api, "POST", &entities("Brigade"), Some(brigade("A"))).await,
@@ -656,6 +657,10 @@ async fn health_and_prometheus_metrics_are_served() {
     );
     assert!(
         text.lines().any(|l| l == "hubsync_pending_changes 1"),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l == "hubsync_held_changes 0"),
         "{text}"
     );
     // The SQLite store's write counts: the brigade at least, committed.

@@ -250,6 +250,8 @@ async fn a_change_before_its_reference_is_held_then_applied_when_it_arrives() {
             .is_some()
     );
     assert_eq!(set.master.store().count_held().await.unwrap(), 1);
+    // Operators see it in the status (`hubsync status`, /api/v1/status).
+    assert_eq!(set.master.status().await.unwrap().held_changes, 1);
 
     // Packet 2 brings the brigade: the report now waits for the employee.
     set.master
@@ -291,6 +293,7 @@ async fn a_change_before_its_reference_is_held_then_applied_when_it_arrives() {
         .await
         .unwrap();
     assert_eq!(set.master.store().count_held().await.unwrap(), 0);
+    assert_eq!(set.master.status().await.unwrap().held_changes, 0);
     let applied = set
         .master
         .store()

@@ -212,6 +212,10 @@ pub struct NodeStatus {
     pub schema_version: String,
     /// Client: changes queued for the master. Master: revisions in the log.
     pub pending_changes: i64,
+    /// Changes received before an entity they reference, held until it
+    /// arrives (after `hold_timeout` they go to the manual queue). Mostly a
+    /// master's; a client holds none.
+    pub held_changes: i64,
     pub last_sync_in: Option<DateTime<Utc>>,
     pub last_sync_out: Option<DateTime<Utc>>,
     pub received_packet_no: i64,
@@ -437,6 +441,7 @@ impl Engine {
             mode: self.identity.role.as_str(),
             schema_version: self.registry.version().to_string(),
             pending_changes: 0,
+            held_changes: self.store.count_held().await?,
             last_sync_in: None,
             last_sync_out: None,
             received_packet_no: 0,

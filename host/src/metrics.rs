@@ -88,7 +88,7 @@ impl Metrics {
         );
         metric(
             "hubsync_held_changes",
-            "Received changes held until an entity they reference arrives (master; after hold_timeout they go to the manual queue).",
+            "Received changes held until an entity they reference arrives (on a master, after hold_timeout they go to the manual queue).",
             "gauge",
             &[("", held.max(0) as u64)],
         );

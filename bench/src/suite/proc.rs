@@ -101,7 +101,7 @@ impl NodeProc {
         tasks
             .flatten()
             .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
-            .flat_map(|status| {
+            .map(|status| {
                 status
                     .lines()
                     .filter(|l| {
@@ -109,7 +109,7 @@ impl NodeProc {
                             || l.starts_with("nonvoluntary_ctxt_switches:")
                     })
                     .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-                    .collect::<Vec<_>>()
+                    .sum::<u64>()
             })
             .sum()
     }

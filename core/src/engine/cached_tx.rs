@@ -130,7 +130,7 @@ struct LogAppends {
 }
 
 impl LogAppends {
-    fn reserved(&mut self, block: &[i64]) {
+    fn note_reserved(&mut self, block: &[i64]) {
         let (Some(&first), Some(&last)) = (block.first(), block.last()) else {
             return;
         };
@@ -156,7 +156,7 @@ impl LogAppends {
         })
     }
 
-    fn appended(&mut self, target: Option<Uuid>, origin: Option<Uuid>) {
+    fn note_appended(&mut self, target: Option<Uuid>, origin: Option<Uuid>) {
         if target.is_some() || self.origin.is_some_and(|o| o != origin) {
             self.broken = true;
         }
@@ -283,7 +283,7 @@ impl<'a> CachedTx<'a> {
                 }
             };
             let block = self.inner.reserve_revisions(n).await?;
-            self.log.reserved(&block);
+            self.log.note_reserved(&block);
             self.rev_pool.extend(block);
         }
         self.rev_pool
@@ -515,7 +515,7 @@ impl StoreTx for CachedTx<'_> {
         origin: Option<Uuid>,
     ) -> StoreResult<i64> {
         let rev = self.next_rev().await?;
-        self.log.appended(target, origin);
+        self.log.note_appended(target, origin);
         self.revs.push(NewRevision {
             rev,
             target,
@@ -817,8 +817,8 @@ mod tests {
         let mut log = LogAppends::default();
         for step in steps {
             match step {
-                Reserve(block) => log.reserved(block),
-                Append(target, from) => log.appended(target.map(node), Some(node(*from))),
+                Reserve(block) => log.note_reserved(block),
+                Append(target, from) => log.note_appended(target.map(node), Some(node(*from))),
                 Past => log.broken = true,
             }
         }

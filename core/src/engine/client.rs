@@ -21,7 +21,7 @@
 use serde::Serialize;
 
 use super::cached_tx::CachedTx;
-use super::integrity::{FoundReferences, missing_reference_found};
+use super::integrity::{FoundReferences, missing_reference, packet_keys};
 use super::{Engine, EngineError, ImportReport};
 use crate::entity::{Entity, now_utc};
 use crate::protocol::{
@@ -545,9 +545,7 @@ impl Engine {
                 .iter()
                 .map(|w| self.change_references(w))
                 .collect();
-            cached
-                .prefetch(super::master::packet_keys(&body.entities, &found))
-                .await?;
+            cached.prefetch(packet_keys(&body.entities, &found)).await?;
             let mut own: Vec<(String, uuid::Uuid)> = body
                 .entities
                 .iter()
@@ -561,7 +559,7 @@ impl Engine {
             for (w, found) in body.entities.into_iter().zip(found) {
                 // What it references has not arrived (it travels in a later
                 // packet): hold it until it does.
-                if let Some(missing) = missing_reference_found(ctx, &w, found.as_deref()).await? {
+                if let Some(missing) = missing_reference(ctx, &w, found.as_deref()).await? {
                     self.hold(ctx, master, m, &w, missing, now).await?;
                     may_release = true;
                     summary.held += 1;
@@ -569,16 +567,16 @@ impl Engine {
                 }
                 let arrived = w.uuid;
                 if self
-                    .store_master_version(ctx, master, w, Some(found), summary)
+                    .store_master_version(ctx, master, w, found, summary)
                     .await?
                     && may_release
                 {
                     let mut work = vec![arrived];
                     while let Some(u) = work.pop() {
-                        for (_, released) in self.unblocked_by(ctx, u, now).await? {
+                        for (_, released, found) in self.unblocked_by(ctx, u, now).await? {
                             let uuid = released.uuid;
                             if self
-                                .store_master_version(ctx, master, released, None, summary)
+                                .store_master_version(ctx, master, released, found, summary)
                                 .await?
                             {
                                 work.push(uuid);
@@ -622,24 +620,20 @@ struct Applied {
 impl Engine {
     /// Stores a version received from the master, unless a local change of
     /// the entity is still queued (the master decides that conflict).
-    /// Returns whether it was stored. `found`: the references of its data,
-    /// when already found (else they are found here).
+    /// Returns whether it was stored. `found`: the references of its data
+    /// ([`Engine::change_references`]).
     async fn store_master_version(
         &self,
         tx: &mut dyn StoreTx,
         master: uuid::Uuid,
         w: WireChange,
-        found: Option<FoundReferences<'_>>,
+        found: FoundReferences<'_>,
         summary: &mut SyncSummary,
     ) -> Result<bool, EngineError> {
         if tx.has_queued(master, &w.entity_type, w.uuid).await? {
             summary.kept_local += 1;
             return Ok(false);
         }
-        let found = match found {
-            Some(found) => found,
-            None => self.change_references(&w),
-        };
         self.put_indexed_found(
             tx,
             Entity {

@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use serde::Deserialize;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -212,17 +213,6 @@ impl Engine {
         Ok(())
     }
 
-    /// The first reference of `change` whose target this store does not
-    /// hold, as (type, uuid).
-    pub(super) async fn missing_reference(
-        &self,
-        tx: &mut dyn StoreTx,
-        change: &WireChange,
-    ) -> Result<Option<(String, Uuid)>, EngineError> {
-        let found = self.change_references(change);
-        missing_reference_found(tx, change, found.as_deref()).await
-    }
-
     /// Keeps `change` until `(waiting_type, waiting_for)` arrives.
     pub(super) async fn hold(
         &self,
@@ -252,18 +242,19 @@ impl Engine {
         Ok(())
     }
 
-    /// The held changes that `arrived` unblocks, decoded, each with the row
-    /// removed from the held table. A change still missing another reference
-    /// is held again for that one (and not returned).
+    /// The held changes that `arrived` unblocks, decoded, each with the
+    /// references found in it and the row removed from the held table. A
+    /// change still missing another reference is held again for that one
+    /// (and not returned).
     pub(super) async fn unblocked_by(
         &self,
         tx: &mut dyn StoreTx,
         arrived: Uuid,
         now: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Vec<(HeldChange, WireChange)>, EngineError> {
+    ) -> Result<Vec<(HeldChange, WireChange, FoundReferences<'_>)>, EngineError> {
         let mut ready = Vec::new();
         for held in tx.held_waiting_for(arrived).await? {
-            let change: WireChange = match serde_json::from_value(held.change.clone()) {
+            let change = match WireChange::deserialize(&held.change) {
                 Ok(c) => c,
                 Err(e) => {
                     return Err(crate::store::StoreError::corrupt(format!(
@@ -273,14 +264,15 @@ impl Engine {
                     .into());
                 }
             };
-            match self.missing_reference(tx, &change).await? {
+            let found = self.change_references(&change);
+            match missing_reference(tx, &change, found.as_deref()).await? {
                 Some(missing) => {
                     self.hold(tx, held.source_node, held.packet_no, &change, missing, now)
                         .await?;
                 }
                 None => {
                     tx.release_held(held.id).await?;
-                    ready.push((held, change));
+                    ready.push((held, change, found));
                 }
             }
         }
@@ -336,9 +328,10 @@ fn index_entries(entity: &Entity, found: Vec<(&Reference, Uuid)>) -> Vec<EntityR
     refs
 }
 
-/// [`Engine::missing_reference`] with the references of `change`'s data
-/// already found (none to check for a deletion or a type without any).
-pub(super) async fn missing_reference_found(
+/// The first reference of `change` whose target this store does not hold,
+/// as (type, uuid); `found`: the references of its data
+/// ([`Engine::change_references`]; none to check for a type without any).
+pub(super) async fn missing_reference(
     tx: &mut dyn StoreTx,
     change: &WireChange,
     found: Option<&[(&Reference, Uuid)]>,
@@ -355,6 +348,22 @@ pub(super) async fn missing_reference_found(
         }
     }
     Ok(None)
+}
+
+/// The keys of a packet's entities and of what they reference (`found`:
+/// each change's references, in the same order), for a prefetch.
+pub(super) fn packet_keys(
+    changes: &[WireChange],
+    found: &[FoundReferences<'_>],
+) -> Vec<(String, Uuid)> {
+    let mut keys = Vec::with_capacity(changes.len() * 2);
+    for (c, found) in changes.iter().zip(found) {
+        keys.push((c.entity_type.clone(), c.uuid));
+        for (r, target) in found.iter().flatten() {
+            keys.push((r.target.clone(), *target));
+        }
+    }
+    keys
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use crate::store::{AuditRecord, HistoryRecord, NodeRecord, NodeRole, StoreError,
 
 use super::cached_tx::{CachedTx, OwnAppends};
 use super::client::approx_size;
-use super::integrity::{FoundReferences, missing_reference_found};
+use super::integrity::{FoundReferences, missing_reference, packet_keys};
 use super::routing::Route;
 
 /// Why the master refused an exchange. Nothing of a refused packet is
@@ -759,9 +759,9 @@ impl Engine {
     /// Applies one packet's changes in order; returns their outcomes,
     /// whether any change may be held now (false: none was held before the
     /// packet and none by it), and the revisions it appended when they are
-    /// all the node's own versions ([`CachedTx::own_appends`]). A change whose reference has not arrived is
-    /// held (and applied when it does, with everything it unblocks); it
-    /// never blocks the rest.
+    /// all the node's own versions ([`CachedTx::own_appends`]). A change
+    /// whose reference has not arrived is held (and applied when it does,
+    /// with everything it unblocks); it never blocks the rest.
     async fn apply_packet(
         &self,
         tx: &mut dyn StoreTx,
@@ -785,7 +785,7 @@ impl Engine {
         let mut may_release = held_exists(tx).await?;
         let mut results = Vec::with_capacity(changes.len());
         for (c, found) in changes.into_iter().zip(found) {
-            if let Some(missing) = missing_reference_found(tx, &c, found.as_deref())
+            if let Some(missing) = missing_reference(tx, &c, found.as_deref())
                 .await
                 .map_err(engine_to_exchange)?
             {
@@ -833,7 +833,7 @@ impl Engine {
             if rounds > 1_000_000 {
                 break;
             }
-            for (held, change) in self
+            for (held, change, found) in self
                 .unblocked_by(tx, u, now)
                 .await
                 .map_err(engine_to_exchange)?
@@ -842,7 +842,6 @@ impl Engine {
                     tracing::warn!(node = %held.source_node, "a held change's node is gone; dropped");
                     continue;
                 };
-                let found = self.change_references(&change);
                 let (entity_type, uuid, operation) =
                     (change.entity_type.clone(), change.uuid, change.operation);
                 let result = self
@@ -1381,20 +1380,4 @@ fn routing_error(e: EngineError) -> ExchangeError {
             "{other}; set the node's scope again with `hubsync node scope`"
         ))),
     }
-}
-
-/// The keys of a packet's entities and of what they reference (`found`:
-/// each change's references, in the same order).
-pub(super) fn packet_keys(
-    changes: &[WireChange],
-    found: &[FoundReferences<'_>],
-) -> Vec<(String, Uuid)> {
-    let mut keys = Vec::with_capacity(changes.len() * 2);
-    for (c, found) in changes.iter().zip(found) {
-        keys.push((c.entity_type.clone(), c.uuid));
-        for (r, target) in found.iter().flatten() {
-            keys.push((r.target.clone(), *target));
-        }
-    }
-    keys
 }

@@ -213,8 +213,8 @@ pub struct NodeStatus {
     /// Client: changes queued for the master. Master: revisions in the log.
     pub pending_changes: i64,
     /// Changes received before an entity they reference, held until it
-    /// arrives (after `hold_timeout` they go to the manual queue). Mostly a
-    /// master's; a client holds none.
+    /// arrives (on a master, after `hold_timeout` they go to the manual
+    /// queue).
     pub held_changes: i64,
     pub last_sync_in: Option<DateTime<Utc>>,
     pub last_sync_out: Option<DateTime<Utc>>,

@@ -543,3 +543,68 @@ async fn a_scoped_node_skips_what_does_not_concern_it_a_window_at_a_time() {
     assert!(rows(c.client(0)).await.contains_key(&late));
     c.shutdown().await;
 }
+
+/// A scoped node whose scope nothing new concerns polls in one exchange:
+/// the master moves its position past the rows outside its scope without
+/// an empty packet for it to acknowledge in a second exchange, and a scope
+/// change made while it is idle still takes effect at its next sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scoped_node_with_nothing_in_scope_polls_in_one_exchange() {
+    let Some(c) = start(2, ClusterOptions::default()).await else {
+        return;
+    };
+    let office = c.client(1);
+    let ann = create(office, "Brigade", json!({"name": "a", "foreman": "Ann"})).await;
+    sync(&c, 1).await;
+    let scope = json!({"types": {"Brigade": {"foreman": ["Ann"]}}});
+    c.master()
+        .set_node_scope("DESKTOP-1", Some(scope.clone()))
+        .await
+        .expect("scope");
+    sync(&c, 0).await;
+    check_scoped(&c, 0, &scope).await;
+    let packets_before = c.client(0).status().await.expect("status").received_packet_no;
+
+    // Rows outside the scope: one exchange, nothing received, no packet.
+    for n in 0..3 {
+        create(office, "Brigade", json!({"name": format!("b{n}"), "foreman": "Bob"})).await;
+        sync(&c, 1).await;
+        let s = sync(&c, 0).await;
+        assert_eq!(
+            (s.rounds, s.received_changes),
+            (1, 0),
+            "poll {n} with only out-of-scope rows new"
+        );
+        let status = c.client(0).status().await.expect("status");
+        assert_eq!(status.received_packet_no, packets_before, "no packet was sent");
+        let lag = c
+            .master()
+            .status()
+            .await
+            .expect("master status")
+            .nodes
+            .into_iter()
+            .find(|n| n.code == "DESKTOP-1")
+            .expect("node")
+            .lag;
+        assert_eq!(lag, 0, "the master moved the node past them");
+    }
+    let have: BTreeSet<Uuid> = rows(c.client(0)).await.into_keys().collect();
+    assert_eq!(have, BTreeSet::from([ann]));
+
+    // A row in scope still comes, and a scope change made meanwhile takes
+    // effect at the next sync.
+    let ann2 = create(office, "Brigade", json!({"name": "a2", "foreman": "Ann"})).await;
+    sync(&c, 1).await;
+    let s = sync(&c, 0).await;
+    assert_eq!(s.received_changes, 1);
+    assert!(rows(c.client(0)).await.contains_key(&ann2));
+    let bob = json!({"types": {"Brigade": {"foreman": ["Bob"]}}});
+    c.master()
+        .set_node_scope("DESKTOP-1", Some(bob.clone()))
+        .await
+        .expect("scope");
+    sync(&c, 0).await;
+    check_scoped(&c, 0, &bob).await;
+    c.shutdown().await;
+}

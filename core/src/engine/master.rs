@@ -630,15 +630,18 @@ impl Engine {
                 node.last_sync_out = Some(now);
                 node.out_packet_no
             }
-            // Only the node's own versions lay past its cursor (a push): it
-            // holds them, so there is nothing to deliver nor to acknowledge.
-            // The cursor moves past them now, without a packet that would
-            // take the node one more exchange to acknowledge. Unscoped only:
-            // a scoped packet's number is where scope changes take effect.
+            // Only rows the node need not be sent lay past its cursor: its
+            // own versions (a push) or, scoped, rows outside its scope that
+            // it does not hold. There is nothing to deliver nor to
+            // acknowledge: the cursor moves past them now, without an empty
+            // packet that would take the node one more exchange (and a write
+            // on each side) to acknowledge. Scoped, nothing is lost by it: a
+            // pending scope change is taken whenever a new packet is built,
+            // sent or not (and then `restart` makes it one), and holdings
+            // are recorded only for rows sent or evicted.
             None if up_to > node.acked_rev
                 && entities.is_empty()
                 && evict.is_empty()
-                && routing.is_none()
                 && !restart =>
             {
                 node.acked_rev = up_to;

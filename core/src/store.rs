@@ -502,6 +502,22 @@ pub trait Store: Send + Sync + 'static {
     async fn count_revisions_after(&self, rev: i64, node: Uuid) -> StoreResult<i64> {
         self.count_revisions_after_capped(rev, node, i64::MAX).await
     }
+    /// Every other node's lag ([`Store::count_revisions_after`] from the
+    /// revision it acknowledged), the store's own node left out, in no
+    /// particular order. The backends answer in one statement that reads the
+    /// log once, from the lowest acknowledged revision up, instead of once
+    /// per node: a master with 10,000 nodes answers `status` and a
+    /// `/metrics` scrape without 10,000 counts. This default is the
+    /// reference: one count per node.
+    async fn node_lags(&self) -> StoreResult<Vec<(Uuid, i64)>> {
+        let mut lags = Vec::new();
+        for n in self.list_nodes().await? {
+            if !n.is_self {
+                lags.push((n.id, self.count_revisions_after(n.acked_rev, n.id).await?));
+            }
+        }
+        Ok(lags)
+    }
     /// [`Store::count_queued`], counted no further than `cap`: the exact
     /// number when it is below `cap`, else `cap`. Reads at most `cap` index
     /// entries, so a caller that asks every round (a sync session) does not

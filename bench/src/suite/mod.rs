@@ -23,7 +23,8 @@
 //!    configured) vs a raw insert into that database;
 //! 7. `many`: many clients exchanging small packets with one master at once
 //!    vs one client alone;
-//! 8. `nodes`: a master write with 10 and with many registered nodes;
+//! 8. `nodes`: a master write, and the master's status (every node's lag),
+//!    with 10 and with many registered nodes;
 //! 9. peak RSS (`VmHWM`) of the master and client processes vs just started
 //!    (with the parts that move data), and of the bench process itself.
 //!
@@ -61,6 +62,8 @@ const INCR: usize = 1_000;
 /// session is ~0.1 s, and a single one moved ±20 % between runs).
 const INCR_REPEATS: usize = 5;
 const CALL: Duration = Duration::from_secs(600);
+/// GET /api/v1/status calls per master in the `nodes` part.
+const STATUS_CALLS: usize = 20;
 /// How often a long step (loading, a sync session, a baseline, registering
 /// nodes) says on stderr how far it is.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
@@ -1199,10 +1202,36 @@ async fn nodes_part(plan: &Plan, root: &Path, rows: &mut Vec<Row>) -> anyhow::Re
             t.push(started.elapsed());
         }
     }
+    // The masters' status, which counts every node's lag (each node is
+    // behind by every revision written above), in turn too.
+    let mut status: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    for _ in 0..STATUS_CALLS {
+        for (m, t) in masters.iter().zip(status.iter_mut()) {
+            let started = Instant::now();
+            m.call("GET", "/api/v1/status", None, CALL).await?;
+            t.push(started.elapsed());
+        }
+    }
     for m in masters {
         m.stop();
     }
     let mean = |t: &[Duration]| ms(t.iter().sum::<Duration>()) / t.len().max(1) as f64;
+    rows.push(
+        Row::cost(
+            "master status (every node's lag)",
+            format!("{} nodes", plan.nodes),
+            "ms",
+            many::quantile_ms(&status[1], 0.5),
+            "the same with 10 nodes",
+            many::quantile_ms(&status[0], 0.5),
+        )
+        .note(format!(
+            "median of {STATUS_CALLS} GET /api/v1/status on each master, in turn, after the writes above (each node {} revisions behind; means {:.2} / {:.2} ms)",
+            plan.master_writes + refs.entities().len(),
+            mean(&status[1]),
+            mean(&status[0]),
+        )),
+    );
     rows.push(
         Row::cost(
             "master write, single",

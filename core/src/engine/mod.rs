@@ -462,11 +462,18 @@ impl Engine {
                 status.sent_packet_no = peer.sent_packet_no;
             }
             None => {
+                // All lags in one read of the log, not one count per node.
+                let lags: std::collections::HashMap<Uuid, i64> =
+                    self.store.node_lags().await?.into_iter().collect();
                 for n in self.store.list_nodes().await? {
                     if n.is_self {
                         continue;
                     }
-                    let lag = self.store.count_revisions_after(n.acked_rev, n.id).await?;
+                    let lag = match lags.get(&n.id) {
+                        Some(lag) => *lag,
+                        // Registered between the two reads.
+                        None => self.store.count_revisions_after(n.acked_rev, n.id).await?,
+                    };
                     status.last_sync_in = status.last_sync_in.max(n.last_sync_in);
                     status.last_sync_out = status.last_sync_out.max(n.last_sync_out);
                     status.nodes.push(PeerStatus {

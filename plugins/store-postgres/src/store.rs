@@ -273,6 +273,42 @@ impl Store for PostgresStore {
         RowReader::new(&row, "sync_changes").i64("n")
     }
 
+    /// One statement, as in SQLite: the log read by revision range from
+    /// the lowest acknowledged revision up, the rows for everyone counted
+    /// per span between two nodes' acknowledged revisions and summed from
+    /// the top down, the addressed rows counted per node.
+    async fn node_lags(&self) -> StoreResult<Vec<(Uuid, i64)>> {
+        let rows = sqlx::query(
+            "WITH
+             peers AS (SELECT id, acked_rev FROM sync_nodes WHERE NOT is_self),
+             bounds AS (SELECT r, lead(r) OVER (ORDER BY r) AS next_r
+                        FROM (SELECT DISTINCT acked_rev AS r FROM peers) AS d),
+             spans AS (SELECT r, (SELECT count(*) FROM sync_changes c
+                                  WHERE c.kind = 'log' AND c.id > bounds.r
+                                    AND c.id <= coalesce(bounds.next_r, 9223372036854775807)
+                                    AND c.node_id IS NULL) AS k
+                       FROM bounds),
+             everyone AS (SELECT r, sum(k) OVER (ORDER BY r DESC) AS n FROM spans),
+             addressed AS (SELECT c.node_id, count(*) AS n
+                           FROM sync_changes c JOIN peers p ON p.id = c.node_id
+                           WHERE c.kind = 'log' AND c.id > (SELECT min(acked_rev) FROM peers)
+                             AND c.id > p.acked_rev
+                           GROUP BY c.node_id)
+             SELECT p.id AS node_id, (e.n + coalesce(a.n, 0))::BIGINT AS lag
+             FROM peers p JOIN everyone e ON e.r = p.acked_rev
+             LEFT JOIN addressed a ON a.node_id = p.id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| StoreError::backend("counting the nodes' lags", e))?;
+        rows.iter()
+            .map(|row| {
+                let r = RowReader::new(row, "sync_nodes");
+                Ok((r.uuid("node_id")?, r.i64("lag")?))
+            })
+            .collect()
+    }
+
     async fn history(&self, entity_uuid: Uuid) -> StoreResult<Vec<HistoryRecord>> {
         let rows = sqlx::query(concat!(
             "SELECT ",

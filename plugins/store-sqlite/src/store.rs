@@ -58,6 +58,32 @@ pub(crate) const COUNT_REVISIONS_AFTER: &str =
     "SELECT count(*) AS n FROM (SELECT 1 FROM sync_changes
              WHERE kind = 'log' AND id > ? AND (node_id IS NULL OR node_id = ?) LIMIT ? + 0)";
 
+/// Every other node's lag in one statement (`Store::node_lags`). The log is
+/// read twice at most from the lowest acknowledged revision up, by rowid
+/// range: the rows for everyone are counted once per span between two
+/// nodes' acknowledged revisions and summed from the top down (a node's
+/// count is the sum of the spans above it); the addressed rows are counted
+/// per node. `+c.kind` keeps SQLite off the log's entity index, which would
+/// scan the whole log.
+pub(crate) const NODE_LAGS: &str = "WITH
+    peers AS (SELECT id, acked_rev FROM sync_nodes WHERE is_self = 0),
+    bounds AS (SELECT r, lead(r) OVER (ORDER BY r) AS next_r
+               FROM (SELECT DISTINCT acked_rev AS r FROM peers)),
+    spans AS (SELECT r, (SELECT count(*) FROM sync_changes c
+                         WHERE c.id > bounds.r
+                           AND c.id <= ifnull(bounds.next_r, 9223372036854775807)
+                           AND +c.kind = 'log' AND c.node_id IS NULL) AS k
+              FROM bounds),
+    everyone AS (SELECT r, sum(k) OVER (ORDER BY r DESC) AS n FROM spans),
+    addressed AS (SELECT c.node_id, count(*) AS n
+                  FROM sync_changes c JOIN peers p ON p.id = c.node_id
+                  WHERE c.id > (SELECT min(acked_rev) FROM peers)
+                    AND +c.kind = 'log' AND c.id > p.acked_rev
+                  GROUP BY c.node_id)
+    SELECT p.id AS node_id, e.n + ifnull(a.n, 0) AS lag
+    FROM peers p JOIN everyone e ON e.r = p.acked_rev
+    LEFT JOIN addressed a ON a.node_id = p.id";
+
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
@@ -175,6 +201,19 @@ impl Store for SqliteStore {
             .await
             .map_err(|e| StoreError::backend("counting revisions", e))?;
         RowReader::new(&row, "sync_changes").i64("n")
+    }
+
+    async fn node_lags(&self) -> StoreResult<Vec<(Uuid, i64)>> {
+        let rows = sqlx::query(NODE_LAGS)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(|e| StoreError::backend("counting the nodes' lags", e))?;
+        rows.iter()
+            .map(|row| {
+                let r = RowReader::new(row, "sync_nodes");
+                Ok((r.uuid("node_id")?, r.i64("lag")?))
+            })
+            .collect()
     }
 
     async fn count_held(&self) -> StoreResult<i64> {

@@ -114,6 +114,7 @@ macro_rules! store_conformance_suite {
             a_targeted_revision_is_seen_only_by_its_node,
             a_revision_whose_entity_is_missing_is_corrupt,
             queue_rows_are_not_revisions,
+            every_nodes_lag_in_one_read_is_its_own_count,
             // nodes, history, audit, meta
             a_node_row_round_trips_every_field,
             put_node_updates_by_id_and_refuses_a_duplicate_code,

@@ -5,7 +5,7 @@ use sqlx::Row;
 
 use super::memory_store;
 use crate::SqliteStore;
-use crate::store::{COUNT_QUEUED, COUNT_REVISIONS_AFTER, LIST_ENTITIES};
+use crate::store::{COUNT_QUEUED, COUNT_REVISIONS_AFTER, LIST_ENTITIES, NODE_LAGS};
 use crate::tx::{
     ASSIGN_PACKET, CHANGES_IN_PACKET, DELETE_ACKNOWLEDGED, HAS_QUEUED, LOG_DELETE_PREVIOUS,
     QUEUE_FIND_UNSENT, REVISIONS_AFTER, SCOPED_WINDOW, UNSENT_CHANGES, scoped_candidates,
@@ -201,6 +201,27 @@ async fn scoped_candidates_use_indexes() {
         assert!(
             plan.iter().any(|s| s.contains(want)),
             "scoped candidates do not use {want}: {plan:?}"
+        );
+    }
+}
+
+/// The nodes' lags read the log by rowid range only (from the lowest
+/// acknowledged revision up), never through the log's entity index, which
+/// would visit every row of the log.
+#[tokio::test]
+async fn node_lags_read_the_log_by_revision_range() {
+    let s = memory_store().await;
+    let plan = plan(&s, NODE_LAGS, 0).await;
+    println!("node lags: {plan:?}");
+    let log_steps: Vec<&String> = plan
+        .iter()
+        .filter(|s| s.contains(" c ") || s.ends_with(" c"))
+        .collect();
+    assert_eq!(log_steps.len(), 2, "{plan:?}");
+    for step in log_steps {
+        assert!(
+            step.starts_with("SEARCH c USING INTEGER PRIMARY KEY (rowid>?"),
+            "node lags read the log otherwise than by revision range: {plan:?}"
         );
     }
 }

@@ -211,3 +211,74 @@ pub async fn queue_rows_are_not_revisions(s: &Subject) {
     assert_eq!(store.count_queued(node).await.unwrap(), 1);
     assert_eq!(store.count_revisions_after(0, node).await.unwrap(), 1);
 }
+
+/// `node_lags` is `count_revisions_after` from each node's acknowledged
+/// revision, for every node but the store's own: nodes at the same, the
+/// lowest, the highest and no revision, rows for everyone and addressed
+/// rows on both sides of a node's mark.
+pub async fn every_nodes_lag_in_one_read_is_its_own_count(s: &Subject) {
+    use hubsync_core::store::{NodeRecord, NodeRole};
+    let store = s.store.as_ref();
+    let own = NodeRecord::new(id(1), "MASTER", "this store", NodeRole::Master, true);
+    let mut tx = store.begin().await.unwrap();
+    tx.put_node(&own).await.unwrap();
+    tx.commit().await.unwrap();
+    let nodes = [
+        add_node(store, 10).await,
+        add_node(store, 11).await,
+        add_node(store, 12).await,
+        add_node(store, 13).await,
+        add_node(store, 14).await,
+    ];
+    assert!(
+        store
+            .node_lags()
+            .await
+            .unwrap()
+            .iter()
+            .all(|(_, n)| *n == 0)
+    );
+
+    // 12 revisions: every third addressed to one of the first three nodes.
+    let mut tx = store.begin().await.unwrap();
+    let mut revs = Vec::new();
+    for n in 0..12u128 {
+        tx.put_entity(&entity("Report", id(100 + n), json!({"n": n as u64})))
+            .await
+            .unwrap();
+        let target = (n % 3 == 2).then(|| nodes[(n as usize / 3) % 3]);
+        revs.push(
+            tx.append_revision(target, "Report", id(100 + n), Insert, None)
+                .await
+                .unwrap(),
+        );
+    }
+    // Marks: none, the same mid revision twice, a low one, the head.
+    for (node, acked) in nodes.iter().zip([0, revs[5], revs[5], revs[1], revs[11]]) {
+        let mut row = tx.get_node(*node).await.unwrap().unwrap();
+        row.acked_rev = acked;
+        tx.put_node(&row).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+
+    let mut lags = store.node_lags().await.unwrap();
+    lags.sort();
+    let mut want = Vec::new();
+    for node in nodes {
+        let acked = store.get_node(node).await.unwrap().unwrap().acked_rev;
+        want.push((
+            node,
+            store.count_revisions_after(acked, node).await.unwrap(),
+        ));
+    }
+    want.sort();
+    assert_eq!(lags, want, "node_lags against one count per node");
+    // Spelled out: 8 rows for everyone, 4 addressed (revs 2 and 11 to node
+    // 10, 5 to node 11, 8 to node 12); above revs[5], 4 for everyone (and
+    // node 12's rev 8); above revs[1], 6 for everyone.
+    let lag = |n: u128| want.iter().find(|(node, _)| *node == id(n)).unwrap().1;
+    assert_eq!(
+        [lag(10), lag(11), lag(12), lag(13), lag(14)],
+        [10, 4, 5, 6, 0]
+    );
+}

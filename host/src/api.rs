@@ -41,13 +41,12 @@ pub fn routes(
             .and(warp::get())
             .and(n())
             .then(|node: Arc<Node>| async move {
-                let (pending, held) = node
-                    .engine
-                    .status()
-                    .await
-                    .map(|s| (s.pending_changes, s.held_changes))
-                    .unwrap_or((0, 0));
-                let writes = node.engine.store().write_stats();
+                // The two gauges alone: a master's full status also lists
+                // every node.
+                let store = node.engine.store();
+                let pending = node.engine.pending_changes().await.unwrap_or(0);
+                let held = store.count_held().await.unwrap_or(0);
+                let writes = store.write_stats();
                 let mut r = Response::new(node.metrics.render(pending, held, writes).into());
                 r.headers_mut().insert(
                     "content-type",

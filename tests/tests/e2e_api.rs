@@ -674,6 +674,22 @@ async fn health_and_prometheus_metrics_are_served() {
         count("hubsync_store_commits_total"),
     );
     assert!(commits >= 1 && txs >= commits, "{txs} / {commits}: {text}");
+    // A master's gauge is the sum of its nodes' lags, as in its status: a
+    // row it wrote that the client has not acknowledged yet.
+    let master = c.master.api_addr;
+    check(
+        call(master, "POST", &entities("Brigade"), Some(brigade("M"))).await,
+        201,
+    );
+    let (status, _, text) = raw_http(master, "GET", "/metrics", b"").await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.lines().any(|l| l == "hubsync_pending_changes 1"),
+        "{text}"
+    );
+    let st = check(call(master, "GET", "/api/v1/status", None).await, 200);
+    assert_eq!(st["pending_changes"], 1, "{st}");
+    assert_eq!(st["nodes"][0]["lag"], 1, "{st}");
     check_error(
         call(api, "GET", "/no/such/route", None).await,
         404,

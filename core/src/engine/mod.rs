@@ -429,6 +429,16 @@ impl Engine {
             .collect())
     }
 
+    /// The status's `pending_changes` alone, for a metrics scrape: on a
+    /// client its queued changes, on a master the sum of every node's lag
+    /// (one statement, without listing the nodes).
+    pub async fn pending_changes(&self) -> Result<i64, EngineError> {
+        Ok(match self.identity.master_id {
+            Some(master) => self.store.count_queued(master).await?,
+            None => self.store.node_lags().await?.iter().map(|(_, n)| n).sum(),
+        })
+    }
+
     pub async fn status(&self) -> Result<NodeStatus, EngineError> {
         let me = self
             .store

@@ -6,6 +6,7 @@
 //! ```text
 //! cargo run --release -p hubsync-bench -- suite [--quick] [--only LIST] [--n N] [--clients C] [--nodes K] [--json FILE]
 //! cargo run --release -p hubsync-bench -- pg-ingest [--quick] [--n N] [--json FILE]
+//! cargo run --release -p hubsync-bench -- gzip [--quick] [--json FILE]
 //! ```
 //!
 //! `suite` starts real `hubsync serve` processes: this binary re-executed as
@@ -64,6 +65,11 @@ const SCENARIOS: &[(&str, &str, Scenario)] = &[
         "suite",
         "issue #8: local writes, push, download, incremental, many clients, node count, RSS — real master and clients over HTTPS",
         |a| Box::pin(suite::run(a.clone())),
+    ),
+    (
+        "gzip",
+        "the packet compression level: a push packet of 500 reports compressed and decompressed at gzip levels 1 (hubsync), 3, 6 and 9 vs level 6",
+        |a| Box::pin(scenarios::gzip::run(a.clone())),
     ),
     (
         "pg-ingest",

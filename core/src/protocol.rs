@@ -226,8 +226,10 @@ pub fn encode_envelope(env: &Envelope) -> Result<Vec<u8>, CodecError> {
 
 /// Gzip-compresses bytes at the level chosen for packets.
 pub fn gzip(bytes: &[u8]) -> Result<Vec<u8>, CodecError> {
-    // Level 1: on JSON packets it keeps most of the ratio of level 6 at a
-    // fraction of the CPU (measured in the benchmark suite).
+    // Level 1: on a packet of 500 reports it costs a tenth of level 6's CPU
+    // (~2 µs an entity with free text, against ~25) for 1.35–1.5× its bytes,
+    // which only a link slower than ~10 Mbit/s would repay; the master
+    // compresses every node's answers (`hubsync-bench gzip`, docs/benchmarks.md).
     let mut enc = GzEncoder::new(
         Vec::with_capacity(bytes.len() / 4 + 64),
         Compression::fast(),

@@ -1,3 +1,4 @@
 //! One module per scenario.
 
+pub mod gzip;
 pub mod pg_ingest;

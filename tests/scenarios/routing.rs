@@ -556,13 +556,7 @@ async fn a_scoped_node_with_nothing_in_scope_polls_in_one_exchange() {
     let office = c.client(1);
     let ann = create(office, "Brigade", json!({"name": "a", "foreman": "Ann"})).await;
     sync(&c, 1).await;
-    let scope = json!({"types": {"Brigade": {"foreman": ["Ann"]}}});
-    c.master()
-        .set_node_scope("DESKTOP-1", Some(scope.clone()))
-        .await
-        .expect("scope");
-    sync(&c, 0).await;
-    check_scoped(&c, 0, &scope).await;
+    rescope_first_client(&c, json!({"types": {"Brigade": {"foreman": ["Ann"]}}})).await;
     let packets_before = c.client(0).status().await.expect("status").received_packet_no;
 
     // Rows outside the scope: one exchange, nothing received, no packet.
@@ -599,12 +593,17 @@ async fn a_scoped_node_with_nothing_in_scope_polls_in_one_exchange() {
     let s = sync(&c, 0).await;
     assert_eq!(s.received_changes, 1);
     assert!(rows(c.client(0)).await.contains_key(&ann2));
-    let bob = json!({"types": {"Brigade": {"foreman": ["Bob"]}}});
+    rescope_first_client(&c, json!({"types": {"Brigade": {"foreman": ["Bob"]}}})).await;
+    c.shutdown().await;
+}
+
+/// Scopes client 0 (`DESKTOP-1`) to `scope`, syncs it and checks that it
+/// holds exactly that scope.
+async fn rescope_first_client(c: &Cluster, scope: Value) {
     c.master()
-        .set_node_scope("DESKTOP-1", Some(bob.clone()))
+        .set_node_scope("DESKTOP-1", Some(scope.clone()))
         .await
         .expect("scope");
-    sync(&c, 0).await;
-    check_scoped(&c, 0, &bob).await;
-    c.shutdown().await;
+    sync(c, 0).await;
+    check_scoped(c, 0, &scope).await;
 }

@@ -226,9 +226,10 @@ pub fn encode_envelope(env: &Envelope) -> Result<Vec<u8>, CodecError> {
 
 /// Gzip-compresses bytes at the level chosen for packets.
 pub fn gzip(bytes: &[u8]) -> Result<Vec<u8>, CodecError> {
-    // Level 1: on a packet of 500 reports it costs a tenth of level 6's CPU
-    // (~2 µs an entity with free text, against ~25) for 1.35–1.5× its bytes,
-    // which only a link slower than ~10 Mbit/s would repay; the master
+    // Level 1: on a packet of 500 reports it compresses in a tenth of level
+    // 6's time (~2 µs an entity with free text, against ~25) for 1.35–1.5×
+    // its bytes; the bytes saved repay the CPU only on links slower than
+    // ~15 Mbit/s (level 6) or ~50 Mbit/s (level 3), and the master
     // compresses every node's answers (`hubsync-bench gzip`, docs/benchmarks.md).
     let mut enc = GzEncoder::new(
         Vec::with_capacity(bytes.len() / 4 + 64),

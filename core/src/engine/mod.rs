@@ -472,18 +472,17 @@ impl Engine {
                 status.sent_packet_no = peer.sent_packet_no;
             }
             None => {
-                // All lags in one read of the log, not one count per node.
+                let nodes = self.store.list_nodes().await?;
+                // All lags in one read of the log, not one count per node;
+                // read after the list, so every listed node is in it (nodes
+                // are never removed).
                 let lags: std::collections::HashMap<Uuid, i64> =
                     self.store.node_lags().await?.into_iter().collect();
-                for n in self.store.list_nodes().await? {
+                for n in nodes {
                     if n.is_self {
                         continue;
                     }
-                    let lag = match lags.get(&n.id) {
-                        Some(lag) => *lag,
-                        // Registered between the two reads.
-                        None => self.store.count_revisions_after(n.acked_rev, n.id).await?,
-                    };
+                    let lag = lags.get(&n.id).copied().unwrap_or(0);
                     status.last_sync_in = status.last_sync_in.max(n.last_sync_in);
                     status.last_sync_out = status.last_sync_out.max(n.last_sync_out);
                     status.nodes.push(PeerStatus {

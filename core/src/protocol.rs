@@ -19,6 +19,10 @@ use crate::entity::Operation;
 /// Version of the wire format. Bumped on any incompatible change.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// What this master says in `body.results_kept`: it answers a node's last
+/// packet and the one before it again with their results.
+pub const RESULTS_KEPT: u32 = 2;
+
 /// One packet: a header and a body, the design's envelope extended with what
 /// correct conflict detection and acknowledgement need.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,6 +71,17 @@ pub struct Body {
     /// the client drops its copies (unless it has unsent changes of them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub evict: Vec<Eviction>,
+    /// Master to client: how many of the client's latest packets the master
+    /// answers again with their results when they come again (2: the last
+    /// one and the one before; absent or 0: only the last, as masters
+    /// before it did). A client sends its next packet before it has applied
+    /// an answer only to a master that says 2 or more (docs/protocol.md).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub results_kept: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// An entity a node no longer receives (it left the node's scope).
@@ -295,6 +310,7 @@ mod tests {
                 more: false,
                 remaining: None,
                 evict: Vec::new(),
+                results_kept: 0,
             },
         }
     }

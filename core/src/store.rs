@@ -156,6 +156,12 @@ pub struct NodeRecord {
     /// arrives again. Text: it is parsed only for a replay, not with the
     /// node row at every exchange (500 results are ~65 KB).
     pub last_results: Option<String>,
+    /// Master only: the results returned for packet `received_packet_no -
+    /// 1`, in the same form: a node may send its next packet before it has
+    /// applied the answer to the one before (docs/protocol.md, "Sent before
+    /// the answer is applied"), and after a crash in between it sends that
+    /// one again and must get its results, not an empty answer.
+    pub prev_results: Option<String>,
     /// The schema set version the node reported last.
     pub schema_version: Option<String>,
 }
@@ -179,6 +185,7 @@ impl NodeRecord {
             acked_rev: 0,
             out_up_to_rev: 0,
             last_results: None,
+            prev_results: None,
             schema_version: None,
         }
     }

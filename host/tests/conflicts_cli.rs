@@ -184,6 +184,7 @@ async fn master_with_deferred_conflicts(root: &Path, n: usize) -> (PathBuf, Vec<
                     more: false,
                     remaining: None,
                     evict: Vec::new(),
+                    results_kept: 0,
                 },
             },
         )

@@ -205,6 +205,32 @@ impl<T: Transport> Transport for LoseFirstAnswer<T> {
     }
 }
 
+/// Damages the master's answer to the client's packet `packet_no` (the
+/// first time it comes): it acknowledges only the packet before, so
+/// applying it fails. Records the packet numbers of every request.
+struct DamageAnswerTo<T> {
+    inner: T,
+    packet_no: i64,
+    damaged: AtomicUsize,
+    sent: Mutex<Vec<i64>>,
+}
+
+#[async_trait::async_trait]
+impl<T: Transport> Transport for DamageAnswerTo<T> {
+    async fn exchange(&self, request: &Envelope) -> Result<Envelope, TransportError> {
+        let no = request.header.packet_no;
+        self.sent.lock().unwrap().push(no);
+        let mut answer = self.inner.exchange(request).await?;
+        if no == self.packet_no
+            && !request.body.entities.is_empty()
+            && self.damaged.fetch_add(1, Ordering::SeqCst) == 0
+        {
+            answer.header.ack_packet_no = no - 1;
+        }
+        Ok(answer)
+    }
+}
+
 /// On the first exchange, once the master has answered but before the
 /// client engine sees the answer, makes local writes on the client: an
 /// update of `edited` (which travels in that very packet) and a new entity.
@@ -633,6 +659,95 @@ async fn lost_response_is_resent_and_applied_once() {
     update(e, "Site", b, site("Plant 2", None)).await;
     assert!(sync(&c, 0).await.conflicts.is_empty());
     assert!(all_audit(&c).await.is_empty());
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_applied_after_the_next_packet_went_survives_a_failure_in_between() {
+    // A push's answers bring the client nothing but the results of its
+    // packet, so the client sends its next packet before it applies one
+    // (docs/protocol.md, "Sent before the answer is applied"). If it stops
+    // in between, the master has the next packet while the client has not
+    // applied the results of the one before: it sends that one again, and
+    // the master must answer it with its own results (it keeps the last
+    // two), or the client would never base its copies on their revisions
+    // and its next edit of one would be a conflict against itself.
+    let Some(c) = start(
+        1,
+        ClusterOptions {
+            max_packet_entities: Some(4),
+            ..ClusterOptions::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let e = c.client(0);
+    let mut brigades = Vec::new();
+    for n in 0..14 {
+        brigades.push(create(e, "Brigade", brigade(&format!("B{n:02}"), "Ivan")).await);
+    }
+    // Packets 1-4 of 4, 4, 4 and 2. The answer to packet 2 is damaged, so
+    // applying it fails: by then packet 3 went (and was applied).
+    let damaged = DamageAnswerTo {
+        inner: c.transport(0).unwrap(),
+        packet_no: 2,
+        damaged: AtomicUsize::new(0),
+        sent: Mutex::new(Vec::new()),
+    };
+    let err = bounded("the session with a damaged answer", e.sync_session(&damaged, &NoProgress))
+        .await
+        .expect_err("applying the damaged answer fails");
+    assert!(err.to_string().contains("did not acknowledge packet 2"), "{err}");
+    assert_eq!(*damaged.sent.lock().unwrap(), vec![1, 2, 3]);
+    assert_eq!(
+        master_row_of(&c, 0).await.received_packet_no,
+        3,
+        "packet 3 went before the answer to 2 was applied"
+    );
+    let mine = e.store().get_node_by_code("MASTER").await.unwrap().unwrap();
+    assert_eq!((mine.sent_packet_no, mine.out_packet_no), (1, 3));
+    assert_eq!(queued(e).await, 10, "packets 2 and 3 wait for their answers");
+    let mut revs = Vec::new();
+    for &b in &brigades[..12] {
+        revs.push(master_rev(&c, "Brigade", b).await);
+    }
+
+    // The next session sends 2 and 3 again, then 4. The master applies
+    // neither again and answers each with its own results.
+    let again = DamageAnswerTo {
+        inner: c.transport(0).unwrap(),
+        packet_no: 0,
+        damaged: AtomicUsize::new(0),
+        sent: Mutex::new(Vec::new()),
+    };
+    let s = bounded("the session after", e.sync_session(&again, &NoProgress))
+        .await
+        .unwrap();
+    assert_eq!(*again.sent.lock().unwrap(), vec![2, 3, 4]);
+    assert!(s.conflicts.is_empty(), "{:?}", s.conflicts);
+    assert_eq!(queued(e).await, 0);
+    for (&b, rev) in brigades[..12].iter().zip(revs) {
+        assert_eq!(
+            master_rev(&c, "Brigade", b).await,
+            rev,
+            "a resent packet was applied again"
+        );
+    }
+
+    // Every copy is based on the master's revision: an edit of one from
+    // packet 2 and one from packet 3 is no conflict.
+    update(e, "Brigade", brigades[5], brigade("B05", "Oleg")).await;
+    update(e, "Brigade", brigades[9], brigade("B09", "Oleg")).await;
+    let s = sync(&c, 0).await;
+    assert!(s.conflicts.is_empty(), "{:?}", s.conflicts);
+    assert!(all_audit(&c).await.is_empty());
+    assert_eq!(
+        data_of(c.master(), "Brigade", brigades[5]).await,
+        brigade("B05", "Oleg")
+    );
+    converge(&c).await;
     c.shutdown().await;
 }
 

@@ -58,6 +58,7 @@ impl Probe {
                 more: false,
                 remaining: None,
                 evict: Vec::new(),
+                results_kept: 0,
             },
         }
     }

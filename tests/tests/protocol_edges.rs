@@ -139,13 +139,16 @@ impl Transport for Travelling<'_> {
                 .unwrap();
         }
         if !request.body.entities.is_empty() {
-            let more = self
-                .client
-                .store()
-                .count_queued(self.inner_master())
-                .await
-                .unwrap()
-                > request.body.entities.len() as i64;
+            // Changes not in a packet yet (the queue also holds the packet
+            // before this one until its answer is applied, which may be
+            // while this one travels).
+            let more = {
+                let mut tx = self.client.store().begin().await.unwrap();
+                !tx.unsent_changes(self.inner_master(), 1)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            };
             if more {
                 let ahead = built(self.client, no + 1).await;
                 self.built_ahead.lock().unwrap().push((no, ahead));

@@ -145,6 +145,7 @@ fn packet(refs: &Refs, varied: bool) -> Envelope {
             more: false,
             remaining: None,
             evict: Vec::new(),
+            results_kept: 0,
         },
     }
 }

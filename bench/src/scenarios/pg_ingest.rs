@@ -117,6 +117,7 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
                 more: false,
                 remaining: None,
                 evict: Vec::new(),
+                results_kept: 0,
             },
         };
         let answer = master

@@ -181,6 +181,7 @@ async fn one(target: &Target, p: &Peer, k: usize, rounds: usize) -> ClientOutcom
                 more: false,
                 remaining: None,
                 evict: Vec::new(),
+                results_kept: 0,
             },
         };
         let t = Instant::now();

@@ -10,9 +10,12 @@
 //! While a packet travels and the master works on it, the session builds
 //! the next one (`build_ahead`), so that client and master work at once
 //! instead of in turn. The master still receives one packet at a time, in
-//! order, each after the answer to the one before was applied here; an
-//! interrupted session leaves up to two packets in flight, resent oldest
-//! first.
+//! order, each after it answered the one before. When that answer holds
+//! nothing for this store but the results of our packet (the usual push)
+//! and the master keeps the results of our last two packets, the next
+//! packet goes at once and the answer is applied while it travels
+//! (`can_wait`). An interrupted session leaves up to two packets in flight,
+//! resent oldest first.
 //!
 //! Edits made while a session runs are safe: they only ever add unsent queue
 //! rows, and an incoming master version never overwrites an entity that
@@ -129,6 +132,9 @@ impl Engine {
         let mut bytes_received = 0u64;
         // The packet built while the one before it travelled.
         let mut ahead: Option<Outgoing> = None;
+        // An answer not applied yet: the packet after its own went first
+        // (see `can_wait`); it is applied while that one travels.
+        let mut waiting: Option<Waiting> = None;
         loop {
             if summary.rounds >= self.options.max_rounds {
                 return Err(EngineError::Sync(format!(
@@ -139,49 +145,65 @@ impl Engine {
             summary.rounds += 1;
             let out = match ahead.take() {
                 Some(mut out) => {
-                    // It acknowledges what the answer before it brought.
-                    out.envelope.header.ack_packet_no = summary.received_packet_no;
-                    out.envelope.header.timestamp = now_utc();
+                    // It acknowledges what the answers before it brought (one
+                    // still waiting brought no packet of the master's).
+                    let h = &mut out.envelope.header;
+                    h.ack_packet_no = h.ack_packet_no.max(summary.received_packet_no);
+                    h.timestamp = now_utc();
                     out
                 }
                 None => self.build_outgoing().await?,
             };
             let sent = out.envelope.body.entities.len() as u64;
             summary.bytes_sent += out.bytes as u64;
-            // The next packet is built while this one travels and the master
-            // works on it: the two processes work at once instead of in turn.
-            let (response, next) = futures_util::future::join(
-                transport.exchange(&out.envelope),
-                self.build_ahead(&out),
-            )
-            .await;
+            // While this packet travels and the master works on it, the
+            // answer before it is applied if it waited, then the next packet
+            // is built: the two processes work at once instead of in turn.
+            let before = waiting.take();
+            let (response, here) =
+                futures_util::future::join(transport.exchange(&out.envelope), async {
+                    if let Some(w) = before {
+                        let ctx = RoundCtx {
+                            master,
+                            pending_at_start,
+                            progress,
+                        };
+                        self.finish_round(w, &ctx, &mut summary, &mut bytes_received)
+                            .await?;
+                    }
+                    self.build_ahead(&out).await
+                })
+                .await;
+            let next = here?;
             let response = response?;
-            // The answer is handed to the transaction that applies it (its
-            // entities' data is moved into the store, not copied).
-            let (more, remaining) = (response.body.more, response.body.remaining);
-            let received_size = approx_size(&response.body.entities) as u64;
-            let applied = self
-                .apply_response(response, out.carries_packet, &mut summary, false)
-                .await?;
-            ahead = next?;
             summary.sent_changes += sent;
-            if applied.new_master_packet {
-                bytes_received += received_size;
+            if can_wait(&response, &out, next.is_some()) {
+                // Nothing in it for this store but the results of our
+                // packet, and the master keeps them: the next packet goes
+                // now, and this answer is applied while it travels.
+                waiting = Some(Waiting {
+                    response,
+                    carried: out.carries_packet,
+                    round: summary.rounds,
+                });
+                ahead = next;
+                continue;
             }
-            let pending = self
-                .pending_after_round(master, pending_at_start, &summary)
-                .await?;
-            progress.on_round(&SyncProgress {
+            ahead = next;
+            let more = response.body.more;
+            let round = Waiting {
+                response,
+                carried: out.carries_packet,
                 round: summary.rounds,
-                sent_changes: summary.sent_changes,
-                received_changes: summary.received_changes,
-                bytes_sent: summary.bytes_sent,
-                bytes_received,
-                pending_changes: pending,
+            };
+            let ctx = RoundCtx {
+                master,
                 pending_at_start,
-                more_from_master: more,
-                remaining_from_master: remaining,
-            });
+                progress,
+            };
+            let (applied, pending) = self
+                .finish_round(round, &ctx, &mut summary, &mut bytes_received)
+                .await?;
             // Done when the master had nothing more for us and we have
             // nothing left to send: either this round sent nothing, or it
             // sent our last queued changes and the answer acknowledged them
@@ -193,6 +215,43 @@ impl Engine {
                 return Ok(summary);
             }
         }
+    }
+
+    /// Applies the answer of a round and reports the round's progress;
+    /// returns what was applied and the changes still queued.
+    /// `bytes_received`: the session's, counted on.
+    async fn finish_round(
+        &self,
+        w: Waiting,
+        ctx: &RoundCtx<'_>,
+        summary: &mut SyncSummary,
+        bytes_received: &mut u64,
+    ) -> Result<(Applied, i64), EngineError> {
+        let (more, remaining) = (w.response.body.more, w.response.body.remaining);
+        let received_size = approx_size(&w.response.body.entities) as u64;
+        // The answer is handed to the transaction that applies it (its
+        // entities' data is moved into the store, not copied).
+        let applied = self
+            .apply_response(w.response, w.carried, summary, false)
+            .await?;
+        if applied.new_master_packet {
+            *bytes_received += received_size;
+        }
+        let pending = self
+            .pending_after_round(ctx.master, ctx.pending_at_start, summary)
+            .await?;
+        ctx.progress.on_round(&SyncProgress {
+            round: w.round,
+            sent_changes: summary.sent_changes,
+            received_changes: summary.received_changes,
+            bytes_sent: summary.bytes_sent,
+            bytes_received: *bytes_received,
+            pending_changes: pending,
+            pending_at_start: ctx.pending_at_start,
+            more_from_master: more,
+            remaining_from_master: remaining,
+        });
+        Ok((applied, pending))
     }
 
     /// Changes still queued for the master after a round: exact up to
@@ -435,6 +494,7 @@ impl Engine {
                     more: false,
                     remaining: None,
                     evict: Vec::new(),
+                    results_kept: 0,
                 },
             },
             carries_packet: carries,
@@ -615,6 +675,40 @@ impl Engine {
 
 struct Applied {
     new_master_packet: bool,
+}
+
+/// An answer received and not applied yet, and what it answered.
+struct Waiting {
+    response: Envelope,
+    /// The packet of ours it answers (None for a poll).
+    carried: Option<i64>,
+    /// The session round it answered.
+    round: u32,
+}
+
+/// What every round of a session reports against.
+struct RoundCtx<'a> {
+    master: uuid::Uuid,
+    pending_at_start: i64,
+    progress: &'a dyn Progress,
+}
+
+/// True when the answer to `out` can wait while the next packet goes
+/// first: there is a next packet (`next_ready`), the master keeps the
+/// results of our last two packets (so a crash before this answer is
+/// applied loses nothing: packet `out` is sent again and answered with its
+/// results), and the answer holds nothing for this store but those results
+/// (no packet of the master's that the next request would have to
+/// acknowledge, no evictions, nothing more waiting). The usual push.
+fn can_wait(response: &Envelope, out: &Outgoing, next_ready: bool) -> bool {
+    let b = &response.body;
+    next_ready
+        && out.carries_packet.is_some()
+        && b.results_kept >= crate::protocol::RESULTS_KEPT
+        && b.entities.is_empty()
+        && b.evict.is_empty()
+        && !b.more
+        && response.header.packet_no <= out.envelope.header.ack_packet_no
 }
 
 impl Engine {

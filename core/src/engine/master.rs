@@ -17,7 +17,8 @@ use super::{Engine, EngineError};
 use crate::conflict::{ConflictInput, Decision, Version};
 use crate::entity::{Entity, Operation, format_ts, now_utc};
 use crate::protocol::{
-    Body, ChangeResult, Envelope, Eviction, Header, Outcome, PROTOCOL_VERSION, WireChange,
+    Body, ChangeResult, Envelope, Eviction, Header, Outcome, PROTOCOL_VERSION, RESULTS_KEPT,
+    WireChange,
 };
 use crate::schema::{Issue, SchemaVersion};
 use crate::store::{AuditRecord, HistoryRecord, NodeRecord, NodeRole, StoreError, StoreTx};
@@ -125,6 +126,9 @@ const REMAINING_COUNT_CAP: i64 = 5_000;
 /// What receiving a node's packet did.
 struct Received {
     results: Vec<ChangeResult>,
+    /// The node's packet that `results` answer: the last one received,
+    /// or the one before it when that one came again.
+    acked: i64,
     /// False when the packet was seen before (nothing applied again).
     new_packet: bool,
     /// False when the held changes are known to be none (none before the
@@ -200,7 +204,12 @@ impl ImportReport {
 /// The results the master answered `node`'s last packet with, for its
 /// replay (a duplicate, or a packet file exported again).
 fn stored_results(node: &NodeRecord) -> Result<Vec<ChangeResult>, StoreError> {
-    match &node.last_results {
+    parse_results(node, node.last_results.as_deref())
+}
+
+/// Results stored with `node` (`last_results` or `prev_results`).
+fn parse_results(node: &NodeRecord, text: Option<&str>) -> Result<Vec<ChangeResult>, StoreError> {
+    match text {
         Some(text) => serde_json::from_str(text)
             .map_err(|e| StoreError::corrupt(format!("stored results of node {}: {e}", node.code))),
         None => Ok(Vec::new()),
@@ -236,7 +245,7 @@ impl Engine {
         node.schema_version = Some(header.schema_version);
         tx.put_node(&node).await?;
         tx.commit().await?;
-        Ok(self.reply_envelope(&node, reply, received.results, now))
+        Ok(self.reply_envelope(&node, reply, (received.acked, received.results), now))
     }
 
     /// Imports a packet file from a node (contract §2, `hubsync import`):
@@ -315,7 +324,7 @@ impl Engine {
         tx.put_node(&node).await?;
         tx.commit().await?;
         let results = stored_results(&node)?;
-        Ok(self.reply_envelope(&node, reply, results, now))
+        Ok(self.reply_envelope(&node, reply, (node.received_packet_no, results), now))
     }
 
     /// The node row of an exchange, locked for this transaction.
@@ -332,11 +341,13 @@ impl Engine {
             })
     }
 
+    /// The answer to `node`: our packet `reply`, and the acknowledgement of
+    /// its packet `acked` with their `results`.
     fn reply_envelope(
         &self,
         node: &NodeRecord,
         reply: Reply,
-        results: Vec<ChangeResult>,
+        (acked, results): (i64, Vec<ChangeResult>),
         now: chrono::DateTime<chrono::Utc>,
     ) -> Envelope {
         Envelope {
@@ -345,7 +356,7 @@ impl Engine {
                 sender_node_id: self.identity.node_id,
                 recipient_node_id: node.id,
                 packet_no: reply.packet_no,
-                ack_packet_no: node.received_packet_no,
+                ack_packet_no: acked,
                 schema_version: self.registry.version().to_string(),
                 timestamp: now,
             },
@@ -355,6 +366,7 @@ impl Engine {
                 more: reply.more,
                 remaining: reply.remaining,
                 evict: reply.evict,
+                results_kept: RESULTS_KEPT,
             },
         }
     }
@@ -388,6 +400,7 @@ impl Engine {
                 .apply_packet(tx, node, h.packet_no, entities, now)
                 .await?;
             node.received_packet_no = h.packet_no;
+            node.prev_results = node.last_results.take();
             node.last_results = Some(
                 serde_json::to_string(&results)
                     .map_err(|e| StoreError::corrupt(format!("results: {e}")))?,
@@ -395,6 +408,7 @@ impl Engine {
             node.last_sync_in = Some(now);
             Ok(Received {
                 results,
+                acked: h.packet_no,
                 new_packet: true,
                 held_possible,
                 own_appends,
@@ -404,6 +418,22 @@ impl Engine {
             let results = stored_results(node)?;
             Ok(Received {
                 results,
+                acked: h.packet_no,
+                new_packet: false,
+                held_possible: true,
+                own_appends: None,
+            })
+        } else if h.packet_no == node.received_packet_no - 1
+            && carries
+            && node.prev_results.is_some()
+        {
+            // The node sent its next packet before it applied our answer to
+            // this one, and stopped in between: this one's results again,
+            // acknowledging only it (the next one comes again after it).
+            let results = parse_results(node, node.prev_results.as_deref())?;
+            Ok(Received {
+                results,
+                acked: h.packet_no,
                 new_packet: false,
                 held_possible: true,
                 own_appends: None,
@@ -411,6 +441,7 @@ impl Engine {
         } else if h.packet_no <= node.received_packet_no {
             Ok(Received {
                 results: Vec::new(),
+                acked: node.received_packet_no,
                 new_packet: false,
                 held_possible: true,
                 own_appends: None,

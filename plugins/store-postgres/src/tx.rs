@@ -553,17 +553,23 @@ impl StoreTx for PgTx {
     }
 
     async fn put_node(&mut self, node: &NodeRecord) -> StoreResult<()> {
-        if let Some(text) = &node.last_results {
-            check_jsonb_text("the node's last results", text)
-                .map_err(|e| StoreError::backend("writing a node", e))?;
+        for (what, text) in [
+            ("the node's last results", &node.last_results),
+            ("the node's previous results", &node.prev_results),
+        ] {
+            if let Some(text) = text {
+                check_jsonb_text(what, text)
+                    .map_err(|e| StoreError::backend("writing a node", e))?;
+            }
         }
         // An upsert keyed by id: a node with the same code under another id
         // violates the unique constraint instead of being replaced.
         sqlx::query(
             "INSERT INTO sync_nodes (id, code, name, role, is_self, token_hash, revoked, created_at,
                  last_sync_in, last_sync_out, received_packet_no, sent_packet_no, out_packet_no,
-                 acked_rev, out_up_to_rev, last_results, schema_version)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16::jsonb, $17)
+                 acked_rev, out_up_to_rev, last_results, prev_results, schema_version)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16::jsonb,
+                 $17::jsonb, $18)
              ON CONFLICT (id) DO UPDATE SET
                  code = excluded.code,
                  name = excluded.name,
@@ -580,6 +586,7 @@ impl StoreTx for PgTx {
                  acked_rev = excluded.acked_rev,
                  out_up_to_rev = excluded.out_up_to_rev,
                  last_results = excluded.last_results,
+                 prev_results = excluded.prev_results,
                  schema_version = excluded.schema_version",
         )
         .bind(node.id)
@@ -598,6 +605,7 @@ impl StoreTx for PgTx {
         .bind(node.acked_rev)
         .bind(node.out_up_to_rev)
         .bind(node.last_results.as_deref())
+        .bind(node.prev_results.as_deref())
         .bind(node.schema_version.as_deref())
         .execute(&mut *self.tx)
         .await

@@ -47,7 +47,17 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "routing scopes and what scoped nodes hold",
         sql: V5_ROUTING,
     },
+    Migration {
+        version: 6,
+        name: "the results of a node's packet before its last",
+        sql: V6_PREV_RESULTS,
+    },
 ];
+
+/// `sync_nodes.prev_results`: the master keeps the results of a node's
+/// last two packets, so that a node may send its next packet before it has
+/// applied the answer to the one before (docs/protocol.md).
+const V6_PREV_RESULTS: &str = "ALTER TABLE sync_nodes ADD COLUMN prev_results TEXT;";
 
 /// `node_scopes`: the scope each node receives and a change waiting to take
 /// effect. `node_holdings`: what the master sent each scoped node, so that

@@ -25,6 +25,7 @@ fn full_node() -> NodeRecord {
         // In the form PostgreSQL's JSONB prints (its key order and
         // spacing), which both backends then return unchanged.
         last_results: Some(r#"[{"rev": 7, "uuid": "x", "outcome": "applied"}]"#.into()),
+        prev_results: Some(r#"[{"rev": 6, "uuid": "y", "outcome": "held"}]"#.into()),
         schema_version: Some("1.2.0".into()),
     }
 }
@@ -75,6 +76,7 @@ pub async fn put_node_updates_by_id_and_refuses_a_duplicate_code(s: &Subject) {
     node.sent_packet_no = 99;
     node.token_hash = None;
     node.last_results = None;
+    node.prev_results = Some("[]".into());
     tx.put_node(&node).await.unwrap();
     assert_eq!(tx.get_node(node.id).await.unwrap().as_ref(), Some(&node));
     tx.commit().await.unwrap();

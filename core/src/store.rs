@@ -495,8 +495,18 @@ pub trait Store: Send + Sync + 'static {
     /// Every entity of every type, ordered by (type, uuid), deleted included.
     async fn dump_entities(&self) -> StoreResult<Vec<Entity>>;
     async fn get_node(&self, id: Uuid) -> StoreResult<Option<NodeRecord>>;
+    /// A node found by code, **without** its stored results
+    /// (`last_results` and `prev_results` are None): they are up to ~65 KB
+    /// each per node and only an exchange reads them, with the row it
+    /// updates ([`StoreTx::get_node`]). Read the row by id in a
+    /// transaction before writing it back.
     async fn get_node_by_code(&self, code: &str) -> StoreResult<Option<NodeRecord>>;
+    /// A node found by the hash of its token (authentication, at every
+    /// request), without its stored results, as [`Store::get_node_by_code`].
     async fn get_node_by_token_hash(&self, token_hash: &str) -> StoreResult<Option<NodeRecord>>;
+    /// Every node, without their stored results, as
+    /// [`Store::get_node_by_code`]: a master's status lists 10,000 nodes
+    /// without reading ~65 KB of results for each.
     async fn list_nodes(&self) -> StoreResult<Vec<NodeRecord>>;
     /// Number of queued changes addressed to `node` (client queue rows,
     /// sent and awaiting acknowledgement or not).

@@ -26,6 +26,15 @@ macro_rules! node_cols {
          last_results::text AS last_results, prev_results::text AS prev_results, schema_version"
     };
 }
+/// [`node_cols!`] for listings and lookups by code or token: the stored
+/// results (up to ~65 KB each per node) left out, as NULL.
+macro_rules! node_listed_cols {
+    () => {
+        "id, code, name, role, is_self, token_hash, revoked, created_at, last_sync_in, last_sync_out, \
+         received_packet_no, sent_packet_no, out_packet_no, acked_rev, out_up_to_rev, \
+         NULL::text AS last_results, NULL::text AS prev_results, schema_version"
+    };
+}
 macro_rules! queued_cols {
     () => {
         "id, node_id, entity_type, entity_uuid, operation, packet_no, created_at"
@@ -43,7 +52,7 @@ macro_rules! audit_cols {
          base_rev, result_rev, detail"
     };
 }
-pub(crate) use {audit_cols, entity_cols, history_cols, node_cols, queued_cols};
+pub(crate) use {audit_cols, entity_cols, history_cols, node_cols, node_listed_cols, queued_cols};
 
 pub(crate) async fn get_meta<'e>(
     ex: impl Executor<'e, Database = Postgres>,

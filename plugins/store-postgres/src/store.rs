@@ -20,7 +20,7 @@ use uuid::Uuid;
 use crate::codec::RowReader;
 use crate::rows::{
     self, audit_cols, audit_from_row, entity_cols, entity_from_row, history_cols, history_from_row,
-    node_cols, node_from_row,
+    node_cols, node_from_row, node_listed_cols,
 };
 use crate::tx::PgTx;
 
@@ -197,7 +197,7 @@ impl Store for PostgresStore {
     async fn get_node_by_code(&self, code: &str) -> StoreResult<Option<NodeRecord>> {
         let row = sqlx::query(concat!(
             "SELECT ",
-            node_cols!(),
+            node_listed_cols!(),
             " FROM sync_nodes WHERE code = $1"
         ))
         .bind(code)
@@ -210,7 +210,7 @@ impl Store for PostgresStore {
     async fn get_node_by_token_hash(&self, token_hash: &str) -> StoreResult<Option<NodeRecord>> {
         let row = sqlx::query(concat!(
             "SELECT ",
-            node_cols!(),
+            node_listed_cols!(),
             " FROM sync_nodes WHERE token_hash = $1"
         ))
         .bind(token_hash)
@@ -224,7 +224,7 @@ impl Store for PostgresStore {
     async fn list_nodes(&self) -> StoreResult<Vec<NodeRecord>> {
         let rows = sqlx::query(concat!(
             "SELECT ",
-            node_cols!(),
+            node_listed_cols!(),
             " FROM sync_nodes ORDER BY code COLLATE \"C\""
         ))
         .fetch_all(&self.pool)

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::codec::{RowReader, opt_uuid_text, ts_text, uuid_text};
 use crate::queries::{
     self, audit_cols, audit_from_row, entity_cols, entity_from_row, history_cols, history_from_row,
-    node_cols, node_from_row,
+    node_from_row, node_listed_cols,
 };
 use crate::tx::SqliteTx;
 use crate::writer::Writer;
@@ -141,7 +141,7 @@ impl Store for SqliteStore {
     async fn get_node_by_code(&self, code: &str) -> StoreResult<Option<NodeRecord>> {
         let row = sqlx::query(concat!(
             "SELECT ",
-            node_cols!(),
+            node_listed_cols!(),
             " FROM sync_nodes WHERE code = ?"
         ))
         .bind(code)
@@ -154,7 +154,7 @@ impl Store for SqliteStore {
     async fn get_node_by_token_hash(&self, token_hash: &str) -> StoreResult<Option<NodeRecord>> {
         let row = sqlx::query(concat!(
             "SELECT ",
-            node_cols!(),
+            node_listed_cols!(),
             " FROM sync_nodes WHERE token_hash = ?"
         ))
         .bind(token_hash)
@@ -168,7 +168,7 @@ impl Store for SqliteStore {
     async fn list_nodes(&self) -> StoreResult<Vec<NodeRecord>> {
         let rows = sqlx::query(concat!(
             "SELECT ",
-            node_cols!(),
+            node_listed_cols!(),
             " FROM sync_nodes ORDER BY code"
         ))
         .fetch_all(&self.reader)

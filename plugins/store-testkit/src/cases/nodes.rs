@@ -30,6 +30,16 @@ fn full_node() -> NodeRecord {
     }
 }
 
+/// `node` as listings and lookups by code or token return it: without the
+/// results it stores for a replay.
+fn listed(node: &NodeRecord) -> NodeRecord {
+    NodeRecord {
+        last_results: None,
+        prev_results: None,
+        ..node.clone()
+    }
+}
+
 pub async fn a_node_row_round_trips_every_field(s: &Subject) {
     let store = s.store.as_ref();
     let node = full_node();
@@ -42,28 +52,25 @@ pub async fn a_node_row_round_trips_every_field(s: &Subject) {
 
     assert_eq!(store.get_node(node.id).await.unwrap().as_ref(), Some(&node));
     assert_eq!(store.get_node(me.id).await.unwrap().as_ref(), Some(&me));
+    // Lookups by code or token and the listing leave the stored results
+    // out (only an exchange reads them, with the row it writes back).
     assert_eq!(
-        store
-            .get_node_by_code("DESKTOP-USER-1")
-            .await
-            .unwrap()
-            .as_ref(),
-        Some(&node)
+        store.get_node_by_code("DESKTOP-USER-1").await.unwrap(),
+        Some(listed(&node))
     );
     assert_eq!(
         store
             .get_node_by_token_hash(&"ab".repeat(32))
             .await
-            .unwrap()
-            .as_ref(),
-        Some(&node)
+            .unwrap(),
+        Some(listed(&node))
     );
     assert_eq!(store.get_node_by_token_hash("cd").await.unwrap(), None);
     assert_eq!(store.get_node_by_code("NOPE").await.unwrap(), None);
     assert_eq!(store.get_node(id(404)).await.unwrap(), None);
     assert_eq!(
         store.list_nodes().await.unwrap(),
-        [node, me],
+        [listed(&node), listed(&me)],
         "ordered by code"
     );
 }

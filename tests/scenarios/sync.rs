@@ -207,12 +207,28 @@ impl<T: Transport> Transport for LoseFirstAnswer<T> {
 
 /// Damages the master's answer to the client's packet `packet_no` (the
 /// first time it comes): it acknowledges only the packet before, so
-/// applying it fails. Records the packet numbers of every request.
+/// applying it fails. The damaged answer is handed over only once the
+/// next packet's exchange is over (at most 5 s), so that the master has
+/// committed it when the client fails. Records the packet numbers of every
+/// request.
 struct DamageAnswerTo<T> {
     inner: T,
     packet_no: i64,
     damaged: AtomicUsize,
     sent: Mutex<Vec<i64>>,
+    next_done: tokio::sync::Notify,
+}
+
+impl<T> DamageAnswerTo<T> {
+    fn new(inner: T, packet_no: i64) -> Self {
+        DamageAnswerTo {
+            inner,
+            packet_no,
+            damaged: AtomicUsize::new(0),
+            sent: Mutex::new(Vec::new()),
+            next_done: tokio::sync::Notify::new(),
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -220,12 +236,18 @@ impl<T: Transport> Transport for DamageAnswerTo<T> {
     async fn exchange(&self, request: &Envelope) -> Result<Envelope, TransportError> {
         let no = request.header.packet_no;
         self.sent.lock().unwrap().push(no);
-        let mut answer = self.inner.exchange(request).await?;
-        if no == self.packet_no
+        let damage = no == self.packet_no
             && !request.body.entities.is_empty()
-            && self.damaged.fetch_add(1, Ordering::SeqCst) == 0
-        {
+            && self.damaged.fetch_add(1, Ordering::SeqCst) == 0;
+        let next_done = self.next_done.notified();
+        let answer = self.inner.exchange(request).await;
+        if no == self.packet_no + 1 {
+            self.next_done.notify_one();
+        }
+        let mut answer = answer?;
+        if damage {
             answer.header.ack_packet_no = no - 1;
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), next_done).await;
         }
         Ok(answer)
     }
@@ -665,8 +687,8 @@ async fn lost_response_is_resent_and_applied_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_applied_after_the_next_packet_went_survives_a_failure_in_between() {
     // A push's answers bring the client nothing but the results of its
-    // packet, so the client sends its next packet before it applies one
-    // (docs/protocol.md, "Sent before the answer is applied"). If it stops
+    // packet, so the client has its next packet on the way before it
+    // applies one (docs/protocol.md, "Two requests in flight"). If it stops
     // in between, the master has the next packet while the client has not
     // applied the results of the one before: it sends that one again, and
     // the master must answer it with its own results (it keeps the last
@@ -690,12 +712,7 @@ async fn an_answer_applied_after_the_next_packet_went_survives_a_failure_in_betw
     }
     // Packets 1-4 of 4, 4, 4 and 2. The answer to packet 2 is damaged, so
     // applying it fails: by then packet 3 went (and was applied).
-    let damaged = DamageAnswerTo {
-        inner: c.transport(0).unwrap(),
-        packet_no: 2,
-        damaged: AtomicUsize::new(0),
-        sent: Mutex::new(Vec::new()),
-    };
+    let damaged = DamageAnswerTo::new(c.transport(0).unwrap(), 2);
     let err = bounded("the session with a damaged answer", e.sync_session(&damaged, &NoProgress))
         .await
         .expect_err("applying the damaged answer fails");
@@ -716,12 +733,7 @@ async fn an_answer_applied_after_the_next_packet_went_survives_a_failure_in_betw
 
     // The next session sends 2 and 3 again, then 4. The master applies
     // neither again and answers each with its own results.
-    let again = DamageAnswerTo {
-        inner: c.transport(0).unwrap(),
-        packet_no: 0,
-        damaged: AtomicUsize::new(0),
-        sent: Mutex::new(Vec::new()),
-    };
+    let again = DamageAnswerTo::new(c.transport(0).unwrap(), 0);
     let s = bounded("the session after", e.sync_session(&again, &NoProgress))
         .await
         .unwrap();

@@ -279,8 +279,8 @@ proptest! {
             // answer acknowledging the packet reached the client; a lost
             // answer leaves everything queued. An answer that brings the
             // client nothing but its results may be applied while the next
-            // packet travels (docs/protocol.md, "Sent before the answer is
-            // applied"): a shrink between two requests is explained by an
+            // packet travels (docs/protocol.md, "Two requests in flight"):
+            // a shrink between two requests is explained by an
             // acknowledging answer to the first of them, or to the one
             // before it if that answer brought no entities.
             let acks = |x: &Exchange| {

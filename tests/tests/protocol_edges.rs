@@ -343,3 +343,78 @@ async fn a_queue_past_the_count_cap_reports_what_is_left_and_ends_when_empty() {
     assert_eq!(set.master.replica_state().await.unwrap().len(), N);
     set.close().await;
 }
+
+/// Holds packet 2 back until packet 3 has reached the master (at most
+/// 5 s), so the master receives them out of order; records whether it
+/// did.
+struct HoldBack<'a> {
+    inner: &'a hubsync_tests::MemoryTransport,
+    three_arrived: tokio::sync::Notify,
+    reordered: Mutex<bool>,
+}
+
+#[async_trait::async_trait]
+impl Transport for HoldBack<'_> {
+    async fn exchange(&self, request: &Envelope) -> Result<Envelope, TransportError> {
+        match request.header.packet_no {
+            2 if !request.body.entities.is_empty() => {
+                let arrived = tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    self.three_arrived.notified(),
+                )
+                .await
+                .is_ok();
+                // Packet 3 is at the master, waiting for its turn.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                *self.reordered.lock().unwrap() = arrived;
+            }
+            3 => self.three_arrived.notify_one(),
+            _ => {}
+        }
+        self.inner.exchange(request).await
+    }
+}
+
+#[tokio::test]
+async fn a_push_has_two_requests_in_flight_and_the_master_takes_them_in_order() {
+    // Once the master's answer shows it keeps the results of two packets
+    // and brings nothing but results, the client sends the next packet
+    // while the one before is still at the master. Packet 3 then reaches
+    // the master before packet 2 here: it waits for 2's turn instead of
+    // being refused as out of sequence.
+    let (set, ids) = queued_brigades(45).await;
+    let (client, link) = &set.clients[0];
+    let t = HoldBack {
+        inner: link,
+        three_arrived: tokio::sync::Notify::new(),
+        reordered: Mutex::new(false),
+    };
+    let s = client.sync_session(&t, &NoProgress).await.unwrap();
+    assert!(
+        *t.reordered.lock().unwrap(),
+        "packet 3 went before packet 2 was answered"
+    );
+    assert_eq!(s.sent_changes, 45, "{s:?}");
+    assert!(s.conflicts.is_empty(), "{:?}", s.conflicts);
+    let node = set
+        .master
+        .store()
+        .get_node(client.identity().node_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(node.received_packet_no, 5, "every packet applied once");
+    assert_eq!(master_row(client).await.sent_packet_no, 5);
+    // Every copy is based on the master's revision: an edit is no conflict.
+    client
+        .put("Brigade", ids[25], json!({"name": "edited"}))
+        .await
+        .unwrap();
+    let s = client.sync_session(link, &NoProgress).await.unwrap();
+    assert!(s.conflicts.is_empty(), "{:?}", s.conflicts);
+    assert_eq!(
+        client.replica_state().await.unwrap(),
+        set.master.replica_state().await.unwrap()
+    );
+    set.close().await;
+}

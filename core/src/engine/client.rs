@@ -8,19 +8,23 @@
 //! new, so that every packet of both sides ends acknowledged.
 //!
 //! While a packet travels and the master works on it, the session builds
-//! the next one (`build_ahead`), so that client and master work at once
-//! instead of in turn. The master still receives one packet at a time, in
-//! order, each after it answered the one before. When that answer holds
-//! nothing for this store but the results of our packet (the usual push)
-//! and the master keeps the results of our last two packets, the next
-//! packet goes at once and the answer is applied while it travels
-//! (`can_wait`). An interrupted session leaves up to two packets in flight,
-//! resent oldest first.
+//! the next one (`build_after`), so that client and master work at once
+//! instead of in turn. When the master's answers hold nothing for this store
+//! but the results of our packets (the usual push) and it keeps the results
+//! of our last two packets (`push_only`), the next packet goes as soon as
+//! it is built, while the one before is still at the master: two requests
+//! in flight (`Window`), whose answers are applied in order while the other
+//! travels. The master takes them in number order. An interrupted session
+//! leaves up to two packets in flight, resent oldest first.
 //!
 //! Edits made while a session runs are safe: they only ever add unsent queue
 //! rows, and an incoming master version never overwrites an entity that
 //! still has a queued change (contract §7.7).
 
+use std::collections::{HashSet, VecDeque};
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
 use serde::Serialize;
 
 use super::cached_tx::CachedTx;
@@ -130,88 +134,69 @@ impl Engine {
         let mut summary = SyncSummary::default();
         let pending_at_start = self.store.count_queued(master).await?;
         let mut bytes_received = 0u64;
-        // The packet built while the one before it travelled.
+        let ctx = RoundCtx {
+            master,
+            pending_at_start,
+            progress,
+        };
+        let mut window = Window::default();
+        // The next packet, built while the ones before it travel.
         let mut ahead: Option<Outgoing> = None;
-        // An answer not applied yet: the packet after its own went first
-        // (see `can_wait`); it is applied while that one travels.
-        let mut waiting: Option<Waiting> = None;
+        // A second request may go while one travels: the master keeps the
+        // results of our last two packets and its last answer brought us
+        // nothing but results (the usual push; see `push_only`).
+        let mut two = false;
         loop {
-            if summary.rounds >= self.options.max_rounds {
-                return Err(EngineError::Sync(format!(
-                    "the session did not drain in {} rounds; local writes may be arriving faster than they can be sent. Run sync again",
-                    self.options.max_rounds
-                )));
+            if window.in_flight() == 0 {
+                let out = match ahead.take() {
+                    Some(out) => out,
+                    None => self.build_outgoing().await?,
+                };
+                self.launch(&mut window, transport, out, &mut summary)?;
             }
-            summary.rounds += 1;
-            let out = match ahead.take() {
-                Some(mut out) => {
-                    // It acknowledges what the answers before it brought (one
-                    // still waiting brought no packet of the master's).
-                    let h = &mut out.envelope.header;
-                    h.ack_packet_no = h.ack_packet_no.max(summary.received_packet_no);
-                    h.timestamp = now_utc();
-                    out
-                }
-                None => self.build_outgoing().await?,
-            };
-            let sent = out.envelope.body.entities.len() as u64;
-            summary.bytes_sent += out.bytes as u64;
-            // While this packet travels and the master works on it, the
-            // answer before it is applied if it waited, then the next packet
-            // is built: the two processes work at once instead of in turn.
-            let before = waiting.take();
-            let (response, here) =
-                futures_util::future::join(transport.exchange(&out.envelope), async {
-                    if let Some(w) = before {
-                        let ctx = RoundCtx {
-                            master,
-                            pending_at_start,
-                            progress,
-                        };
-                        self.finish_round(w, &ctx, &mut summary, &mut bytes_received)
-                            .await?;
-                    }
-                    self.build_ahead(&out).await
-                })
-                .await;
-            let next = here?;
+            // The next packet is built while the requests travel: it follows
+            // the newest in flight and stops before any entity whose answer
+            // is not applied yet (its base revision is raised by that
+            // answer).
+            if ahead.is_none()
+                && let Some(n) = window.newest
+            {
+                let stop = window.unapplied_keys();
+                ahead = window.meanwhile(self.build_after(n, &stop)).await?;
+            }
+            if two
+                && window.in_flight() == 1
+                && let Some(out) = ahead.take()
+            {
+                self.launch(&mut window, transport, out, &mut summary)?;
+            }
+            let landed = window.next().await.ok_or_else(|| {
+                EngineError::Sync("internal: a session waited with no request in flight".into())
+            })?;
+            let Landed { sent, response } = landed;
             let response = response?;
-            summary.sent_changes += sent;
-            if can_wait(&response, &out, next.is_some()) {
-                // Nothing in it for this store but the results of our
-                // packet, and the master keeps them: the next packet goes
-                // now, and this answer is applied while it travels.
-                waiting = Some(Waiting {
-                    response,
-                    carried: out.carries_packet,
-                    round: summary.rounds,
-                });
-                ahead = next;
-                continue;
-            }
-            ahead = next;
+            summary.sent_changes += sent.count;
+            two = push_only(&response, sent.ack);
             let more = response.body.more;
+            // Applied while the other request, if any, travels.
             let round = Waiting {
                 response,
-                carried: out.carries_packet,
-                round: summary.rounds,
+                carried: sent.carries,
+                round: sent.round,
             };
-            let ctx = RoundCtx {
-                master,
-                pending_at_start,
-                progress,
-            };
-            let (applied, pending) = self
-                .finish_round(round, &ctx, &mut summary, &mut bytes_received)
+            let (applied, pending) = window
+                .meanwhile(self.finish_round(round, &ctx, &mut summary, &mut bytes_received))
                 .await?;
-            // Done when the master had nothing more for us and we have
-            // nothing left to send: either this round sent nothing, or it
-            // sent our last queued changes and the answer acknowledged them
-            // (`pending` counts the in-flight ones until then). A round that
-            // only polls after that would move nothing: the answer we just
-            // applied is the master's state after our packet.
+            window.unapplied.pop_front();
+            // Done when nothing travels, the master had nothing more for
+            // us and we have nothing left to send: either this round sent
+            // nothing, or it sent our last queued changes and the answer
+            // acknowledged them (`pending` counts the in-flight ones until
+            // then). A round that only polls after that would move
+            // nothing: the answer we just applied is the master's state
+            // after our packet.
             let master_drained = !applied.new_master_packet && !more;
-            if master_drained && (sent == 0 || pending == 0) {
+            if window.in_flight() == 0 && master_drained && (sent.count == 0 || pending == 0) {
                 return Ok(summary);
             }
         }
@@ -379,39 +364,72 @@ impl Engine {
         Ok(Some(((entities, bytes), n)))
     }
 
-    /// Builds, while packet `sent` travels, the packet that follows it: the
-    /// unsent changes from the head of the queue, up to the first one of an
-    /// entity `sent` carries (its base revision is raised only by the answer
-    /// to `sent`; sent before that, it would meet our own change as a
-    /// conflict). The rows become in flight under the next number, exactly
-    /// as if built after the answer: the master still receives one packet at
-    /// a time, in order, each after the answer to the one before is applied
-    /// (its acknowledgement number is set then). A session that stops in
-    /// between resends both, oldest first. None when there is nothing to
-    /// send or `sent` is not the newest packet in flight.
-    async fn build_ahead(&self, sent: &Outgoing) -> Result<Option<Outgoing>, EngineError> {
-        let Some(n) = sent.carries_packet else {
-            return Ok(None);
-        };
-        if sent.envelope.body.entities.is_empty() {
-            return Ok(None);
+    /// Sends `out` (its acknowledgement brought up to what the answers
+    /// applied so far brought): one more request in flight.
+    fn launch<'a>(
+        &self,
+        window: &mut Window<'a>,
+        transport: &'a dyn Transport,
+        mut out: Outgoing,
+        summary: &mut SyncSummary,
+    ) -> Result<(), EngineError> {
+        if summary.rounds >= self.options.max_rounds {
+            return Err(EngineError::Sync(format!(
+                "the session did not drain in {} rounds; local writes may be arriving faster than they can be sent. Run sync again",
+                self.options.max_rounds
+            )));
         }
+        summary.rounds += 1;
+        summary.bytes_sent += out.bytes as u64;
+        let h = &mut out.envelope.header;
+        h.ack_packet_no = h.ack_packet_no.max(summary.received_packet_no);
+        h.timestamp = now_utc();
+        let sent = Sent {
+            carries: out.carries_packet,
+            count: out.envelope.body.entities.len() as u64,
+            ack: h.ack_packet_no,
+            round: summary.rounds,
+        };
+        window.unapplied.push_back(
+            out.envelope
+                .body
+                .entities
+                .iter()
+                .map(|w| (w.entity_type.clone(), w.uuid))
+                .collect(),
+        );
+        window.newest = out.carries_packet;
+        window.flights.push_back(Box::pin(async move {
+            let response = transport.exchange(&out.envelope).await;
+            Landed { sent, response }
+        }));
+        Ok(())
+    }
+
+    /// Builds, while packet `n` travels (the newest in flight), the packet
+    /// that follows it: the unsent changes from the head of the queue, up
+    /// to the first one of an entity in `stop` (the entities of the packets
+    /// whose answers are not applied yet: a change's base revision is
+    /// raised only by that answer; sent before it, the change would meet
+    /// our own earlier version as a conflict). The rows become in flight
+    /// under the next number, exactly as if built after the answer. A
+    /// session that stops in between sends every packet in flight again,
+    /// oldest first. None when there is nothing to send or `n` is not the
+    /// newest packet in flight.
+    async fn build_after(
+        &self,
+        n: i64,
+        stop: &HashSet<(String, uuid::Uuid)>,
+    ) -> Result<Option<Outgoing>, EngineError> {
         let master = self.master_id()?;
         let mut tx = self.store.begin().await?;
         let mut peer = master_row(tx.as_mut(), master).await?;
         if peer.out_packet_no != n {
             return Ok(None);
         }
-        let in_flight: std::collections::HashSet<(&str, uuid::Uuid)> = sent
-            .envelope
-            .body
-            .entities
-            .iter()
-            .map(|w| (w.entity_type.as_str(), w.uuid))
-            .collect();
-        let Some((changes, next)) = self
-            .new_packet(tx.as_mut(), &mut peer, Some(&in_flight))
-            .await?
+        let stop: HashSet<(&str, uuid::Uuid)> =
+            stop.iter().map(|(t, u)| (t.as_str(), *u)).collect();
+        let Some((changes, next)) = self.new_packet(tx.as_mut(), &mut peer, Some(&stop)).await?
         else {
             return Ok(None);
         };
@@ -693,22 +711,86 @@ struct RoundCtx<'a> {
     progress: &'a dyn Progress,
 }
 
-/// True when the answer to `out` can wait while the next packet goes
-/// first: there is a next packet (`next_ready`), the master keeps the
-/// results of our last two packets (so a crash before this answer is
-/// applied loses nothing: packet `out` is sent again and answered with its
-/// results), and the answer holds nothing for this store but those results
-/// (no packet of the master's that the next request would have to
-/// acknowledge, no evictions, nothing more waiting). The usual push.
-fn can_wait(response: &Envelope, out: &Outgoing, next_ready: bool) -> bool {
+/// True when, after this answer (to a packet of ours acknowledging master
+/// packet `sent_ack`), the next packet may go while another travels: the
+/// master keeps the results of our last two packets (so a stop before an
+/// answer is applied loses nothing: that packet is sent again and answered
+/// with its own results), and the answer held nothing for this store but
+/// results — no packet of the master's that a request already on its way
+/// could not acknowledge, no evictions, nothing more waiting. The usual
+/// push.
+fn push_only(response: &Envelope, sent_ack: i64) -> bool {
     let b = &response.body;
-    next_ready
-        && out.carries_packet.is_some()
-        && b.results_kept >= crate::protocol::RESULTS_KEPT
+    b.results_kept >= crate::protocol::RESULTS_KEPT
         && b.entities.is_empty()
         && b.evict.is_empty()
         && !b.more
-        && response.header.packet_no <= out.envelope.header.ack_packet_no
+        && response.header.packet_no <= sent_ack
+}
+
+/// A request of the session, as it left.
+struct Sent {
+    /// The packet of ours it carries (None for a poll).
+    carries: Option<i64>,
+    /// Changes carried.
+    count: u64,
+    /// The master packet it acknowledged.
+    ack: i64,
+    round: u32,
+}
+
+/// A request and its answer (or why none came).
+struct Landed {
+    sent: Sent,
+    response: Result<Envelope, crate::transport::TransportError>,
+}
+
+type Flight<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Landed> + Send + 'a>>;
+
+/// The requests of a session in flight (at most two), oldest first.
+#[derive(Default)]
+struct Window<'a> {
+    flights: FuturesOrdered<Flight<'a>>,
+    /// Answers that came back while another was being applied, in order.
+    early: VecDeque<Landed>,
+    /// The entities of each request whose answer is not applied yet.
+    unapplied: VecDeque<Vec<(String, uuid::Uuid)>>,
+    /// The packet the newest request carries, while one is in flight.
+    newest: Option<i64>,
+}
+
+impl<'a> Window<'a> {
+    fn in_flight(&self) -> usize {
+        self.flights.len() + self.early.len()
+    }
+
+    /// The entities no new packet may carry yet.
+    fn unapplied_keys(&self) -> HashSet<(String, uuid::Uuid)> {
+        self.unapplied.iter().flatten().cloned().collect()
+    }
+
+    /// The oldest answer, in the order the requests left.
+    async fn next(&mut self) -> Option<Landed> {
+        match self.early.pop_front() {
+            Some(l) => Some(l),
+            None => self.flights.next().await,
+        }
+    }
+
+    /// Runs `work` while the requests in flight go on (an answer that comes
+    /// back meanwhile waits in `early`): a request is only sent, and its
+    /// answer only read, while its future is polled.
+    async fn meanwhile<T>(&mut self, work: impl std::future::Future<Output = T>) -> T {
+        let mut work = std::pin::pin!(work);
+        let (flights, early) = (&mut self.flights, &mut self.early);
+        std::future::poll_fn(|cx| {
+            while let std::task::Poll::Ready(Some(landed)) = flights.poll_next_unpin(cx) {
+                early.push_back(landed);
+            }
+            work.as_mut().poll(cx)
+        })
+        .await
+    }
 }
 
 impl Engine {

@@ -229,6 +229,31 @@ impl Engine {
             return Err(ExchangeError::NotMaster);
         }
         self.check_request(node_id, &request)?;
+        // A node's packets are applied in number order: one that arrived
+        // before the packet it follows committed waits for it (a client may
+        // have two requests in flight). Polls do not wait.
+        let carried = (!request.body.entities.is_empty()).then_some(request.header.packet_no);
+        let answer = match carried {
+            Some(n) => match self.turns.wait(self.store.as_ref(), node_id, n).await {
+                Ok(()) => self.exchange_in_turn(node_id, request).await,
+                Err(e) => Err(e.into()),
+            },
+            None => self.exchange_in_turn(node_id, request).await,
+        };
+        match (&answer, carried) {
+            (Ok(a), _) => self.turns.received(node_id, a.header.ack_packet_no),
+            (Err(_), Some(n)) => self.turns.failed(node_id, n),
+            (Err(_), None) => {}
+        }
+        answer
+    }
+
+    /// [`Engine::handle_exchange`] once the packet's turn has come.
+    async fn exchange_in_turn(
+        &self,
+        node_id: Uuid,
+        request: Envelope,
+    ) -> Result<Envelope, ExchangeError> {
         let now = now_utc();
         let mut tx = self.store.begin().await?;
         let mut node = self.exchange_node(tx.as_mut(), node_id).await?;

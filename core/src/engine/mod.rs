@@ -14,6 +14,7 @@ mod manual;
 mod master;
 mod order;
 mod routing;
+mod turns;
 
 use std::sync::Arc;
 
@@ -249,6 +250,8 @@ pub struct Engine {
     policy: ConflictPolicy,
     options: EngineOptions,
     identity: Identity,
+    /// Master: each node's packets taken in number order (shared by clones).
+    turns: Arc<turns::Turns>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -343,6 +346,7 @@ impl Engine {
                 role,
                 master_id,
             },
+            turns: Arc::default(),
         })
     }
 

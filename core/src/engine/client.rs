@@ -177,6 +177,14 @@ impl Engine {
             let response = response?;
             summary.sent_changes += sent.count;
             two = push_only(&response, sent.ack);
+            // Nothing else travels: the next packet goes before this answer
+            // is applied (it brought no master packet to acknowledge).
+            if two
+                && window.in_flight() == 0
+                && let Some(out) = ahead.take()
+            {
+                self.launch(&mut window, transport, out, &mut summary)?;
+            }
             let more = response.body.more;
             // Applied while the other request, if any, travels.
             let round = Waiting {

@@ -234,7 +234,17 @@ impl Engine {
         // have two requests in flight). Polls do not wait.
         let carried = (!request.body.entities.is_empty()).then_some(request.header.packet_no);
         let answer = match carried {
-            Some(n) => match self.turns.wait(self.store.as_ref(), node_id, n).await {
+            Some(n) => match self
+                .turns
+                .wait(node_id, n, || async {
+                    Ok(self
+                        .store
+                        .get_node(node_id)
+                        .await?
+                        .map_or(0, |node| node.received_packet_no))
+                })
+                .await
+            {
                 Ok(()) => self.exchange_in_turn(node_id, request).await,
                 Err(e) => Err(e.into()),
             },

@@ -187,13 +187,14 @@ impl Engine {
             }
             let more = response.body.more;
             // Applied while the other request, if any, travels.
-            let round = Waiting {
-                response,
-                carried: sent.carries,
-                round: sent.round,
-            };
             let (applied, pending) = window
-                .meanwhile(self.finish_round(round, &ctx, &mut summary, &mut bytes_received))
+                .meanwhile(self.finish_round(
+                    &sent,
+                    response,
+                    &ctx,
+                    &mut summary,
+                    &mut bytes_received,
+                ))
                 .await?;
             window.unapplied.pop_front();
             // Done when nothing travels, the master had nothing more for
@@ -210,22 +211,23 @@ impl Engine {
         }
     }
 
-    /// Applies the answer of a round and reports the round's progress;
-    /// returns what was applied and the changes still queued.
-    /// `bytes_received`: the session's, counted on.
+    /// Applies `response`, the answer to request `sent`, and reports the
+    /// round's progress; returns what was applied and the changes still
+    /// queued. `bytes_received`: the session's, counted on.
     async fn finish_round(
         &self,
-        w: Waiting,
+        sent: &Sent,
+        response: Envelope,
         ctx: &RoundCtx<'_>,
         summary: &mut SyncSummary,
         bytes_received: &mut u64,
     ) -> Result<(Applied, i64), EngineError> {
-        let (more, remaining) = (w.response.body.more, w.response.body.remaining);
-        let received_size = approx_size(&w.response.body.entities) as u64;
+        let (more, remaining) = (response.body.more, response.body.remaining);
+        let received_size = approx_size(&response.body.entities) as u64;
         // The answer is handed to the transaction that applies it (its
         // entities' data is moved into the store, not copied).
         let applied = self
-            .apply_response(w.response, w.carried, summary, false)
+            .apply_response(response, sent.carries, summary, false)
             .await?;
         if applied.new_master_packet {
             *bytes_received += received_size;
@@ -234,7 +236,7 @@ impl Engine {
             .pending_after_round(ctx.master, ctx.pending_at_start, summary)
             .await?;
         ctx.progress.on_round(&SyncProgress {
-            round: w.round,
+            round: sent.round,
             sent_changes: summary.sent_changes,
             received_changes: summary.received_changes,
             bytes_sent: summary.bytes_sent,
@@ -701,15 +703,6 @@ impl Engine {
 
 struct Applied {
     new_master_packet: bool,
-}
-
-/// An answer received and not applied yet, and what it answered.
-struct Waiting {
-    response: Envelope,
-    /// The packet of ours it answers (None for a poll).
-    carried: Option<i64>,
-    /// The session round it answered.
-    round: u32,
 }
 
 /// What every round of a session reports against.

@@ -19,20 +19,28 @@ macro_rules! entity_cols {
         "entity_type, uuid, updated_at, is_deleted, data, rev, origin_node_id"
     };
 }
+/// The `sync_nodes` columns, with `$results` for the two stored results.
+macro_rules! node_cols_with {
+    ($results:literal) => {
+        concat!(
+            "id, code, name, role, is_self, token_hash, revoked, created_at, last_sync_in, \
+             last_sync_out, received_packet_no, sent_packet_no, out_packet_no, acked_rev, \
+             out_up_to_rev, ",
+            $results,
+            ", schema_version"
+        )
+    };
+}
 macro_rules! node_cols {
     () => {
-        "id, code, name, role, is_self, token_hash, revoked, created_at, last_sync_in, last_sync_out, \
-         received_packet_no, sent_packet_no, out_packet_no, acked_rev, out_up_to_rev, last_results, \
-         prev_results, schema_version"
+        crate::queries::node_cols_with!("last_results, prev_results")
     };
 }
 /// [`node_cols!`] for listings and lookups by code or token: the stored
 /// results (up to ~65 KB each per node) left out, as NULL.
 macro_rules! node_listed_cols {
     () => {
-        "id, code, name, role, is_self, token_hash, revoked, created_at, last_sync_in, last_sync_out, \
-         received_packet_no, sent_packet_no, out_packet_no, acked_rev, out_up_to_rev, \
-         NULL AS last_results, NULL AS prev_results, schema_version"
+        crate::queries::node_cols_with!("NULL AS last_results, NULL AS prev_results")
     };
 }
 macro_rules! queued_cols {
@@ -52,7 +60,9 @@ macro_rules! audit_cols {
          base_rev, result_rev, detail"
     };
 }
-pub(crate) use {audit_cols, entity_cols, history_cols, node_listed_cols, queued_cols};
+pub(crate) use {
+    audit_cols, entity_cols, history_cols, node_cols_with, node_listed_cols, queued_cols,
+};
 
 pub(crate) async fn get_meta<'e>(
     ex: impl Executor<'e, Database = Sqlite>,

@@ -15,6 +15,10 @@ Variants:
   refs-integer  + five reference rows each keyed by integers: entities get
                 an INTEGER PRIMARY KEY, entity_refs (source_id, pointer,
                 target_id) with an index on target_id
+  refs-target   + five reference rows each in one tree keyed target first
+                (what the index entity_refs_target held), and one row per
+                source with its references packed as JSON (what a
+                replacement deletes); the store's layout from migration 7
 
 Python's own per-row cost is in every figure, so compare the variants with
 each other, not with the suite's Rust baselines.
@@ -66,6 +70,11 @@ CREATE INDEX entity_refs_target ON entity_refs (target_uuid, target_type);"""
 REFS_INT = """CREATE TABLE entity_refs (source_id INTEGER NOT NULL, pointer INTEGER NOT NULL,
     target_id INTEGER NOT NULL, PRIMARY KEY (source_id, pointer, target_id)) WITHOUT ROWID;
 CREATE INDEX entity_refs_target ON entity_refs (target_id);"""
+REFS_TARGET = """CREATE TABLE entity_refs (target_uuid TEXT NOT NULL, target_type TEXT NOT NULL,
+    source_type TEXT NOT NULL, source_uuid TEXT NOT NULL, pointer TEXT NOT NULL,
+    PRIMARY KEY (target_uuid, target_type, source_type, source_uuid, pointer)) WITHOUT ROWID;
+CREATE TABLE entity_ref_sources (source_type TEXT NOT NULL, source_uuid TEXT NOT NULL,
+    refs TEXT NOT NULL, PRIMARY KEY (source_type, source_uuid)) WITHOUT ROWID;"""
 POINTERS = ["/brigade", "/site", "/lines/*/employee", "/lines/*/employee", "/lines/*/employee"]
 TARGETS = [("Brigade", str(uuid.uuid4())), ("Site", str(uuid.uuid4()))] + [
     ("Employee", str(uuid.uuid4())) for _ in range(3)]
@@ -126,7 +135,17 @@ def refs_integer(c, uuids, state):
     state["next_id"] = first + len(uuids)
 
 
+def refs_target(c, uuids, state):
+    entities(c, uuids, state)
+    packed = json.dumps([[p, t, tu] for p, (t, tu) in zip(POINTERS, TARGETS)])
+    c.executemany("INSERT INTO entity_ref_sources VALUES ('DailyReport', ?, ?)",
+                  [(u, packed) for u in uuids])
+    c.executemany("INSERT INTO entity_refs VALUES (?, ?, 'DailyReport', ?, ?)",
+                  [(tu, t, u, p) for u in uuids for p, (t, tu) in zip(POINTERS, TARGETS)])
+
+
 run("entities", ENTITIES, entities)
 run("queue", ENTITIES + QUEUE, queue)
 run("refs-text", ENTITIES + REFS_TEXT, refs_text)
 run("refs-integer", ENTITIES_INT + REFS_INT, refs_integer)
+run("refs-target", ENTITIES + REFS_TARGET, refs_target)

@@ -78,6 +78,17 @@ pub struct Body {
     /// an answer only to a master that says 2 or more (docs/protocol.md).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub results_kept: u32,
+    /// Client to master: a master packet the client has received and is
+    /// applying, not acknowledged yet; the master may answer with the
+    /// packet after it instead of sending this one again (docs/protocol.md,
+    /// "Built ahead for a download").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holding: Option<i64>,
+    /// Master to client: the master builds its next packet for a request
+    /// that says it is `holding` the last one. A client asks only a master
+    /// that says so.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sends_ahead: bool,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -311,6 +322,8 @@ mod tests {
                 remaining: None,
                 evict: Vec::new(),
                 results_kept: 0,
+                holding: None,
+                sends_ahead: false,
             },
         }
     }

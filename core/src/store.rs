@@ -151,6 +151,12 @@ pub struct NodeRecord {
     pub acked_rev: i64,
     /// Master only: the highest revision covered by packet `out_packet_no`.
     pub out_up_to_rev: i64,
+    /// Master only: while two of our packets are unacknowledged
+    /// (`out_packet_no - 1` and `out_packet_no`, the second built ahead for
+    /// a node that said it holds the first; docs/protocol.md, "Built ahead
+    /// for a download"), the highest revision the first covers. None while
+    /// at most one is.
+    pub prev_out_up_to_rev: Option<i64>,
     /// Master only: the results returned for packet `received_packet_no`
     /// (JSON text of a list of `ChangeResult`), replayed when that packet
     /// arrives again. Text: it is parsed only for a replay, not with the
@@ -184,6 +190,7 @@ impl NodeRecord {
             out_packet_no: 0,
             acked_rev: 0,
             out_up_to_rev: 0,
+            prev_out_up_to_rev: None,
             last_results: None,
             prev_results: None,
             schema_version: None,

@@ -185,6 +185,8 @@ async fn master_with_deferred_conflicts(root: &Path, n: usize) -> (PathBuf, Vec<
                     remaining: None,
                     evict: Vec::new(),
                     results_kept: 0,
+                    holding: None,
+                    sends_ahead: false,
                 },
             },
         )

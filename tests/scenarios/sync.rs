@@ -763,6 +763,104 @@ async fn an_answer_applied_after_the_next_packet_went_survives_a_failure_in_betw
     c.shutdown().await;
 }
 
+/// Loses the answer to the first request that says it holds a master
+/// packet, after the master has committed it; records every request's
+/// acknowledgement, held packet and answer number.
+struct LoseAnswerBuiltAhead<T> {
+    inner: T,
+    lost: AtomicUsize,
+    seen: Mutex<Vec<(i64, Option<i64>, i64)>>,
+}
+
+impl<T> LoseAnswerBuiltAhead<T> {
+    fn new(inner: T, lose: bool) -> Self {
+        LoseAnswerBuiltAhead {
+            inner,
+            lost: AtomicUsize::new(if lose { 0 } else { 1 }),
+            seen: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl<T: Transport> Transport for LoseAnswerBuiltAhead<T> {
+    async fn exchange(&self, request: &Envelope) -> Result<Envelope, TransportError> {
+        let answer = self.inner.exchange(request).await?;
+        self.seen.lock().unwrap().push((
+            request.header.ack_packet_no,
+            request.body.holding,
+            answer.header.packet_no,
+        ));
+        if request.body.holding.is_some() && self.lost.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Err(TransportError::Unreachable {
+                reason: "the answer was lost (test)".into(),
+                transient: true,
+            });
+        }
+        Ok(answer)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_resumes_with_the_packet_built_ahead_when_its_answer_was_lost() {
+    // A downloading client asks for master packet k + 1 before it applies
+    // packet k (docs/protocol.md, "Built ahead for a download"), so the
+    // master has two packets in flight. Here the answer carrying k + 1 is
+    // lost after the master committed it, while k is applied: the next
+    // session acknowledges k and gets k + 1 again over exactly its range,
+    // and nothing is missing or received twice.
+    let Some(c) = start(
+        1,
+        ClusterOptions {
+            max_packet_entities: Some(4),
+            ..ClusterOptions::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let e = c.client(0);
+    let mut brigades = Vec::new();
+    for n in 0..14 {
+        brigades.push(create(c.master(), "Brigade", brigade(&format!("B{n:02}"), "Ivan")).await);
+    }
+    let lossy = LoseAnswerBuiltAhead::new(c.transport(0).unwrap(), true);
+    let err = bounded("the session that loses an answer", e.sync_session(&lossy, &NoProgress))
+        .await
+        .expect_err("the lost answer fails the session");
+    assert!(err.to_string().contains("lost (test)"), "{err}");
+    assert_eq!(*lossy.seen.lock().unwrap(), vec![(0, None, 1), (0, Some(1), 2)]);
+    let mine = e.store().get_node_by_code("MASTER").await.unwrap().unwrap();
+    assert_eq!(mine.received_packet_no, 1, "packet 1 was applied");
+    let theirs = master_row_of(&c, 0).await;
+    assert_eq!((theirs.sent_packet_no, theirs.out_packet_no), (0, 2));
+    assert!(theirs.prev_out_up_to_rev.is_some(), "{theirs:?}");
+
+    // Packets 2 (again), 3 and 4 (4, 4, 2): each asked for while the one
+    // before is applied, then a poll acknowledges 4.
+    let again = LoseAnswerBuiltAhead::new(c.transport(0).unwrap(), false);
+    let s = bounded("the session after", e.sync_session(&again, &NoProgress))
+        .await
+        .unwrap();
+    assert_eq!(
+        *again.seen.lock().unwrap(),
+        vec![(1, None, 2), (1, Some(2), 3), (2, Some(3), 4), (4, None, 4)]
+    );
+    assert_eq!(s.received_changes, 10);
+    assert!(s.conflicts.is_empty(), "{:?}", s.conflicts);
+    let theirs = master_row_of(&c, 0).await;
+    assert_eq!(
+        (theirs.sent_packet_no, theirs.out_packet_no, theirs.prev_out_up_to_rev),
+        (4, 4, None)
+    );
+    for &b in &brigades {
+        assert_eq!(master_rev(&c, "Brigade", b).await, e.get("Brigade", b).await.unwrap().rev.unwrap());
+    }
+    converge(&c).await;
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edit_during_sync_is_not_lost() {
     let Some(c) = start(2, ClusterOptions::default()).await else {

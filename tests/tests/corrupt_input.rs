@@ -59,6 +59,8 @@ impl Probe {
                 remaining: None,
                 evict: Vec::new(),
                 results_kept: 0,
+                holding: None,
+                sends_ahead: false,
             },
         }
     }

@@ -383,7 +383,11 @@ async fn session(world: &mut World, rng: &mut Rng, i: usize, faulty: bool) -> bo
         node,
         faulty,
     };
-    let ok = engine.sync_session(&link, &NoProgress).await.is_ok();
+    let res = engine.sync_session(&link, &NoProgress).await;
+    if !faulty && let Err(e) = &res {
+        eprintln!("a session without faults failed: {e}");
+    }
+    let ok = res.is_ok();
     if !ok {
         world.faults.failed_sessions += 1;
     }
@@ -575,13 +579,16 @@ async fn check(seed: u64, w: &World) {
         for c in &s.request.body.entities {
             let v = (c.uuid, c.updated_at.to_rfc3339());
             for n in 1..=upto {
+                let again = applied_versions
+                    .get(&(s.node, n))
+                    .is_some_and(|set| set.contains(&v));
+                if again {
+                    trace(w, s.node, c.uuid);
+                }
                 assert!(
-                    !applied_versions
-                        .get(&(s.node, n))
-                        .is_some_and(|set| set.contains(&v)),
+                    !again,
                     "seed {seed}: node {} sent again a version of {} applied and acknowledged with packet {n}",
-                    s.node,
-                    c.uuid
+                    s.node, c.uuid
                 );
             }
         }

@@ -105,7 +105,7 @@ proptest! {
                 schema_version: "1.0.0".into(),
                 timestamp: entities[0].updated_at,
             },
-            body: Body { entities: entities.iter().map(to_wire).collect(), results: vec![], more: false, remaining: None, evict: vec![], results_kept: 0 },
+            body: Body { entities: entities.iter().map(to_wire).collect(), results: vec![], more: false, remaining: None, evict: vec![], results_kept: 0, holding: None, sends_ahead: false },
         };
         let bytes = protocol::encode_envelope(&env).unwrap();
         let back = protocol::decode_envelope(&bytes, DecodeLimits::default()).unwrap();

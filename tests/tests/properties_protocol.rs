@@ -266,13 +266,23 @@ proptest! {
             }
             // The master's answers are numbered the same way (an answer
             // without changes may still open a number, e.g. the one closing
-            // a `more` sequence): each answer carries the number of the
-            // previous one or the next.
+            // a `more` sequence): each answer carries a number already used
+            // or the next one, never one below what the request
+            // acknowledged. Below the highest so far only where the client
+            // said it holds that one and the packet after it was built
+            // ahead (docs/protocol.md, "Built ahead for a download"): an
+            // answer with nothing after it carries the acknowledged number,
+            // and one whose request did not hold it is sent again.
             let mut master_last = 0i64;
             for x in &log {
                 let n = x.answer.header.packet_no;
-                prop_assert!(n == master_last || n == master_last + 1, "master packet {} after {}", n, master_last);
-                master_last = n;
+                prop_assert!(n <= master_last + 1, "master packet {} after {}", n, master_last);
+                prop_assert!(
+                    n >= x.request.header.ack_packet_no,
+                    "master packet {} answers a request that acknowledged {}",
+                    n, x.request.header.ack_packet_no
+                );
+                master_last = master_last.max(n);
             }
 
             // Property 5, acknowledgment: the queue only shrinks after an

@@ -57,18 +57,29 @@ async fn a_late_duplicate_request_does_not_widen_a_packet_the_client_already_hol
         sent: Mutex::new(Vec::new()),
     };
     assert!(client.sync_session(&script, &NoProgress).await.is_err());
-    let first_request = script.sent.lock().unwrap()[0].clone();
+    let (first_request, second_request) = {
+        let sent = script.sent.lock().unwrap();
+        (sent[0].clone(), sent[1].clone())
+    };
     assert_eq!(first_request.header.ack_packet_no, 0);
-    // A new master write, then a late copy of the first request arrives:
-    // the master rebuilds packet 2, which must not grow to cover the write
-    // (the client holds packet 2 already and will acknowledge it as is).
+    // The second request said it held packet 1 (docs/protocol.md, "Built
+    // ahead for a download"), so packets 1 and 2 are both in flight.
+    assert_eq!(second_request.body.holding, Some(1));
+    // A new master write, then late copies of both requests arrive: the
+    // master rebuilds packets 1 and 2, neither of which may grow to cover
+    // the write (the client holds them already and will acknowledge them
+    // as they are).
     let late = set
         .master
         .create("Brigade", None, json!({"name": "late"}))
         .await
         .unwrap();
     let stale = link.exchange(&first_request).await.unwrap();
+    assert_eq!(stale.header.packet_no, 1);
+    assert_eq!(stale.body.entities.len(), 2, "packet 1 changed");
+    let stale = link.exchange(&second_request).await.unwrap();
     assert_eq!(stale.header.packet_no, 2);
+    assert_eq!(stale.body.entities.len(), 1, "packet 2 changed");
     assert!(
         stale.body.entities.iter().all(|e| e.uuid != late.uuid),
         "packet 2 grew"
@@ -412,6 +423,188 @@ async fn a_push_has_two_requests_in_flight_and_the_master_takes_them_in_order() 
         .unwrap();
     let s = client.sync_session(link, &NoProgress).await.unwrap();
     assert!(s.conflicts.is_empty(), "{:?}", s.conflicts);
+    assert_eq!(
+        client.replica_state().await.unwrap(),
+        set.master.replica_state().await.unwrap()
+    );
+    set.close().await;
+}
+
+/// A poll from `client` as it would send one now, acknowledging master
+/// packet `ack` and saying it holds `holding` (docs/protocol.md, "Built
+/// ahead for a download").
+async fn poll(client: &hubsync_core::Engine, ack: i64, holding: Option<i64>) -> Envelope {
+    let mut request = client.export_packet().await.unwrap();
+    assert!(
+        request.body.entities.is_empty(),
+        "the client has nothing queued"
+    );
+    request.header.ack_packet_no = ack;
+    request.body.holding = holding;
+    request
+}
+
+/// The names of the brigades an answer carries, and its packet number.
+fn carried(answer: &Envelope) -> (i64, Vec<String>) {
+    let mut names: Vec<String> = answer
+        .body
+        .entities
+        .iter()
+        .map(|e| e.data["name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    names.sort();
+    (answer.header.packet_no, names)
+}
+
+fn names(n: &[&str]) -> Vec<String> {
+    n.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test]
+async fn a_download_gets_the_next_packet_built_while_it_applies_one_and_every_packet_keeps_its_range()
+ {
+    let mut options = EngineOptions::default();
+    options.limits.max_entities = 2;
+    let set = EngineSet::new(1, options).await.unwrap();
+    let (client, link) = &set.clients[0];
+    for n in 0..6 {
+        set.master
+            .create("Brigade", None, json!({"name": format!("b{n}")}))
+            .await
+            .unwrap();
+    }
+    let node = client.identity().node_id;
+    let row = || async { set.master.store().get_node(node).await.unwrap().unwrap() };
+
+    // Packet 1, then, while the client applies it, packet 2 after it: the
+    // master keeps the range of both.
+    let one = link.exchange(&poll(client, 0, None).await).await.unwrap();
+    assert_eq!(carried(&one), (1, names(&["b0", "b1"])));
+    assert!(one.body.more && one.body.sends_ahead);
+    let holding_one = poll(client, 0, Some(1)).await;
+    let two = link.exchange(&holding_one).await.unwrap();
+    assert_eq!(carried(&two), (2, names(&["b2", "b3"])));
+    let r = row().await;
+    assert_eq!((r.sent_packet_no, r.out_packet_no), (0, 2));
+    let first_end = r.prev_out_up_to_rev.expect("the range of packet 1 is kept");
+    assert!(first_end < r.out_up_to_rev);
+
+    // The same request again gets packet 2 again; a request that does not
+    // say it holds packet 1 (a late copy, or a client that failed to apply
+    // it) gets packet 1 again. Neither moves anything.
+    assert_eq!(
+        carried(&link.exchange(&holding_one).await.unwrap()),
+        carried(&two)
+    );
+    let again = link.exchange(&poll(client, 0, None).await).await.unwrap();
+    assert_eq!(carried(&again), carried(&one));
+    let counters = |r: &hubsync_core::store::NodeRecord| {
+        (
+            r.sent_packet_no,
+            r.out_packet_no,
+            r.acked_rev,
+            r.out_up_to_rev,
+            r.prev_out_up_to_rev,
+        )
+    };
+    assert_eq!(counters(&row().await), counters(&r));
+
+    // The client applies 1 and 2 (as files: the same code path). A new
+    // master write, then the client acknowledges 1 while holding 2: packet
+    // 3 follows 2, and packet 2 keeps its range.
+    client.import_packet(&one, false).await.unwrap();
+    client.import_packet(&two, false).await.unwrap();
+    set.master
+        .create("Brigade", None, json!({"name": "b6"}))
+        .await
+        .unwrap();
+    let three = link
+        .exchange(&poll(client, 1, Some(2)).await)
+        .await
+        .unwrap();
+    assert_eq!(carried(&three), (3, names(&["b4", "b5"])));
+    let r = row().await;
+    assert_eq!((r.sent_packet_no, r.acked_rev), (1, first_end));
+    assert_eq!(r.out_packet_no, 3);
+    // Acknowledging 1 without holding 2 gets 2 again, exactly as built.
+    let two_again = link.exchange(&poll(client, 1, None).await).await.unwrap();
+    assert_eq!(carried(&two_again), carried(&two));
+    // Acknowledging 3 closes both; the next packet is new.
+    client.import_packet(&three, false).await.unwrap();
+    let four = link.exchange(&poll(client, 3, None).await).await.unwrap();
+    assert_eq!(carried(&four), (4, names(&["b6"])));
+    assert!(!four.body.more);
+    let r = row().await;
+    assert_eq!(
+        (r.sent_packet_no, r.out_packet_no, r.prev_out_up_to_rev),
+        (3, 4, None)
+    );
+    client.import_packet(&four, false).await.unwrap();
+
+    // A real session ends it: nothing is missing or twice.
+    client.sync_session(link, &NoProgress).await.unwrap();
+    assert_eq!(
+        client.replica_state().await.unwrap(),
+        set.master.replica_state().await.unwrap()
+    );
+    assert_eq!(row().await.sent_packet_no, 4);
+    set.close().await;
+}
+
+/// Records every request and its answer.
+struct Recording<'a> {
+    inner: &'a hubsync_tests::MemoryTransport,
+    seen: Mutex<Vec<(Envelope, Envelope)>>,
+}
+
+#[async_trait::async_trait]
+impl Transport for Recording<'_> {
+    async fn exchange(&self, request: &Envelope) -> Result<Envelope, TransportError> {
+        let answer = self.inner.exchange(request).await?;
+        self.seen
+            .lock()
+            .unwrap()
+            .push((request.clone(), answer.clone()));
+        Ok(answer)
+    }
+}
+
+#[tokio::test]
+async fn a_download_session_asks_for_the_next_packet_before_it_applies_one() {
+    let mut options = EngineOptions::default();
+    options.limits.max_entities = 3;
+    let set = EngineSet::new(1, options).await.unwrap();
+    let (client, link) = &set.clients[0];
+    for n in 0..11 {
+        set.master
+            .create("Brigade", None, json!({"name": format!("b{n}")}))
+            .await
+            .unwrap();
+    }
+    let rec = Recording {
+        inner: link,
+        seen: Mutex::new(Vec::new()),
+    };
+    let s = client.sync_session(&rec, &NoProgress).await.unwrap();
+    assert_eq!(s.received_changes, 11);
+    let seen = rec.seen.lock().unwrap().clone();
+    // Packets 1-4 (3, 3, 3, 2): the request after packet k's answer says
+    // it holds k and gets k + 1, for k = 1, 2, 3; then one poll
+    // acknowledges packet 4 and ends the session.
+    let asked: Vec<(i64, Option<i64>, i64)> = seen
+        .iter()
+        .map(|(q, a)| (q.header.ack_packet_no, q.body.holding, a.header.packet_no))
+        .collect();
+    assert_eq!(
+        asked,
+        vec![
+            (0, None, 1),
+            (0, Some(1), 2),
+            (1, Some(2), 3),
+            (2, Some(3), 4),
+            (4, None, 4)
+        ]
+    );
     assert_eq!(
         client.replica_state().await.unwrap(),
         set.master.replica_state().await.unwrap()

@@ -146,6 +146,8 @@ fn packet(refs: &Refs, varied: bool) -> Envelope {
             remaining: None,
             evict: Vec::new(),
             results_kept: 0,
+            holding: None,
+            sends_ahead: false,
         },
     }
 }

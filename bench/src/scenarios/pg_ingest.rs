@@ -118,6 +118,8 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
                 remaining: None,
                 evict: Vec::new(),
                 results_kept: 0,
+                holding: None,
+                sends_ahead: false,
             },
         };
         let answer = master

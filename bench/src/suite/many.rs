@@ -182,6 +182,8 @@ async fn one(target: &Target, p: &Peer, k: usize, rounds: usize) -> ClientOutcom
                 remaining: None,
                 evict: Vec::new(),
                 results_kept: 0,
+                holding: None,
+                sends_ahead: false,
             },
         };
         let t = Instant::now();

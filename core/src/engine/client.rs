@@ -132,6 +132,12 @@ impl Engine {
         self.require(NodeRole::Client)?;
         let master = self.master_id()?;
         let mut summary = SyncSummary::default();
+        // Where the packet numbers stand: a master packet after the last
+        // one applied may be asked for ahead (`download_ahead`).
+        if let Some(peer) = self.store.get_node(master).await? {
+            summary.received_packet_no = peer.received_packet_no;
+            summary.acked_packet_no = peer.sent_packet_no;
+        }
         let pending_at_start = self.store.count_queued(master).await?;
         let mut bytes_received = 0u64;
         let ctx = RoundCtx {
@@ -185,6 +191,26 @@ impl Engine {
             {
                 self.launch(&mut window, transport, out, &mut summary)?;
             }
+            // A download: the answer is our next master packet and more
+            // waits. The next request goes before it is applied, saying
+            // that we hold it, so that the master builds the packet after
+            // it meanwhile (docs/protocol.md, "Built ahead for a
+            // download"). Only after a poll: an answer to a packet of ours
+            // acknowledges it only once applied. A packet of ours to send
+            // instead waits as usual.
+            if window.in_flight() == 0
+                && ahead.is_none()
+                && sent.carries.is_none()
+                && download_ahead(&response, summary.received_packet_no)
+            {
+                let mut out = self.build_outgoing().await?;
+                if out.carries_packet.is_none() {
+                    out.envelope.body.holding = Some(response.header.packet_no);
+                    self.launch(&mut window, transport, out, &mut summary)?;
+                } else {
+                    ahead = Some(out);
+                }
+            }
             let more = response.body.more;
             // Applied while the other request, if any, travels.
             let (applied, pending) = window
@@ -204,7 +230,10 @@ impl Engine {
             // then). A round that only polls after that would move
             // nothing: the answer we just applied is the master's state
             // after our packet.
-            let master_drained = !applied.new_master_packet && !more;
+            // The last request must also have acknowledged every master
+            // packet applied (one sent ahead of an answer did not).
+            let master_drained =
+                !applied.new_master_packet && !more && sent.ack >= summary.received_packet_no;
             if window.in_flight() == 0 && master_drained && (sent.count == 0 || pending == 0) {
                 return Ok(summary);
             }
@@ -523,6 +552,8 @@ impl Engine {
                     remaining: None,
                     evict: Vec::new(),
                     results_kept: 0,
+                    holding: None,
+                    sends_ahead: false,
                 },
             },
             carries_packet: carries,
@@ -727,6 +758,19 @@ fn push_only(response: &Envelope, sent_ack: i64) -> bool {
         && b.evict.is_empty()
         && !b.more
         && response.header.packet_no <= sent_ack
+}
+
+/// Whether the next request goes before `response` is applied, saying it
+/// holds the packet `response` brings: a master that builds ahead sent our
+/// next packet (`received` is the last one applied), with entities and more
+/// to come, and no evictions (an unscoped node).
+fn download_ahead(response: &Envelope, received: i64) -> bool {
+    let b = &response.body;
+    b.sends_ahead
+        && b.more
+        && !b.entities.is_empty()
+        && b.evict.is_empty()
+        && response.header.packet_no == received + 1
 }
 
 /// A request of the session, as it left.

@@ -146,6 +146,9 @@ struct Reply {
     evict: Vec<Eviction>,
     more: bool,
     remaining: Option<u64>,
+    /// The node is unscoped: a request that says it holds our last packet
+    /// gets the one after it (`body.sends_ahead`).
+    sends_ahead: bool,
 }
 
 /// What importing a packet file did (or, in a dry run, would do).
@@ -275,7 +278,13 @@ impl Engine {
             self.expire_held(tx.as_mut(), now).await?;
         }
         let reply = self
-            .reply_in(tx.as_mut(), &mut node, received.own_appends, now)
+            .reply_in(
+                tx.as_mut(),
+                &mut node,
+                received.own_appends,
+                body.holding,
+                now,
+            )
             .await?;
         node.schema_version = Some(header.schema_version);
         tx.put_node(&node).await?;
@@ -350,7 +359,7 @@ impl Engine {
             .await?
             .ok_or_else(|| EngineError::UnknownNode(code.to_string()))?;
         let reply = self
-            .reply_in(tx.as_mut(), &mut node, None, now)
+            .reply_in(tx.as_mut(), &mut node, None, None, now)
             .await
             .map_err(|e| match e {
                 ExchangeError::Store(s) => EngineError::Store(s),
@@ -402,6 +411,8 @@ impl Engine {
                 remaining: reply.remaining,
                 evict: reply.evict,
                 results_kept: RESULTS_KEPT,
+                holding: None,
+                sends_ahead: reply.sends_ahead,
             },
         }
     }
@@ -423,9 +434,20 @@ impl Engine {
                 node.code, h.ack_packet_no, node.out_packet_no
             )));
         }
-        if h.ack_packet_no == node.out_packet_no && h.ack_packet_no > node.sent_packet_no {
-            node.sent_packet_no = h.ack_packet_no;
-            node.acked_rev = node.out_up_to_rev;
+        if h.ack_packet_no > node.sent_packet_no {
+            if h.ack_packet_no == node.out_packet_no {
+                node.sent_packet_no = h.ack_packet_no;
+                node.acked_rev = node.out_up_to_rev;
+                node.prev_out_up_to_rev = None;
+            } else if h.ack_packet_no == node.out_packet_no - 1
+                && let Some(first_end) = node.prev_out_up_to_rev
+            {
+                // The first of two packets in flight (the second was built
+                // ahead while the node applied the first).
+                node.sent_packet_no = h.ack_packet_no;
+                node.acked_rev = first_end;
+                node.prev_out_up_to_rev = None;
+            }
         }
 
         // 2. The node's packet, applied exactly once.
@@ -505,13 +527,42 @@ impl Engine {
         tx: &mut dyn StoreTx,
         node: &mut NodeRecord,
         own: Option<OwnAppends>,
+        holding: Option<i64>,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<Reply, ExchangeError> {
         let limits = self.options.limits;
-        let resend_to = (node.out_packet_no > node.sent_packet_no).then_some(node.out_up_to_rev);
+        // The node holds our packet in flight and is applying it (a
+        // download): the next one is built after it, without waiting for
+        // its acknowledgement, for an unscoped node with no scope change
+        // waiting (a scoped packet records holdings and may restart).
+        let ahead = node.prev_out_up_to_rev.is_none()
+            && node.out_packet_no > node.sent_packet_no
+            && holding == Some(node.out_packet_no)
+            && {
+                let scope = tx.get_scope(node.id).await?;
+                scope.scope.is_none() && scope.pending.is_none()
+            };
+        // A packet in flight is sent again, under its number, over exactly
+        // the range it first covered. With two in flight (the second built
+        // ahead), a node that says it holds the first gets the second; any
+        // other request gets the first, the second kept as it is: a late
+        // or duplicated request cannot tell what the node holds, and the
+        // node acknowledges each packet as first built.
+        // `(number, first revision after, last revision)`.
+        let again = match node.prev_out_up_to_rev {
+            Some(first_end) if holding == Some(node.out_packet_no - 1) => {
+                Some((node.out_packet_no, first_end, node.out_up_to_rev))
+            }
+            Some(first_end) => Some((node.out_packet_no - 1, node.acked_rev, first_end)),
+            None if node.out_packet_no > node.sent_packet_no && !ahead => {
+                Some((node.out_packet_no, node.acked_rev, node.out_up_to_rev))
+            }
+            None => None,
+        };
+        let resend_to = again.map(|(_, _, to)| to);
         // The packet being built: the one in flight again, or the next.
-        let building = match resend_to {
-            Some(_) => node.out_packet_no,
+        let building = match again {
+            Some((no, _, _)) => no,
             None => node.out_packet_no + 1,
         };
         let (mut routing, restart, resend_own_to) = self
@@ -530,6 +581,14 @@ impl Engine {
             // longer does.
             node.acked_rev = 0;
         }
+        // Where the packet being built starts: after what the node has
+        // acknowledged, after the packet it holds, or where the packet
+        // sent again first started.
+        let from = match again {
+            Some((_, from, _)) => from,
+            None if ahead => node.out_up_to_rev,
+            None => node.acked_rev,
+        };
         // Unscoped, the node's own versions are skipped below without
         // being looked at: they are read without their data. Scoped, the
         // store reads a window of the log and returns only the rows the
@@ -547,6 +606,7 @@ impl Engine {
             Some(own)
                 if routing.is_none()
                     && resend_to.is_none()
+                    && !ahead
                     && !restart
                     && own.after <= node.acked_rev
                     && resend_own_to <= node.acked_rev =>
@@ -560,12 +620,7 @@ impl Engine {
             None if own_up_to.is_some() => (Vec::new(), false, own_up_to),
             None => {
                 let rows = tx
-                    .revisions_after_skipping_own(
-                        node.id,
-                        node.acked_rev,
-                        limits.max_entities,
-                        resend_own_to,
-                    )
+                    .revisions_after_skipping_own(node.id, from, limits.max_entities, resend_own_to)
                     .await?;
                 let more = rows.len() >= limits.max_entities as usize;
                 (rows, more, None)
@@ -580,13 +635,7 @@ impl Engine {
                     None => limits.max_entities,
                 };
                 let page = tx
-                    .scoped_revisions_after(
-                        node.id,
-                        node.acked_rev,
-                        limit,
-                        window,
-                        &r.scope.filter(),
-                    )
+                    .scoped_revisions_after(node.id, from, limit, window, &r.scope.filter())
                     .await?;
                 (page.rows, page.more, Some(page.scanned_to))
             }
@@ -598,7 +647,7 @@ impl Engine {
         }
         let mut entities = Vec::new();
         let mut evict = Vec::new();
-        let mut up_to = node.acked_rev;
+        let mut up_to = from;
         let mut bytes = 0usize;
         let mut stopped = false;
         for (rev, e) in rows {
@@ -691,10 +740,25 @@ impl Engine {
             up_to = up_to.max(resend_to.map_or(scanned, |end| scanned.min(end)));
         }
         super::order::order_for_apply(&self.registry, &mut entities);
-        let packet_no = match resend_to {
-            Some(_) => {
+        let packet_no = match again {
+            Some((no, _, _)) => {
                 node.last_sync_out = Some(now);
-                node.out_packet_no
+                no
+            }
+            // Built ahead: the node acknowledges the packet it holds and
+            // this one later, each meaning its own range. With nothing to
+            // send, nothing is built, and rows skipped here are looked at
+            // again after that acknowledgement.
+            None if ahead => {
+                if entities.is_empty() {
+                    node.sent_packet_no
+                } else {
+                    node.prev_out_up_to_rev = Some(node.out_up_to_rev);
+                    node.out_packet_no += 1;
+                    node.out_up_to_rev = up_to;
+                    node.last_sync_out = Some(now);
+                    node.out_packet_no
+                }
             }
             // Only rows the node need not be sent lay past its cursor: its
             // own versions (a push) or, scoped, rows outside its scope that
@@ -751,6 +815,7 @@ impl Engine {
             evict,
             more,
             remaining,
+            sends_ahead: routing.is_none(),
         })
     }
 

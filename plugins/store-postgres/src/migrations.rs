@@ -58,7 +58,18 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "the results of a node's packet before its last",
         sql: V6_PREV_RESULTS,
     },
+    Migration {
+        version: 7,
+        name: "the revision range of a master packet built ahead",
+        sql: V7_PREV_OUT_UP_TO_REV,
+    },
 ];
+
+/// `sync_nodes.prev_out_up_to_rev`: the master may build its next packet
+/// for a node that holds the last one but has not acknowledged it yet, and
+/// keeps the revision range of both (docs/protocol.md, "Built ahead for a
+/// download").
+const V7_PREV_OUT_UP_TO_REV: &str = "ALTER TABLE sync_nodes ADD COLUMN prev_out_up_to_rev BIGINT;";
 
 /// `sync_nodes.prev_results`: the master keeps the results of a node's
 /// last two packets, so that a node may send its next packet before it has

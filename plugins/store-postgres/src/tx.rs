@@ -567,9 +567,10 @@ impl StoreTx for PgTx {
         sqlx::query(
             "INSERT INTO sync_nodes (id, code, name, role, is_self, token_hash, revoked, created_at,
                  last_sync_in, last_sync_out, received_packet_no, sent_packet_no, out_packet_no,
-                 acked_rev, out_up_to_rev, last_results, prev_results, schema_version)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16::jsonb,
-                 $17::jsonb, $18)
+                 acked_rev, out_up_to_rev, prev_out_up_to_rev, last_results, prev_results,
+                 schema_version)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                 $17::jsonb, $18::jsonb, $19)
              ON CONFLICT (id) DO UPDATE SET
                  code = excluded.code,
                  name = excluded.name,
@@ -585,6 +586,7 @@ impl StoreTx for PgTx {
                  out_packet_no = excluded.out_packet_no,
                  acked_rev = excluded.acked_rev,
                  out_up_to_rev = excluded.out_up_to_rev,
+                 prev_out_up_to_rev = excluded.prev_out_up_to_rev,
                  last_results = excluded.last_results,
                  prev_results = excluded.prev_results,
                  schema_version = excluded.schema_version",
@@ -604,6 +606,7 @@ impl StoreTx for PgTx {
         .bind(node.out_packet_no)
         .bind(node.acked_rev)
         .bind(node.out_up_to_rev)
+        .bind(node.prev_out_up_to_rev)
         .bind(node.last_results.as_deref())
         .bind(node.prev_results.as_deref())
         .bind(node.schema_version.as_deref())

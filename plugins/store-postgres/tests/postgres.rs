@@ -115,7 +115,7 @@ async fn the_schema_uses_postgres_types() {
          WHERE table_schema = current_schema()
            AND (table_name, column_name) IN (('entities', 'data'), ('entities', 'uuid'),
                 ('entities', 'updated_at'), ('entities', 'rev'), ('sync_nodes', 'last_results'),
-                ('sync_nodes', 'prev_results'),
+                ('sync_nodes', 'prev_results'), ('sync_nodes', 'prev_out_up_to_rev'),
                 ('object_version_history', 'serialized_data'), ('sync_changes', 'id'))
          ORDER BY 1",
     )
@@ -130,6 +130,7 @@ async fn the_schema_uses_postgres_types() {
         ("object_version_history.serialized_data", "jsonb"),
         ("sync_changes.id", "bigint"),
         ("sync_nodes.last_results", "jsonb"),
+        ("sync_nodes.prev_out_up_to_rev", "bigint"),
         ("sync_nodes.prev_results", "jsonb"),
     ];
     let found: Vec<(&str, &str)> = types

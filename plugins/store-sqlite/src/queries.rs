@@ -25,7 +25,7 @@ macro_rules! node_cols_with {
         concat!(
             "id, code, name, role, is_self, token_hash, revoked, created_at, last_sync_in, \
              last_sync_out, received_packet_no, sent_packet_no, out_packet_no, acked_rev, \
-             out_up_to_rev, ",
+             out_up_to_rev, prev_out_up_to_rev, ",
             $results,
             ", schema_version"
         )
@@ -151,6 +151,7 @@ pub(crate) fn node_from_row(row: &SqliteRow) -> StoreResult<NodeRecord> {
         out_packet_no: r.i64("out_packet_no")?,
         acked_rev: r.i64("acked_rev")?,
         out_up_to_rev: r.i64("out_up_to_rev")?,
+        prev_out_up_to_rev: r.opt_i64("prev_out_up_to_rev")?,
         last_results: r.opt_text("last_results")?.map(str::to_owned),
         prev_results: r.opt_text("prev_results")?.map(str::to_owned),
         schema_version: r.opt_text("schema_version")?.map(str::to_owned),

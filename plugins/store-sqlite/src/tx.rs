@@ -768,8 +768,9 @@ impl StoreTx for SqliteTx {
         sqlx::query(
             "INSERT INTO sync_nodes (id, code, name, role, is_self, token_hash, revoked, created_at,
                  last_sync_in, last_sync_out, received_packet_no, sent_packet_no, out_packet_no,
-                 acked_rev, out_up_to_rev, last_results, prev_results, schema_version)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                 acked_rev, out_up_to_rev, prev_out_up_to_rev, last_results, prev_results,
+                 schema_version)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (id) DO UPDATE SET
                  code = excluded.code,
                  name = excluded.name,
@@ -785,6 +786,7 @@ impl StoreTx for SqliteTx {
                  out_packet_no = excluded.out_packet_no,
                  acked_rev = excluded.acked_rev,
                  out_up_to_rev = excluded.out_up_to_rev,
+                 prev_out_up_to_rev = excluded.prev_out_up_to_rev,
                  last_results = excluded.last_results,
                  prev_results = excluded.prev_results,
                  schema_version = excluded.schema_version",
@@ -804,6 +806,7 @@ impl StoreTx for SqliteTx {
         .bind(node.out_packet_no)
         .bind(node.acked_rev)
         .bind(node.out_up_to_rev)
+        .bind(node.prev_out_up_to_rev)
         .bind(node.last_results.as_deref())
         .bind(node.prev_results.as_deref())
         .bind(node.schema_version.as_deref())

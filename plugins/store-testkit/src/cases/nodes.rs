@@ -22,6 +22,7 @@ fn full_node() -> NodeRecord {
         out_packet_no: 13,
         acked_rev: 14,
         out_up_to_rev: 15,
+        prev_out_up_to_rev: Some(13),
         // In the form PostgreSQL's JSONB prints (its key order and
         // spacing), which both backends then return unchanged.
         last_results: Some(r#"[{"rev": 7, "uuid": "x", "outcome": "applied"}]"#.into()),
@@ -84,6 +85,7 @@ pub async fn put_node_updates_by_id_and_refuses_a_duplicate_code(s: &Subject) {
     node.token_hash = None;
     node.last_results = None;
     node.prev_results = Some("[]".into());
+    node.prev_out_up_to_rev = None;
     tx.put_node(&node).await.unwrap();
     assert_eq!(tx.get_node(node.id).await.unwrap().as_ref(), Some(&node));
     tx.commit().await.unwrap();

@@ -192,6 +192,12 @@ pub struct ChangeResult {
     /// state, even when the packet was a resend rebuilt after a later edit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<DateTime<Utc>>,
+    /// The `updated_at` of the client's version this result is about,
+    /// whatever the outcome. A client whose copy still has it and still
+    /// has it queued (an edit made while its packet travelled, the packet
+    /// then sent again with it) has nothing left to send of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_updated_at: Option<DateTime<Utc>>,
 }
 
 /// A refusal, as the JSON body of a non-2xx protocol response.

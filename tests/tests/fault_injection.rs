@@ -701,6 +701,11 @@ fn seeds() -> Vec<u64> {
     // Seeds that once found a bug run every time.
     const REGRESSIONS: &[u64] = &[
         854_253_646_711_855_313, // a late duplicate request widened an in-flight master packet
+        // An edit made while its packet travelled, that packet lost before
+        // delivery, sent again with the edit and decided as a conflict:
+        // the edit's own queue row was sent again (Property 24).
+        646_484_702_089_252_417,
+        10_412_456_968_721_979_194,
     ];
     // HUBSYNC_LONG=1 (the one command for every long suite, docs/testing.md)
     // runs thousands of seeds; HUBSYNC_FAULT_SEEDS sets the count exactly.

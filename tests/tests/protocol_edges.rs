@@ -611,3 +611,88 @@ async fn a_download_session_asks_for_the_next_packet_before_it_applies_one() {
     );
     set.close().await;
 }
+
+#[tokio::test]
+async fn an_edit_sent_in_a_resent_packet_and_decided_as_a_conflict_is_not_sent_again() {
+    // Property 24. The client edits X (based on revision 1) while the
+    // master has revision 2: a conflict. The packet carrying the edit is
+    // lost before delivery, the client edits X again (a new queue row,
+    // as the first is in flight), and the packet goes again rebuilt with
+    // that second edit, which the master decides (server-wins: it loses).
+    // The second edit's own queue row then has nothing left to send.
+    let set = EngineSet::new(1, EngineOptions::default()).await.unwrap();
+    let (client, link) = &set.clients[0];
+    let x = set
+        .master
+        .create("Brigade", None, json!({"name": "x0"}))
+        .await
+        .unwrap();
+    client.sync_session(link, &NoProgress).await.unwrap();
+    set.master
+        .put("Brigade", x.uuid, json!({"name": "master"}))
+        .await
+        .unwrap();
+    client
+        .put("Brigade", x.uuid, json!({"name": "x1"}))
+        .await
+        .unwrap();
+    let lost = Scripted {
+        inner: link,
+        fail_at: 1,
+        sent: Mutex::new(Vec::new()),
+    };
+    assert!(client.sync_session(&lost, &NoProgress).await.is_err());
+    client
+        .put("Brigade", x.uuid, json!({"name": "x2"}))
+        .await
+        .unwrap();
+
+    let again = Scripted {
+        inner: link,
+        fail_at: 0,
+        sent: Mutex::new(Vec::new()),
+    };
+    let s = client.sync_session(&again, &NoProgress).await.unwrap();
+    let carried_x: Vec<(i64, serde_json::Value)> = again
+        .sent
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|r| {
+            r.body
+                .entities
+                .iter()
+                .filter(|e| e.uuid == x.uuid)
+                .map(|e| (r.header.packet_no, e.data.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(
+        carried_x,
+        vec![(1, json!({"name": "x2"}))],
+        "the second edit travelled once, in packet 1 sent again"
+    );
+    assert_eq!(
+        s.conflicts.len(),
+        1,
+        "one conflict, decided once: {:?}",
+        s.conflicts
+    );
+    assert_eq!(
+        client
+            .store()
+            .count_queued(master_row(client).await.id)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        client.get("Brigade", x.uuid).await.unwrap().data,
+        json!({"name": "master"})
+    );
+    assert_eq!(
+        client.replica_state().await.unwrap(),
+        set.master.replica_state().await.unwrap()
+    );
+    set.close().await;
+}

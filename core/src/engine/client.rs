@@ -600,36 +600,38 @@ impl Engine {
         // rows written in batches (cached_tx.rs).
         let mut cached = CachedTx::new(tx.as_mut());
         if h.ack_packet_no > peer.sent_packet_no {
-            let taken: Vec<(String, uuid::Uuid)> = body
+            let keys: Vec<(String, uuid::Uuid)> = body
                 .results
                 .iter()
-                .filter(|r| r.outcome.client_version_taken())
                 .map(|r| (r.entity_type.clone(), r.uuid))
                 .collect();
             // Only the stamps are read: the data stays where it is.
             let stamps: std::collections::HashMap<(String, uuid::Uuid), EntityStamp> = cached
-                .entity_stamps(&taken)
+                .entity_stamps(&keys)
                 .await?
                 .into_iter()
                 .map(|s| ((s.entity_type.clone(), s.uuid), s))
                 .collect();
-            cached.prefetch_queue(master, taken).await?;
+            cached.prefetch_queue(master, keys).await?;
             let ctx: &mut dyn StoreTx = &mut cached;
             let mut redundant = Vec::new();
             let mut raise = Vec::new();
             for r in &body.results {
-                if r.outcome.client_version_taken()
-                    && let Some(e) = stamps.get(&(r.entity_type.clone(), r.uuid))
-                {
-                    if e.rev.is_none_or(|rev| rev < r.rev) {
+                let taken = r.outcome.client_version_taken();
+                if let Some(e) = stamps.get(&(r.entity_type.clone(), r.uuid)) {
+                    if taken && e.rev.is_none_or(|rev| rev < r.rev) {
                         // Our version is the master's at r.rev: later local
                         // edits are based on it (no false conflict, §7.4).
                         raise.push((r.entity_type.clone(), r.uuid, r.rev));
                     }
                     // A packet resent after an edit carried the edited state;
-                    // if that is what the master took, the edit's own queue
-                    // row has nothing left to send (Property 24).
-                    if r.updated_at == Some(e.updated_at)
+                    // if that is the version the master handled (took it,
+                    // or decided a conflict, held or refused it), the
+                    // edit's own queue row has nothing left to send
+                    // (Property 24). Masters before `sent_updated_at` say
+                    // it only of a version they took.
+                    let handled = r.sent_updated_at.or(r.updated_at.filter(|_| taken));
+                    if handled == Some(e.updated_at)
                         && let Some(row) = ctx
                             .unsent_change_for(master, &r.entity_type, r.uuid)
                             .await?

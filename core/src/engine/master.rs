@@ -933,13 +933,15 @@ impl Engine {
                     outcome: Outcome::Held,
                     rev: 0,
                     updated_at: None,
+                    sent_updated_at: Some(c.updated_at),
                 });
                 continue;
             }
-            let uuid = c.uuid;
-            let result = self
+            let (uuid, sent_updated_at) = (c.uuid, c.updated_at);
+            let mut result = self
                 .apply_change(tx, node, packet_no, c, found, now)
                 .await?;
+            result.sent_updated_at = Some(sent_updated_at);
             let applied = result.outcome != Outcome::Rejected;
             results.push(result);
             if applied && may_release {
@@ -1112,6 +1114,7 @@ impl Engine {
                     outcome: Outcome::Applied,
                     rev,
                     updated_at: Some(updated_at),
+                    sent_updated_at: None,
                 }
             }
         };
@@ -1216,6 +1219,7 @@ impl Engine {
             outcome: Outcome::Rejected,
             rev: master.rev.unwrap_or(0),
             updated_at: None,
+            sent_updated_at: None,
         })
     }
 
@@ -1441,6 +1445,7 @@ impl Engine {
             outcome,
             rev,
             updated_at: (outcome == Outcome::ConflictIncomingWon).then_some(c.updated_at),
+            sent_updated_at: None,
         })
     }
 }

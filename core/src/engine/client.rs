@@ -132,12 +132,6 @@ impl Engine {
         self.require(NodeRole::Client)?;
         let master = self.master_id()?;
         let mut summary = SyncSummary::default();
-        // Where the packet numbers stand: a master packet after the last
-        // one applied may be asked for ahead (`download_ahead`).
-        if let Some(peer) = self.store.get_node(master).await? {
-            summary.received_packet_no = peer.received_packet_no;
-            summary.acked_packet_no = peer.sent_packet_no;
-        }
         let pending_at_start = self.store.count_queued(master).await?;
         let mut bytes_received = 0u64;
         let ctx = RoundCtx {
@@ -201,7 +195,7 @@ impl Engine {
             if window.in_flight() == 0
                 && ahead.is_none()
                 && sent.carries.is_none()
-                && download_ahead(&response, summary.received_packet_no)
+                && download_ahead(&response, sent.ack.max(summary.received_packet_no))
             {
                 let mut out = self.build_outgoing().await?;
                 if out.carries_packet.is_none() {
@@ -763,16 +757,17 @@ fn push_only(response: &Envelope, sent_ack: i64) -> bool {
 }
 
 /// Whether the next request goes before `response` is applied, saying it
-/// holds the packet `response` brings: a master that builds ahead sent our
-/// next packet (`received` is the last one applied), with entities and more
-/// to come, and no evictions (an unscoped node).
-fn download_ahead(response: &Envelope, received: i64) -> bool {
+/// holds the packet `response` brings: a master that builds ahead sent the
+/// packet after `applied` (the last one applied: what the request it
+/// answers acknowledged, or one applied in this session since), with
+/// entities and more to come, and no evictions (an unscoped node).
+fn download_ahead(response: &Envelope, applied: i64) -> bool {
     let b = &response.body;
     b.sends_ahead
         && b.more
         && !b.entities.is_empty()
         && b.evict.is_empty()
-        && response.header.packet_no == received + 1
+        && response.header.packet_no == applied + 1
 }
 
 /// A request of the session, as it left.

@@ -535,13 +535,12 @@ impl Engine {
         // download): the next one is built after it, without waiting for
         // its acknowledgement, for an unscoped node with no scope change
         // waiting (a scoped packet records holdings and may restart).
+        let scope = tx.get_scope(node.id).await?;
         let ahead = node.prev_out_up_to_rev.is_none()
             && node.out_packet_no > node.sent_packet_no
             && holding == Some(node.out_packet_no)
-            && {
-                let scope = tx.get_scope(node.id).await?;
-                scope.scope.is_none() && scope.pending.is_none()
-            };
+            && scope.scope.is_none()
+            && scope.pending.is_none();
         // A packet in flight is sent again, under its number, over exactly
         // the range it first covered. With two in flight (the second built
         // ahead), a node that says it holds the first gets the second; any
@@ -569,6 +568,7 @@ impl Engine {
             .packet_routing(
                 tx,
                 node.id,
+                scope,
                 building,
                 resend_to.is_none(),
                 node.out_packet_no > 0,

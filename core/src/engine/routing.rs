@@ -245,16 +245,17 @@ impl Engine {
     /// dropped them while scoped). `received_anything`: the node
     /// has been sent packets before (coming from "everything", it may hold
     /// any row, so every current row is recorded as possibly held and the
-    /// rescan evicts those out of scope).
+    /// rescan evicts those out of scope). `record`: the node's scope record,
+    /// as the caller read it in `tx`.
     pub(super) async fn packet_routing(
         &self,
         tx: &mut dyn StoreTx,
         node: Uuid,
+        mut record: ScopeRecord,
         packet_no: i64,
         new_packet: bool,
         received_anything: bool,
     ) -> Result<(Option<PacketRouting>, bool, i64), EngineError> {
-        let mut record = tx.get_scope(node).await?;
         let mut restart = false;
         if new_packet && let Some(next) = record.pending.take() {
             let was_scoped = record.scope.is_some();

@@ -40,6 +40,9 @@ pub struct Args {
     /// Registered nodes for the master-write scenario (suite; default
     /// 10,000, 1,000 with --quick).
     pub nodes: Option<usize>,
+    /// The interval between a client's exchanges in the paced run of the
+    /// suite's `many` part, in ms (default 5,000, 2,000 with --quick).
+    pub pace_ms: Option<usize>,
     /// Where the JSON report goes.
     pub out: Option<PathBuf>,
     /// Only these parts of the scenario (suite: `--only push,download`);
@@ -80,7 +83,7 @@ const SCENARIOS: &[(&str, &str, Scenario)] = &[
 
 fn usage() -> String {
     let mut s = String::from(
-        "usage: hubsync-bench SCENARIO [--quick] [--only LIST] [--n N] [--clients C] [--nodes K] [--json FILE]\n\nscenarios:\n",
+        "usage: hubsync-bench SCENARIO [--quick] [--only LIST] [--n N] [--clients C] [--nodes K] [--pace-ms MS] [--json FILE]\n\nscenarios:\n",
     );
     for (name, what, _) in SCENARIOS {
         s.push_str(&format!("  {name:<10} {what}\n"));
@@ -109,6 +112,7 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<(String, Args), Strin
         n: None,
         clients: None,
         nodes: None,
+        pace_ms: None,
         out: None,
         only: None,
     };
@@ -118,6 +122,7 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<(String, Args), Strin
             "--n" => args.n = Some(number(&mut argv, "--n")?),
             "--clients" => args.clients = Some(number(&mut argv, "--clients")?.max(1)),
             "--nodes" => args.nodes = Some(number(&mut argv, "--nodes")?.max(10)),
+            "--pace-ms" => args.pace_ms = Some(number(&mut argv, "--pace-ms")?.max(1)),
             "--json" | "--out" => {
                 args.out = Some(argv.next().ok_or(format!("{a} needs a file"))?.into())
             }

@@ -29,6 +29,26 @@ pub struct Target {
     pub own_foreman: bool,
 }
 
+/// How a client spaces its exchanges.
+#[derive(Clone, Copy, Debug)]
+pub enum Pace {
+    /// Closed loop: the next exchange as soon as the previous answer is in.
+    /// With every client doing that at once, the run measures the master's
+    /// saturation: a latency is then the crowd's size over the throughput.
+    Closed,
+    /// A fleet syncing on a timer: each client exchanges once every
+    /// `every`, the clients' first exchanges spread evenly over the first
+    /// `every`. A latency counts from the exchange's scheduled instant, so
+    /// the time a late exchange spent waiting for the previous one to end
+    /// is in it (no coordinated omission).
+    Every(Duration),
+}
+
+/// Where a client's packet numbering stands: the last packet it sent and
+/// the last master packet it acknowledges. A run starts each client where
+/// an earlier one left it.
+pub type Position = (i64, i64);
+
 /// What the clients saw.
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -42,6 +62,8 @@ pub struct Outcome {
     pub wall: Duration,
     /// Entities the master sent back (others' changes).
     pub received: usize,
+    /// Each client's position at the end, in the order of the peers.
+    pub positions: Vec<Position>,
 }
 
 impl Outcome {
@@ -83,14 +105,23 @@ struct ClientOutcome {
     /// The client's first error, verbatim, and when it happened.
     first_error: Option<(Instant, String)>,
     received: usize,
+    position: Position,
 }
 
 /// `peers` clients (numbered from `first`: client `k` is node
 /// `<prefix>-<k + 1>`), all at once, each doing `rounds` exchanges one after
-/// the other (each exchange bounded by a 90 s timeout): a closed loop, a
-/// client sends its next packet when the previous answer is in. The first
-/// error reported is the earliest one in time, verbatim.
-pub async fn run(target: &Target, peers: &[Peer], first: usize, rounds: usize) -> Outcome {
+/// the other (each exchange bounded by a 90 s timeout) at `pace`, starting
+/// from `from` (the positions an earlier run returned, in the order of the
+/// peers; new clients when `None`). The first error reported is the
+/// earliest one in time, verbatim.
+pub async fn run(
+    target: &Target,
+    peers: &[Peer],
+    first: usize,
+    rounds: usize,
+    pace: Pace,
+    from: Option<&[Position]>,
+) -> Outcome {
     let target = Arc::new(Target {
         tls: target.tls.clone(),
         url: target.url.clone(),
@@ -103,8 +134,10 @@ pub async fn run(target: &Target, peers: &[Peer], first: usize, rounds: usize) -
     for (k, p) in peers.iter().enumerate() {
         let target = target.clone();
         let p = p.clone();
+        let position = from.and_then(|f| f.get(k).copied()).unwrap_or((0, 0));
+        let schedule = schedule_of(pace, started, k, peers.len());
         tasks.push(tokio::spawn(async move {
-            one(&target, &p, first + k, rounds).await
+            one(&target, &p, first + k, rounds, schedule, position).await
         }));
     }
     let mut out = Outcome::default();
@@ -118,8 +151,10 @@ pub async fn run(target: &Target, peers: &[Peer], first: usize, rounds: usize) -
                 errors: rounds,
                 first_error: Some((Instant::now(), format!("client task failed: {e}"))),
                 received: 0,
+                position: (0, 0),
             },
         };
+        out.positions.push(c.position);
         out.latencies.extend(c.latencies);
         out.later.extend(c.later);
         out.errors += c.errors;
@@ -135,7 +170,26 @@ pub async fn run(target: &Target, peers: &[Peer], first: usize, rounds: usize) -
     out
 }
 
-async fn one(target: &Target, p: &Peer, k: usize, rounds: usize) -> ClientOutcome {
+/// Client `k` of `n`'s first due instant and interval at `pace` (`None`:
+/// closed loop): its exchange `r` is due at `started + every * (k / n + r)`,
+/// so the clients' exchanges are spread evenly over each interval.
+fn schedule_of(pace: Pace, started: Instant, k: usize, n: usize) -> Option<(Instant, Duration)> {
+    match pace {
+        Pace::Closed => None,
+        Pace::Every(every) => Some((started + every.mul_f64(k as f64 / n.max(1) as f64), every)),
+    }
+}
+
+/// One client's exchanges; `schedule` is the due instant of its first
+/// exchange and the interval between them (`None`: closed loop).
+async fn one(
+    target: &Target,
+    p: &Peer,
+    k: usize,
+    rounds: usize,
+    schedule: Option<(Instant, Duration)>,
+    position: Position,
+) -> ClientOutcome {
     let transport = hubsync::transport::HttpsTransport::new(
         target.tls.clone(),
         &target.url,
@@ -148,9 +202,14 @@ async fn one(target: &Target, p: &Peer, k: usize, rounds: usize) -> ClientOutcom
         errors: 0,
         first_error: None,
         received: 0,
+        position,
     };
-    let (mut packet_no, mut ack) = (0_i64, 0_i64);
+    let (mut packet_no, mut ack) = position;
     for r in 0..rounds {
+        let due = schedule.map(|(at, every)| at + every * r as u32);
+        if let Some(due) = due {
+            tokio::time::sleep_until(due.into()).await;
+        }
         let request = Envelope {
             header: Header {
                 protocol: PROTOCOL_VERSION,
@@ -186,7 +245,7 @@ async fn one(target: &Target, p: &Peer, k: usize, rounds: usize) -> ClientOutcom
                 sends_ahead: false,
             },
         };
-        let t = Instant::now();
+        let t = due.unwrap_or_else(Instant::now);
         let failed =
             match tokio::time::timeout(Duration::from_secs(90), transport.exchange(&request)).await
             {
@@ -208,5 +267,37 @@ async fn one(target: &Target, p: &Peer, k: usize, rounds: usize) -> ClientOutcom
             out.first_error.get_or_insert((Instant::now(), msg));
         }
     }
+    out.position = (packet_no, ack);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paced_clients_are_spread_evenly_over_one_interval() {
+        let t0 = Instant::now();
+        let every = Duration::from_secs(5);
+        let firsts: Vec<Duration> = (0..4)
+            .map(|k| {
+                let (first, step) = schedule_of(Pace::Every(every), t0, k, 4).expect("paced");
+                assert_eq!(step, every);
+                first - t0
+            })
+            .collect();
+        assert_eq!(
+            firsts,
+            [0, 1250, 2500, 3750].map(Duration::from_millis).to_vec()
+        );
+        assert!(schedule_of(Pace::Closed, t0, 3, 4).is_none());
+    }
+
+    #[test]
+    fn quantiles_pick_the_nearest_rank() {
+        let l: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(quantile_ms(&l, 0.5), 51.0);
+        assert_eq!(quantile_ms(&l, 0.99), 99.0);
+        assert!(quantile_ms(&[], 0.5).is_nan());
+    }
 }

@@ -157,6 +157,9 @@ struct Plan {
     single: usize,
     clients: usize,
     rounds: usize,
+    /// The interval between a client's exchanges in the paced run of
+    /// `many` (a fleet syncing on a timer).
+    pace: Duration,
     nodes: usize,
     master_writes: usize,
 }
@@ -170,6 +173,9 @@ impl Plan {
             single: if q { 100 } else { 1_000 },
             clients: args.clients.unwrap_or(if q { 50 } else { 500 }),
             rounds: if q { 3 } else { 4 },
+            pace: Duration::from_millis(
+                args.pace_ms.unwrap_or(if q { 2_000 } else { 5_000 }) as u64
+            ),
             nodes: args.nodes.unwrap_or(if q { 1_000 } else { 10_000 }),
             master_writes: if q { 50 } else { 300 },
         })
@@ -1055,7 +1061,7 @@ async fn many_run(
             .to_string(),
         own_foreman: scoped,
     };
-    let alone = many::run(&target, &peers[..1], 0, 20).await;
+    let alone = many::run(&target, &peers[..1], 0, 20, many::Pace::Closed, None).await;
     anyhow::ensure!(
         alone.errors == 0,
         "one client alone failed ({} of 20 exchanges); the first error: {}",
@@ -1064,7 +1070,15 @@ async fn many_run(
     );
     let perf = Perf::start(&master, &format!("{name}-master"));
     let (cpu_before, switches_before) = (master.cpu_secs(), master.context_switches());
-    let crowd = many::run(&target, &peers[1..], 1, plan.rounds).await;
+    let crowd = many::run(
+        &target,
+        &peers[1..],
+        1,
+        plan.rounds,
+        many::Pace::Closed,
+        None,
+    )
+    .await;
     let per_exchange = crowd.exchanges().max(1) as f64;
     let cpu_us = (master.cpu_secs() - cpu_before) * 1e6 / per_exchange;
     let switches = master.context_switches().saturating_sub(switches_before) as f64 / per_exchange;
@@ -1131,7 +1145,7 @@ async fn many_run(
     rows.push(
         Row::plain(
             &format!("{label}: errors"),
-            size,
+            size.clone(),
             "errors",
             crowd.errors as f64,
         )
@@ -1143,6 +1157,40 @@ async fn many_run(
                 .unwrap_or_default(),
         ),
     );
+    // The same clients again, each on a timer, as a fleet syncs: the
+    // latency a client sees at an offered rate below the saturation above,
+    // first at the fleet's pace, then at 50 % and 90 % of the closed loop's
+    // throughput.
+    let at_fleet = paced(
+        &target,
+        &peers[1..],
+        plan.rounds,
+        plan.pace,
+        &alone,
+        crowd.per_s(),
+        &crowd.positions,
+        label,
+        "",
+        rows,
+    )
+    .await;
+    let mut from = at_fleet;
+    for load in [0.5, 0.9] {
+        let every = Duration::from_secs_f64(plan.clients as f64 / (crowd.per_s() * load).max(1.0));
+        from = paced(
+            &target,
+            &peers[1..],
+            plan.rounds,
+            every,
+            &alone,
+            crowd.per_s(),
+            &from,
+            label,
+            &format!(" at {:.0} % load", load * 100.0),
+            rows,
+        )
+        .await;
+    }
     rows.push(Row::cost(
         &format!("peak RSS master ({label})"),
         format!("{} clients", plan.clients),
@@ -1153,6 +1201,88 @@ async fn many_run(
     ));
     master.stop();
     Ok(())
+}
+
+/// One paced run of `many` (each client exchanging once every `every`,
+/// from `from`): its p50, p99 and errors as rows labelled `label` and
+/// `what`; returns where the clients' numbering stands.
+#[allow(clippy::too_many_arguments)]
+async fn paced(
+    target: &many::Target,
+    peers: &[many::Peer],
+    rounds: usize,
+    every: Duration,
+    alone: &many::Outcome,
+    closed_per_s: f64,
+    from: &[many::Position],
+    label: &str,
+    what: &str,
+    rows: &mut Vec<Row>,
+) -> Vec<many::Position> {
+    let offered = peers.len() as f64 / every.as_secs_f64();
+    say(&format!(
+        "{label}: {} clients, each exchanging once every {:.2} s (offered {offered:.0} exch/s)",
+        peers.len(),
+        every.as_secs_f64()
+    ));
+    let run = many::run(
+        target,
+        peers,
+        1,
+        rounds,
+        many::Pace::Every(every),
+        Some(from),
+    )
+    .await;
+    eprintln!(
+        "suite:   {} exchanges in {:.1} s ({:.0} exch/s), {} errors; p50 {:.1} ms, p99 {:.1} ms",
+        run.exchanges(),
+        run.wall.as_secs_f64(),
+        run.per_s(),
+        run.errors,
+        run.quantile_ms(0.5),
+        run.quantile_ms(0.99)
+    );
+    if let Some(e) = &run.first_error {
+        eprintln!("suite:   the first error: {e}");
+    }
+    let note = format!(
+        "each client exchanging once every {:.2} s, its first exchanges spread over the first interval: an offered {offered:.0} exch/s, {:.0} % of the closed-loop throughput above; {} exchanges ({} per client), {} entities received back; a latency counts from the exchange's scheduled instant",
+        every.as_secs_f64(),
+        100.0 * offered / closed_per_s.max(1e-9),
+        run.exchanges(),
+        rounds,
+        run.received
+    );
+    let size = format!("{} clients", peers.len());
+    for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
+        rows.push(
+            Row::cost(
+                &format!("{label}: {name} latency, paced{what}"),
+                size.clone(),
+                "ms",
+                run.quantile_ms(q),
+                &format!("one client alone, {name}"),
+                alone.quantile_ms(q),
+            )
+            .note(note.clone()),
+        );
+    }
+    rows.push(
+        Row::plain(
+            &format!("{label}: errors, paced{what}"),
+            size,
+            "errors",
+            run.errors as f64,
+        )
+        .note(
+            run.first_error
+                .as_ref()
+                .map(|e| format!("the first error: {e}"))
+                .unwrap_or_default(),
+        ),
+    );
+    run.positions
 }
 
 /// Scopes node `<prefix>-<k + 1>` to the brigades of [`data::foreman`]`(k)`,

@@ -15,6 +15,14 @@ Variants:
   refs-integer  + five reference rows each keyed by integers: entities get
                 an INTEGER PRIMARY KEY, entity_refs (source_id, pointer,
                 target_id) with an index on target_id
+  refs-interned + five reference rows each keyed by integers that come from
+                an interning table (entity_keys: id, type, uuid, unique on
+                uuid and type) instead of the entities table: one key row
+                per report (its own uuid), the targets' keys looked up (and
+                inserted when new) once per transaction, then rows
+                (source_id, pointer_id, target_id); entities unchanged. What
+                a migration could do without touching `entities`, and
+                without needing a referenced entity to exist
   refs-target   + five reference rows each in one tree keyed target first
                 (what the index entity_refs_target held), and one row per
                 source with its references packed as JSON (what a
@@ -69,6 +77,11 @@ REFS_TEXT = """CREATE TABLE entity_refs (source_type TEXT NOT NULL, source_uuid 
 CREATE INDEX entity_refs_target ON entity_refs (target_uuid, target_type);"""
 REFS_INT = """CREATE TABLE entity_refs (source_id INTEGER NOT NULL, pointer INTEGER NOT NULL,
     target_id INTEGER NOT NULL, PRIMARY KEY (source_id, pointer, target_id)) WITHOUT ROWID;
+CREATE INDEX entity_refs_target ON entity_refs (target_id);"""
+REFS_INTERNED = """CREATE TABLE entity_keys (id INTEGER PRIMARY KEY, entity_type TEXT NOT NULL,
+    uuid TEXT NOT NULL, UNIQUE (uuid, entity_type));
+CREATE TABLE entity_refs (source_id INTEGER NOT NULL, pointer_id INTEGER NOT NULL,
+    target_id INTEGER NOT NULL, PRIMARY KEY (source_id, pointer_id, target_id)) WITHOUT ROWID;
 CREATE INDEX entity_refs_target ON entity_refs (target_id);"""
 REFS_TARGET = """CREATE TABLE entity_refs (target_uuid TEXT NOT NULL, target_type TEXT NOT NULL,
     source_type TEXT NOT NULL, source_uuid TEXT NOT NULL, pointer TEXT NOT NULL,
@@ -135,6 +148,25 @@ def refs_integer(c, uuids, state):
     state["next_id"] = first + len(uuids)
 
 
+def refs_interned(c, uuids, state):
+    entities(c, uuids, state)
+    # The targets' keys, once per transaction (they repeat across reports).
+    c.executemany("INSERT OR IGNORE INTO entity_keys (entity_type, uuid) VALUES (?, ?)", TARGETS)
+    ids = {}
+    for t, tu in TARGETS:
+        ids[tu] = c.execute("SELECT id FROM entity_keys WHERE uuid = ? AND entity_type = ?",
+                            (tu, t)).fetchone()[0]
+    # The sources' keys: one row each, their ids read back in one statement.
+    c.executemany("INSERT INTO entity_keys (entity_type, uuid) VALUES ('DailyReport', ?)",
+                  [(u,) for u in uuids])
+    first = c.execute("SELECT id FROM entity_keys WHERE uuid = ? AND entity_type = 'DailyReport'",
+                      (uuids[0],)).fetchone()[0]
+    pointers = {p: k for k, p in enumerate(dict.fromkeys(POINTERS))}
+    c.executemany("INSERT INTO entity_refs VALUES (?, ?, ?)",
+                  [(first + i, pointers[p], ids[tu])
+                   for i in range(len(uuids)) for p, (t, tu) in zip(POINTERS, TARGETS)])
+
+
 def refs_target(c, uuids, state):
     entities(c, uuids, state)
     packed = json.dumps([[p, t, tu] for p, (t, tu) in zip(POINTERS, TARGETS)])
@@ -148,4 +180,5 @@ run("entities", ENTITIES, entities)
 run("queue", ENTITIES + QUEUE, queue)
 run("refs-text", ENTITIES + REFS_TEXT, refs_text)
 run("refs-integer", ENTITIES_INT + REFS_INT, refs_integer)
+run("refs-interned", ENTITIES + REFS_INTERNED, refs_interned)
 run("refs-target", ENTITIES + REFS_TARGET, refs_target)

@@ -41,8 +41,9 @@ pub enum Rows<'a> {
     Plain,
     /// A fresh store file with the store's own schema (every index, the
     /// foreign keys), and the rows a client's store gets for each entity:
-    /// the entity, one `entity_refs` row per reference (`(pointer, target
-    /// type, target uuid)`, the same for every row) and its queue row.
+    /// the entity, its interned key and one `entity_refs` row per
+    /// reference (`(pointer, target type, target uuid)`, the same for every
+    /// row), and its queue row.
     Store {
         refs: &'a [(&'a str, &'a str, Uuid)],
     },
@@ -149,9 +150,26 @@ pub async fn sqlite_insert(
                 .iter()
                 .flat_map(|(uuid, _)| refs.iter().map(move |r| (uuid.as_str(), r)))
                 .collect();
+            // The references' interned keys (the sources', and the
+            // targets', which are the same for every row), then the rows
+            // keyed by them, as the store writes them.
+            let keys: Vec<(&str, &str)> = chunk
+                .iter()
+                .map(|(uuid, _)| (ty, uuid.as_str()))
+                .chain(refs.iter().map(|(_, t, target)| (*t, target.as_str())))
+                .collect();
+            for part in keys.chunks(per_tx) {
+                let mut q: QueryBuilder<Sqlite> =
+                    QueryBuilder::new("INSERT OR IGNORE INTO entity_keys (entity_type, uuid) ");
+                q.push_values(part, |mut b, (t, u)| {
+                    b.push_bind(*t).push_bind(*u);
+                });
+                q.build().execute(&mut *tx).await?;
+            }
             for part in rows.chunks(per_tx) {
                 let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                    "INSERT INTO entity_refs (source_type, source_uuid, pointer, target_type, target_uuid) ",
+                    "INSERT INTO entity_refs (source_id, pointer, target_id)
+                     SELECT s.id, v.column3, t.id FROM (",
                 );
                 q.push_values(part, |mut b, (uuid, (p, t, target))| {
                     b.push_bind(ty)
@@ -160,6 +178,11 @@ pub async fn sqlite_insert(
                         .push_bind(*t)
                         .push_bind(target.as_str());
                 });
+                q.push(
+                    ") AS v
+                     CROSS JOIN entity_keys AS s ON s.uuid = v.column2 AND s.entity_type = v.column1
+                     CROSS JOIN entity_keys AS t ON t.uuid = v.column5 AND t.entity_type = v.column4",
+                );
                 q.build().execute(&mut *tx).await?;
             }
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(

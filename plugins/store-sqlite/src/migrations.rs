@@ -57,7 +57,48 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "the revision range of a master packet built ahead",
         sql: V7_PREV_OUT_UP_TO_REV,
     },
+    Migration {
+        version: 8,
+        name: "references keyed by interned integer keys",
+        sql: V8_INTERNED_REFERENCE_KEYS,
+    },
 ];
+
+/// `entity_keys`: one integer key per (type, uuid) that a reference names
+/// as its source or target (a target need not exist yet). `entity_refs`
+/// is rebuilt on those keys: its rows were ~130 bytes of text in two
+/// B-trees (the primary key and `entity_refs_target`), five per report,
+/// and the largest part of both a sync's SQL time and a client's file;
+/// keyed by integers they are ~20 (docs/benchmarks.md, session 17:
+/// `refs-joined`, 1.59× on the rows' floor, half the file). Keys are never
+/// removed: a purged entity's key stays, unused.
+const V8_INTERNED_REFERENCE_KEYS: &str = r#"
+CREATE TABLE entity_keys (
+    id          INTEGER PRIMARY KEY,
+    entity_type TEXT NOT NULL,
+    uuid        TEXT NOT NULL,
+    UNIQUE (uuid, entity_type)
+);
+INSERT OR IGNORE INTO entity_keys (entity_type, uuid)
+    SELECT source_type, source_uuid FROM entity_refs;
+INSERT OR IGNORE INTO entity_keys (entity_type, uuid)
+    SELECT target_type, target_uuid FROM entity_refs;
+
+CREATE TABLE entity_refs_v8 (
+    source_id INTEGER NOT NULL,
+    pointer   TEXT NOT NULL,
+    target_id INTEGER NOT NULL,
+    PRIMARY KEY (source_id, pointer, target_id)
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO entity_refs_v8 (source_id, pointer, target_id)
+    SELECT s.id, r.pointer, t.id
+    FROM entity_refs AS r
+    JOIN entity_keys AS s ON s.uuid = r.source_uuid AND s.entity_type = r.source_type
+    JOIN entity_keys AS t ON t.uuid = r.target_uuid AND t.entity_type = r.target_type;
+DROP TABLE entity_refs;
+ALTER TABLE entity_refs_v8 RENAME TO entity_refs;
+CREATE INDEX entity_refs_target ON entity_refs (target_id);
+"#;
 
 /// `sync_nodes.prev_out_up_to_rev`: the master may build its next packet
 /// for a node that holds the last one but has not acknowledged it yet, and

@@ -138,25 +138,55 @@ fn entity_statements<'q>(
 }
 
 /// A reference row to insert: (source type, source, reference).
-type ReferenceRow<'q> = (&'q str, Uuid, &'q EntityRef);
+pub(crate) type ReferenceRow<'q> = (&'q str, Uuid, &'q EntityRef);
 
-/// One DELETE of the recorded references per [`BATCH_ROWS`] entities, then
-/// one multi-row INSERT per [`BATCH_ROWS`] of `rows` (their new ones).
-fn reference_statements<'q>(
+/// The references' keys first: one `INSERT OR IGNORE` into `entity_keys`
+/// per [`BATCH_ROWS`] distinct (type, uuid) pairs that `rows` name as
+/// source or target. Then one DELETE of the recorded references per
+/// [`BATCH_ROWS`] entities, then one `INSERT … SELECT` per [`BATCH_ROWS`] of
+/// `rows` (their new ones), which finds both keys by the unique index on
+/// `entity_keys`: nothing is read back, so the statements still pipeline.
+pub(crate) fn reference_statements<'q>(
     items: &'q [SourceReferences],
     rows: &'q [ReferenceRow<'q>],
 ) -> impl Iterator<Item = Statement> + Send + 'q {
+    let mut seen = std::collections::HashSet::with_capacity(rows.len());
+    let mut keys: Vec<(&'q str, Uuid)> = Vec::with_capacity(rows.len());
+    for (t, u, r) in rows {
+        for key in [(*t, *u), (r.target_type.as_str(), r.target_uuid)] {
+            if seen.insert(key) {
+                keys.push(key);
+            }
+        }
+    }
+    let interned = (0..keys.len())
+        .step_by(BATCH_ROWS)
+        .map(move |i| {
+            let chunk = &keys[i..keys.len().min(i + BATCH_ROWS)];
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT OR IGNORE INTO entity_keys (entity_type, uuid) ");
+            let mut texts = SharedTexts::default();
+            q.push_values(chunk, |mut b, (t, u)| {
+                b.push_bind(texts.get(t)).push_bind(uuid_arg(*u));
+            });
+            (q, "interning references' keys")
+        })
+        .collect::<Vec<_>>();
     let deletes = items.chunks(BATCH_ROWS).map(|chunk| {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "DELETE FROM entity_refs WHERE (source_type, source_uuid) IN (VALUES ",
+            "DELETE FROM entity_refs WHERE source_id IN (SELECT k.id FROM (VALUES ",
         );
         push_keys(&mut q, chunk.iter().map(|((t, u), _)| (t.as_str(), *u)));
+        q.push(
+            " AS v CROSS JOIN entity_keys AS k
+                 ON k.uuid = v.column2 AND k.entity_type = v.column1)",
+        );
         (q, "replacing entities' references")
     });
     let inserts = rows.chunks(BATCH_ROWS).map(|chunk| {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT OR IGNORE INTO entity_refs
-                 (source_type, source_uuid, pointer, target_type, target_uuid) ",
+            "INSERT OR IGNORE INTO entity_refs (source_id, pointer, target_id)
+             SELECT s.id, v.column3, t.id FROM (",
         );
         let mut texts = SharedTexts::default();
         q.push_values(chunk, |mut b, (t, u, r)| {
@@ -166,9 +196,14 @@ fn reference_statements<'q>(
                 .push_bind(texts.get(&r.target_type))
                 .push_bind(uuid_arg(r.target_uuid));
         });
+        q.push(
+            ") AS v
+             CROSS JOIN entity_keys AS s ON s.uuid = v.column2 AND s.entity_type = v.column1
+             CROSS JOIN entity_keys AS t ON t.uuid = v.column5 AND t.entity_type = v.column4",
+        );
         (q, "recording entities' references")
     });
-    deletes.chain(inserts)
+    interned.into_iter().chain(deletes).chain(inserts)
 }
 
 pub(crate) struct SqliteTx {
@@ -323,14 +358,16 @@ pub(crate) fn scoped_candidates(
     .push(" AND h.entity_uuid = c.entity_uuid AND h.entity_type = c.entity_type)");
     if filter.with_references {
         q.push(
-            " OR EXISTS (SELECT 1 FROM entity_refs AS r CROSS JOIN node_holdings AS h
-                 ON h.node_id = ",
+            " OR EXISTS (SELECT 1 FROM entity_keys AS tk
+                 CROSS JOIN entity_refs AS r ON r.target_id = tk.id
+                 CROSS JOIN entity_keys AS sk ON sk.id = r.source_id
+                 CROSS JOIN node_holdings AS h ON h.node_id = ",
         )
         .push_bind(node)
         .push(
-            " AND h.entity_uuid = r.source_uuid AND h.entity_type = r.source_type
+            " AND h.entity_uuid = sk.uuid AND h.entity_type = sk.entity_type
                    AND h.evicted_in IS NULL
-               WHERE r.target_uuid = c.entity_uuid AND r.target_type = c.entity_type)",
+               WHERE tk.uuid = c.entity_uuid AND tk.entity_type = c.entity_type)",
         );
     }
     q.push(") ORDER BY c.id LIMIT ")
@@ -866,35 +903,23 @@ impl StoreTx for SqliteTx {
         uuid: Uuid,
         refs: &[EntityRef],
     ) -> StoreResult<()> {
-        sqlx::query("DELETE FROM entity_refs WHERE source_type = ? AND source_uuid = ?")
-            .bind(entity_type)
-            .bind(uuid_text(uuid))
-            .execute(&mut *self.tx)
-            .await
-            .map_err(|e| StoreError::backend("replacing an entity's references", e))?;
-        for r in refs {
-            sqlx::query(
-                "INSERT OR IGNORE INTO entity_refs
-                     (source_type, source_uuid, pointer, target_type, target_uuid)
-                 VALUES (?, ?, ?, ?, ?)",
-            )
-            .bind(entity_type)
-            .bind(uuid_text(uuid))
-            .bind(r.pointer.as_str())
-            .bind(r.target_type.as_str())
-            .bind(uuid_text(r.target_uuid))
-            .execute(&mut *self.tx)
-            .await
-            .map_err(|e| StoreError::backend("recording an entity's references", e))?;
-        }
+        let item = ((entity_type.to_owned(), uuid), refs.to_vec());
+        let items = std::slice::from_ref(&item);
+        let rows = references_to_insert(items);
+        self.run_pipelined(reference_statements(items, &rows))
+            .await?;
         Ok(())
     }
 
     async fn referrers(&mut self, target_type: &str, target: Uuid) -> StoreResult<Vec<EntityRef>> {
         let rows = sqlx::query(
-            "SELECT source_type, source_uuid, pointer, target_type, target_uuid
-             FROM entity_refs WHERE target_uuid = ? AND target_type = ?
-             ORDER BY source_type, source_uuid, pointer",
+            "SELECT s.entity_type AS source_type, s.uuid AS source_uuid, r.pointer,
+                    t.entity_type AS target_type, t.uuid AS target_uuid
+             FROM entity_keys AS t
+             JOIN entity_refs AS r ON r.target_id = t.id
+             JOIN entity_keys AS s ON s.id = r.source_id
+             WHERE t.uuid = ? AND t.entity_type = ?
+             ORDER BY s.entity_type, s.uuid, r.pointer",
         )
         .bind(uuid_text(target))
         .bind(target_type)
@@ -1086,10 +1111,12 @@ impl StoreTx for SqliteTx {
         target: Uuid,
     ) -> StoreResult<bool> {
         let row = sqlx::query(
-            "SELECT 1 FROM entity_refs r
-             JOIN node_holdings h ON h.node_id = ? AND h.entity_uuid = r.source_uuid
-                  AND h.entity_type = r.source_type AND h.evicted_in IS NULL
-             WHERE r.target_uuid = ? AND r.target_type = ? LIMIT 1",
+            "SELECT 1 FROM entity_keys t
+             CROSS JOIN entity_refs r ON r.target_id = t.id
+             CROSS JOIN entity_keys s ON s.id = r.source_id
+             CROSS JOIN node_holdings h ON h.node_id = ? AND h.entity_uuid = s.uuid
+                  AND h.entity_type = s.entity_type AND h.evicted_in IS NULL
+             WHERE t.uuid = ? AND t.entity_type = ? LIMIT 1",
         )
         .bind(uuid_text(node))
         .bind(uuid_text(target))
@@ -1148,18 +1175,22 @@ impl StoreTx for SqliteTx {
     ) -> StoreResult<Vec<(String, Uuid)>> {
         let mut out = Vec::new();
         for chunk in targets.chunks(BATCH_ROWS) {
-            // Key list → entity_refs_target → node_holdings' primary key.
-            let mut q: QueryBuilder<Sqlite> =
-                QueryBuilder::new("SELECT DISTINCT r.target_type, r.target_uuid FROM (VALUES ");
+            // Key list → entity_keys → entity_refs_target → the source's
+            // key → node_holdings' primary key.
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "SELECT DISTINCT t.entity_type AS target_type, t.uuid AS target_uuid FROM (VALUES ",
+            );
             push_keys(&mut q, chunk.iter().map(|(t, u)| (t.as_str(), *u)));
             q.push(
-                " AS k CROSS JOIN entity_refs r
-                   ON r.target_uuid = k.column2 AND r.target_type = k.column1
+                " AS k CROSS JOIN entity_keys t
+                   ON t.uuid = k.column2 AND t.entity_type = k.column1
+                 CROSS JOIN entity_refs r ON r.target_id = t.id
+                 CROSS JOIN entity_keys s ON s.id = r.source_id
                  CROSS JOIN node_holdings h ON h.node_id = ",
             )
             .push_bind(uuid_text(node))
             .push(
-                " AND h.entity_uuid = r.source_uuid AND h.entity_type = r.source_type
+                " AND h.entity_uuid = s.uuid AND h.entity_type = s.entity_type
                   AND h.evicted_in IS NULL",
             );
             let rows = q
@@ -1212,12 +1243,15 @@ impl StoreTx for SqliteTx {
             .execute(&mut *self.tx)
             .await
             .map_err(|e| StoreError::backend("removing an evicted entity", e))?;
-        sqlx::query("DELETE FROM entity_refs WHERE source_type = ? AND source_uuid = ?")
-            .bind(entity_type)
-            .bind(uuid_text(uuid))
-            .execute(&mut *self.tx)
-            .await
-            .map_err(|e| StoreError::backend("removing an evicted entity's references", e))?;
+        sqlx::query(
+            "DELETE FROM entity_refs WHERE source_id =
+                 (SELECT id FROM entity_keys WHERE uuid = ? AND entity_type = ?)",
+        )
+        .bind(uuid_text(uuid))
+        .bind(entity_type)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::backend("removing an evicted entity's references", e))?;
         Ok(done.rows_affected() > 0)
     }
 

@@ -130,3 +130,109 @@ async fn a_memory_store_leaves_no_file_behind() {
     assert!(!file.exists());
     assert!(!file.parent().unwrap().exists());
 }
+
+/// Migration 8 moves the references of a database made before it onto
+/// interned keys: every reference is still found from its target, with
+/// its source, pointer and target as they were, and new ones are written
+/// next to them.
+#[tokio::test]
+async fn references_recorded_before_interned_keys_survive_the_migration() {
+    use hubsync_core::store::EntityRef;
+    use sqlx::Connection;
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v7.db");
+    let mut conn = sqlx::SqliteConnection::connect_with(
+        &SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal),
+    )
+    .await
+    .unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE hubsync_schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    for m in crate::migrations::MIGRATIONS
+        .iter()
+        .filter(|m| m.version <= 7)
+    {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(m.sql))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO hubsync_schema_migrations VALUES (?, 'then')")
+            .bind(m.version)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    let (report, other, brigade, employee) =
+        (super::id(1), super::id(2), super::id(10), super::id(11));
+    let old = |s: uuid::Uuid, p: &str, tt: &str, t: uuid::Uuid| EntityRef {
+        source_type: "Report".into(),
+        source_uuid: s,
+        pointer: p.into(),
+        target_type: tt.into(),
+        target_uuid: t,
+    };
+    let before = [
+        old(report, "/brigade", "Brigade", brigade),
+        old(report, "/lines/*/employee", "Employee", employee),
+        old(other, "/brigade", "Brigade", brigade),
+    ];
+    for r in &before {
+        sqlx::query(
+            "INSERT INTO entity_refs (source_type, source_uuid, pointer, target_type, target_uuid)
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&r.source_type)
+        .bind(r.source_uuid.to_string())
+        .bind(&r.pointer)
+        .bind(&r.target_type)
+        .bind(r.target_uuid.to_string())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    conn.close().await.unwrap();
+
+    let store = SqliteStore::open(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    let versions: Vec<i64> = applied_migrations(&store)
+        .await
+        .iter()
+        .map(|(v, _)| *v)
+        .collect();
+    assert_eq!(versions, (1..=latest_version()).collect::<Vec<_>>());
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(
+        tx.referrers("Brigade", brigade).await.unwrap(),
+        vec![before[0].clone(), before[2].clone()]
+    );
+    assert_eq!(
+        tx.referrers("Employee", employee).await.unwrap(),
+        vec![before[1].clone()]
+    );
+    // Replacing one source's references leaves the other's.
+    tx.set_references(
+        "Report",
+        report,
+        &[old(report, "/site", "Site", super::id(12))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        tx.referrers("Brigade", brigade).await.unwrap(),
+        vec![before[2].clone()]
+    );
+    assert!(tx.referrers("Employee", employee).await.unwrap().is_empty());
+    assert_eq!(tx.referrers("Site", super::id(12)).await.unwrap().len(), 1);
+    tx.commit().await.unwrap();
+    store.close().await;
+}

@@ -8,7 +8,8 @@ use crate::SqliteStore;
 use crate::store::{COUNT_QUEUED, COUNT_REVISIONS_AFTER, LIST_ENTITIES, NODE_LAGS};
 use crate::tx::{
     ASSIGN_PACKET, CHANGES_IN_PACKET, DELETE_ACKNOWLEDGED, HAS_QUEUED, LOG_DELETE_PREVIOUS,
-    QUEUE_FIND_UNSENT, REVISIONS_AFTER, SCOPED_WINDOW, UNSENT_CHANGES, scoped_candidates,
+    QUEUE_FIND_UNSENT, REVISIONS_AFTER, SCOPED_WINDOW, UNSENT_CHANGES, reference_statements,
+    scoped_candidates,
 };
 
 async fn plan(store: &SqliteStore, sql: &str, params: usize) -> Vec<String> {
@@ -130,7 +131,8 @@ async fn hot_statements_use_indexes() {
 
 /// A scoped node's window is a range of the log's own b-tree, and its
 /// candidates are tested with lookups only: the entity by primary key, the
-/// node's holdings by primary key, referrers through `entity_refs_target`
+/// node's holdings by primary key, referrers through `entity_keys`' unique
+/// index, `entity_refs_target` and the source's key by id
 /// (the scope's value lists are read once, not per row).
 #[tokio::test]
 async fn assigning_a_packet_looks_its_rows_up_by_id() {
@@ -195,13 +197,71 @@ async fn scoped_candidates_use_indexes() {
     for want in [
         "SEARCH c USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)",
         "sqlite_autoindex_entities_1 (entity_type=? AND uuid=?)",
-        "entity_refs_target",
+        "sqlite_autoindex_entity_keys_1 (uuid=? AND entity_type=?)",
+        "entity_refs_target (target_id=?)",
+        "SEARCH sk USING INTEGER PRIMARY KEY (rowid=?)",
         "SEARCH h USING PRIMARY KEY (node_id=? AND entity_uuid=? AND entity_type=?)",
     ] {
         assert!(
             plan.iter().any(|s| s.contains(want)),
             "scoped candidates do not use {want}: {plan:?}"
         );
+    }
+}
+
+/// Writing references: interning their keys, deleting a batch of
+/// entities' old references and inserting the new ones find every key by
+/// the unique index on `entity_keys` and every old row by `entity_refs`'
+/// primary key; only the statement's own VALUES list is scanned.
+#[tokio::test]
+async fn writing_references_looks_every_key_up() {
+    let s = memory_store().await;
+    let target = |n: u128| hubsync_core::store::EntityRef {
+        source_type: "Report".into(),
+        source_uuid: super::id(1),
+        pointer: "/brigade".into(),
+        target_type: "Brigade".into(),
+        target_uuid: super::id(n),
+    };
+    let items = vec![
+        (
+            ("Report".to_string(), super::id(1)),
+            vec![target(10), target(11)],
+        ),
+        (("Report".to_string(), super::id(2)), vec![target(10)]),
+    ];
+    let rows = hubsync_core::store::references_to_insert(&items);
+    let statements: Vec<_> = reference_statements(&items, &rows).collect();
+    let whats: Vec<&str> = statements.iter().map(|(_, what)| *what).collect();
+    assert_eq!(
+        whats,
+        [
+            "interning references' keys",
+            "replacing entities' references",
+            "recording entities' references"
+        ]
+    );
+    for (q, what) in &statements {
+        let sql = q.sql().as_str().to_owned();
+        let plan = plan(&s, &sql, sql.matches('?').count()).await;
+        println!("{what}: {plan:?}");
+        for step in &plan {
+            for table in ["entity_keys", "entity_refs", "k ", "s ", "t "] {
+                assert!(
+                    !step.starts_with(&format!("SCAN {table}")),
+                    "{what} scans {table}: {plan:?}"
+                );
+            }
+            assert!(!step.contains("TEMP B-TREE"), "{what} sorts: {plan:?}");
+        }
+        if *what != "interning references' keys" {
+            assert!(
+                plan.iter().any(
+                    |p| p.contains("sqlite_autoindex_entity_keys_1 (uuid=? AND entity_type=?)")
+                ),
+                "{what} does not look keys up: {plan:?}"
+            );
+        }
     }
 }
 

@@ -69,6 +69,23 @@ async fn create(e: &Engine, ty: &str, data: Value) -> Uuid {
         .uuid
 }
 
+/// Brigades "B00", "B01", … of foreman Ivan, `count` of them, made on `e`.
+async fn brigades_on(e: &Engine, count: usize) -> Vec<Uuid> {
+    let mut made = Vec::with_capacity(count);
+    for n in 0..count {
+        made.push(create(e, "Brigade", brigade(&format!("B{n:02}"), "Ivan")).await);
+    }
+    made
+}
+
+/// A cluster whose packets carry at most four entities.
+fn packets_of_four() -> ClusterOptions {
+    ClusterOptions {
+        max_packet_entities: Some(4),
+        ..ClusterOptions::default()
+    }
+}
+
 async fn update(e: &Engine, ty: &str, uuid: Uuid, data: Value) {
     e.put(ty, uuid, data)
         .await
@@ -694,22 +711,11 @@ async fn an_answer_applied_after_the_next_packet_went_survives_a_failure_in_betw
     // the master must answer it with its own results (it keeps the last
     // two), or the client would never base its copies on their revisions
     // and its next edit of one would be a conflict against itself.
-    let Some(c) = start(
-        1,
-        ClusterOptions {
-            max_packet_entities: Some(4),
-            ..ClusterOptions::default()
-        },
-    )
-    .await
-    else {
+    let Some(c) = start(1, packets_of_four()).await else {
         return;
     };
     let e = c.client(0);
-    let mut brigades = Vec::new();
-    for n in 0..14 {
-        brigades.push(create(e, "Brigade", brigade(&format!("B{n:02}"), "Ivan")).await);
-    }
+    let brigades = brigades_on(e, 14).await;
     // Packets 1-4 of 4, 4, 4 and 2. The answer to packet 2 is damaged, so
     // applying it fails: by then packet 3 went (and was applied).
     let damaged = DamageAnswerTo::new(c.transport(0).unwrap(), 2);
@@ -809,22 +815,11 @@ async fn a_download_resumes_with_the_packet_built_ahead_when_its_answer_was_lost
     // lost after the master committed it, while k is applied: the next
     // session acknowledges k and gets k + 1 again over exactly its range,
     // and nothing is missing or received twice.
-    let Some(c) = start(
-        1,
-        ClusterOptions {
-            max_packet_entities: Some(4),
-            ..ClusterOptions::default()
-        },
-    )
-    .await
-    else {
+    let Some(c) = start(1, packets_of_four()).await else {
         return;
     };
     let e = c.client(0);
-    let mut brigades = Vec::new();
-    for n in 0..14 {
-        brigades.push(create(c.master(), "Brigade", brigade(&format!("B{n:02}"), "Ivan")).await);
-    }
+    let brigades = brigades_on(c.master(), 14).await;
     let lossy = LoseAnswerBuiltAhead::new(c.transport(0).unwrap(), true);
     let err = bounded("the session that loses an answer", e.sync_session(&lossy, &NoProgress))
         .await

@@ -1142,41 +1142,18 @@ async fn many_run(
         )
         .note("the exchanges after each client's first: without the start, when every client connects and sends at the same instant".to_string()),
     );
-    rows.push(
-        Row::plain(
-            &format!("{label}: errors"),
-            size.clone(),
-            "errors",
-            crowd.errors as f64,
-        )
-        .note(
-            crowd
-                .first_error
-                .as_ref()
-                .map(|e| format!("the first error: {e}"))
-                .unwrap_or_default(),
-        ),
-    );
+    rows.push(errors_row(&format!("{label}: errors"), size, &crowd));
     // The same clients again, each on a timer, as a fleet syncs: the
     // latency a client sees at an offered rate below the saturation above,
     // first at the fleet's pace, then at 50 % and 90 % of the closed loop's
     // throughput.
-    let at_fleet = paced(
-        &target,
-        &peers[1..],
-        plan.rounds,
-        plan.pace,
-        &alone,
-        crowd.per_s(),
-        &crowd.positions,
-        label,
-        "",
-        rows,
-    )
-    .await;
-    let mut from = at_fleet;
+    let mut from = crowd.positions.clone();
+    let mut paces = vec![(plan.pace, String::new())];
     for load in [0.5, 0.9] {
         let every = Duration::from_secs_f64(plan.clients as f64 / (crowd.per_s() * load).max(1.0));
+        paces.push((every, format!(" at {:.0} % load", load * 100.0)));
+    }
+    for (every, what) in paces {
         from = paced(
             &target,
             &peers[1..],
@@ -1186,7 +1163,7 @@ async fn many_run(
             crowd.per_s(),
             &from,
             label,
-            &format!(" at {:.0} % load", load * 100.0),
+            &what,
             rows,
         )
         .await;
@@ -1268,21 +1245,22 @@ async fn paced(
             .note(note.clone()),
         );
     }
-    rows.push(
-        Row::plain(
-            &format!("{label}: errors, paced{what}"),
-            size,
-            "errors",
-            run.errors as f64,
-        )
-        .note(
-            run.first_error
-                .as_ref()
-                .map(|e| format!("the first error: {e}"))
-                .unwrap_or_default(),
-        ),
-    );
+    rows.push(errors_row(
+        &format!("{label}: errors, paced{what}"),
+        size,
+        &run,
+    ));
     run.positions
+}
+
+/// A run's error count, its first error in the note.
+fn errors_row(scenario: &str, size: String, run: &many::Outcome) -> Row {
+    Row::plain(scenario, size, "errors", run.errors as f64).note(
+        run.first_error
+            .as_ref()
+            .map(|e| format!("the first error: {e}"))
+            .unwrap_or_default(),
+    )
 }
 
 /// Scopes node `<prefix>-<k + 1>` to the brigades of [`data::foreman`]`(k)`,

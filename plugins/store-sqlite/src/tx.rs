@@ -904,11 +904,7 @@ impl StoreTx for SqliteTx {
         refs: &[EntityRef],
     ) -> StoreResult<()> {
         let item = ((entity_type.to_owned(), uuid), refs.to_vec());
-        let items = std::slice::from_ref(&item);
-        let rows = references_to_insert(items);
-        self.run_pipelined(reference_statements(items, &rows))
-            .await?;
-        Ok(())
+        self.set_references_many(std::slice::from_ref(&item)).await
     }
 
     async fn referrers(&mut self, target_type: &str, target: Uuid) -> StoreResult<Vec<EntityRef>> {

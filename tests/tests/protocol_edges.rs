@@ -696,3 +696,44 @@ async fn an_edit_sent_in_a_resent_packet_and_decided_as_a_conflict_is_not_sent_a
     );
     set.close().await;
 }
+
+#[tokio::test]
+async fn a_packet_sent_again_with_a_scope_change_waiting_does_not_say_the_next_is_built_ahead() {
+    // A resent packet does not take a pending scope change, so the master
+    // will not build the next one ahead: an answer that said it would
+    // made the client poll holding that packet and get it once more.
+    let mut options = EngineOptions::default();
+    options.limits.max_entities = 2;
+    let set = EngineSet::new(1, options).await.unwrap();
+    let (client, link) = &set.clients[0];
+    for n in 0..6 {
+        set.master
+            .create("Brigade", None, json!({"name": format!("b{n}")}))
+            .await
+            .unwrap();
+    }
+    let one = link.exchange(&poll(client, 0, None).await).await.unwrap();
+    assert_eq!(carried(&one), (1, names(&["b0", "b1"])));
+    assert!(one.body.sends_ahead, "unscoped, nothing waiting");
+
+    set.master
+        .set_node_scope("C0", Some(json!({"types": {"Brigade": "all"}})))
+        .await
+        .unwrap();
+    let again = link.exchange(&poll(client, 0, None).await).await.unwrap();
+    assert_eq!(carried(&again), carried(&one), "packet 1 sent again");
+    assert!(
+        !again.body.sends_ahead,
+        "the scope change waits for the next new packet"
+    );
+    // Acknowledged, the next packet takes the scope: the node starts over.
+    client.import_packet(&one, false).await.unwrap();
+    let two = link.exchange(&poll(client, 1, None).await).await.unwrap();
+    assert_eq!(two.header.packet_no, 2);
+    assert!(!two.body.sends_ahead, "scoped");
+    assert!(
+        set.master.node_scope("C0").await.unwrap().pending.is_none(),
+        "taken by packet 2"
+    );
+    set.close().await;
+}

@@ -541,6 +541,7 @@ impl Engine {
             && holding == Some(node.out_packet_no)
             && scope.scope.is_none()
             && scope.pending.is_none();
+        let scope_pending = scope.pending.is_some();
         // A packet in flight is sent again, under its number, over exactly
         // the range it first covered. With two in flight (the second built
         // ahead), a node that says it holds the first gets the second; any
@@ -815,7 +816,10 @@ impl Engine {
             evict,
             more,
             remaining,
-            sends_ahead: routing.is_none(),
+            // A scope change still waiting (a packet sent again does not
+            // take it) means the next packet is not built ahead: a node
+            // told so would poll holding this packet and get it once more.
+            sends_ahead: routing.is_none() && !(scope_pending && resend_to.is_some()),
         })
     }
 

@@ -1249,7 +1249,10 @@ impl StoreTx for PgTx {
         Ok(revs)
     }
 
-    /// One DELETE of the previous rows and one INSERT, from arrays.
+    /// One upsert from arrays: a key's previous log row is moved to its new
+    /// revision (migration 8). The conflict is found through the unique
+    /// index whatever the table's statistics say; a DELETE joined to the
+    /// keys was planned from them, and without them read the whole log.
     async fn append_revisions(&mut self, revisions: &[NewRevision]) -> StoreResult<()> {
         if revisions.is_empty() {
             return Ok(());
@@ -1263,25 +1266,18 @@ impl StoreTx for PgTx {
         let ops: Vec<&str> = picked.iter().map(|r| r.operation.as_str()).collect();
         let origins: Vec<Option<Uuid>> = picked.iter().map(|r| r.origin).collect();
         sqlx::query(
-            "DELETE FROM sync_changes AS c
-             USING unnest($1::text[], $2::uuid[], $3::uuid[]) AS k(t, u, n)
-             WHERE c.kind = 'log' AND c.entity_type = k.t AND c.entity_uuid = k.u
-               AND coalesce(c.node_id, '00000000-0000-0000-0000-000000000000'::uuid)
-                 = coalesce(k.n, '00000000-0000-0000-0000-000000000000'::uuid)",
-        )
-        .bind(&types)
-        .bind(&uuids)
-        .bind(&targets)
-        .execute(&mut *self.tx)
-        .await
-        .map_err(|e| StoreError::backend("replacing the previous revisions", e))?;
-        sqlx::query(
             "INSERT INTO sync_changes
                  (id, kind, node_id, entity_type, entity_uuid, operation, created_at, origin_node_id)
-             OVERRIDING SYSTEM VALUE
              SELECT id, 'log', n, t, u, op, $7, o
              FROM unnest($1::int8[], $2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::uuid[])
-                 AS k(id, n, t, u, op, o)",
+                 AS k(id, n, t, u, op, o)
+             ON CONFLICT (entity_type, entity_uuid,
+                          (coalesce(node_id, '00000000-0000-0000-0000-000000000000'::uuid)))
+                 WHERE kind = 'log'
+             DO UPDATE SET id = excluded.id,
+                           operation = excluded.operation,
+                           created_at = excluded.created_at,
+                           origin_node_id = excluded.origin_node_id",
         )
         .bind(&ids)
         .bind(&targets)

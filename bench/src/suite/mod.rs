@@ -20,7 +20,8 @@
 //! 5. `download`: initial download of everything into a fresh client vs a
 //!    raw insert;
 //! 6. `pg`: the same push to a PostgreSQL master (when a server is
-//!    configured) vs a raw insert into that database;
+//!    configured) vs a raw insert into that database, then the initial
+//!    download from it into a fresh client vs a raw SQLite insert;
 //! 7. `many`: many clients exchanging small packets with one master at once
 //!    vs one client alone;
 //! 8. `nodes`: a master write, and the master's status (every node's lag),
@@ -936,7 +937,8 @@ async fn sqlite_parts(
     Ok(())
 }
 
-/// Part 6: the push to a PostgreSQL master.
+/// Part 6: the push to a PostgreSQL master, then the initial download
+/// from it into a fresh client.
 async fn pg_part(plan: &Plan, root: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let n = plan.n;
     let Some(base_url) = pg_url() else {
@@ -948,7 +950,7 @@ async fn pg_part(plan: &Plan, root: &Path, rows: &mut Vec<Row>) -> anyhow::Resul
     say(&format!("push of {n} to a PostgreSQL master"));
     let db = hubsync_store_postgres::scratch::ScratchDatabase::create(&base_url).await?;
     let pm = make_master(root, "master-pg", Some(&db.url)).await?;
-    let (_, peers) = register(&pm.cfg, "CLIENT", 1).await?;
+    let (_, peers) = register(&pm.cfg, "CLIENT", 2).await?;
     let master = NodeProc::start("master-pg", &pm.cfg, pm.api).await?;
     let master_idle = master.rss_mb();
     let (c_cfg, c_api) = make_client(root, "client-pg", &pm, &peers[0]).await?;
@@ -978,15 +980,65 @@ async fn pg_part(plan: &Plan, root: &Path, rows: &mut Vec<Row>) -> anyhow::Resul
             t.as_secs_f64()
         )),
     );
-    rows.push(Row::cost(
-        "peak RSS master PG (push)",
-        format!("N={n}"),
-        "MB",
-        master.peak_rss_mb(),
-        "the master just started",
-        master_idle,
-    ));
+    let master_peak_push = master.peak_rss_mb();
     c.stop();
+
+    // The initial download of what the master holds into a fresh client.
+    say(&format!(
+        "initial download of {} from the PostgreSQL master into a fresh client",
+        n + 5
+    ));
+    let (b_cfg, b_api) = make_client(root, "client-pg-b", &pm, &peers[1]).await?;
+    let b = NodeProc::start("client-pg-b", &b_cfg, b_api).await?;
+    let cpu = CpuMeter::start(&master, &b);
+    let (dl_t, s) = timed_sync(&b, Some(0), n + 5).await?;
+    let received = count(&s, "received_changes") as usize;
+    let cpu = cpu.per_entity_us(&master, &b, received);
+    eprintln!("suite:   download from PostgreSQL: {}", cpu.text());
+    anyhow::ensure!(
+        received > n,
+        "the fresh client received {received} changes from the PostgreSQL master, expected {}",
+        n + 5
+    );
+    b.stop();
+    let base = raw_sqlite(
+        &root.join("client-pg-b/raw-download.db"),
+        &refs,
+        0,
+        received,
+        CHUNK,
+        "download rows",
+    )
+    .await?;
+    rows.push(
+        Row::rate(
+            "initial download PostgreSQL master -> client",
+            format!("N={received}"),
+            "ent/s",
+            per_s(received, dl_t),
+            "raw SQLite multi-row INSERT, 500/tx",
+            per_s(received, base),
+        )
+        .note(format!(
+            "one sync session over HTTPS into a fresh SQLite client: {} rounds, {:.1} s; {}",
+            count(&s, "rounds"),
+            dl_t.as_secs_f64(),
+            cpu.text()
+        )),
+    );
+    rows.push(
+        Row::cost(
+            "peak RSS master PG (push+download)",
+            format!("N={n}"),
+            "MB",
+            master.peak_rss_mb(),
+            "the master just started",
+            master_idle,
+        )
+        .note(format!(
+            "VmHWM of the master process; {master_peak_push:.1} MB after the push"
+        )),
+    );
     master.stop();
     drop(db);
     Ok(())

@@ -37,18 +37,25 @@ impl Transport for Scripted<'_> {
     }
 }
 
-#[tokio::test]
-async fn a_late_duplicate_request_does_not_widen_a_packet_the_client_already_holds() {
+/// A master holding `count` brigades ("b0", "b1", …) and one client,
+/// packets of at most `max_entities`.
+async fn master_with_brigades(count: usize, max_entities: u32) -> EngineSet {
     let mut options = EngineOptions::default();
-    options.limits.max_entities = 2;
+    options.limits.max_entities = max_entities;
     let set = EngineSet::new(1, options).await.unwrap();
-    let (client, link) = &set.clients[0];
-    for n in 0..3 {
+    for n in 0..count {
         set.master
             .create("Brigade", None, json!({"name": format!("b{n}")}))
             .await
             .unwrap();
     }
+    set
+}
+
+#[tokio::test]
+async fn a_late_duplicate_request_does_not_widen_a_packet_the_client_already_holds() {
+    let set = master_with_brigades(3, 2).await;
+    let (client, link) = &set.clients[0];
     // The client receives master packets 1 (two revisions) and 2 (the
     // third), but the request acknowledging packet 2 never arrives.
     let script = Scripted {
@@ -463,16 +470,8 @@ fn names(n: &[&str]) -> Vec<String> {
 #[tokio::test]
 async fn a_download_gets_the_next_packet_built_while_it_applies_one_and_every_packet_keeps_its_range()
  {
-    let mut options = EngineOptions::default();
-    options.limits.max_entities = 2;
-    let set = EngineSet::new(1, options).await.unwrap();
+    let set = master_with_brigades(6, 2).await;
     let (client, link) = &set.clients[0];
-    for n in 0..6 {
-        set.master
-            .create("Brigade", None, json!({"name": format!("b{n}")}))
-            .await
-            .unwrap();
-    }
     let node = client.identity().node_id;
     let row = || async { set.master.store().get_node(node).await.unwrap().unwrap() };
 
@@ -571,16 +570,8 @@ impl Transport for Recording<'_> {
 
 #[tokio::test]
 async fn a_download_session_asks_for_the_next_packet_before_it_applies_one() {
-    let mut options = EngineOptions::default();
-    options.limits.max_entities = 3;
-    let set = EngineSet::new(1, options).await.unwrap();
+    let set = master_with_brigades(11, 3).await;
     let (client, link) = &set.clients[0];
-    for n in 0..11 {
-        set.master
-            .create("Brigade", None, json!({"name": format!("b{n}")}))
-            .await
-            .unwrap();
-    }
     let rec = Recording {
         inner: link,
         seen: Mutex::new(Vec::new()),
@@ -702,16 +693,8 @@ async fn a_packet_sent_again_with_a_scope_change_waiting_does_not_say_the_next_i
     // A resent packet does not take a pending scope change, so the master
     // will not build the next one ahead: an answer that said it would
     // made the client poll holding that packet and get it once more.
-    let mut options = EngineOptions::default();
-    options.limits.max_entities = 2;
-    let set = EngineSet::new(1, options).await.unwrap();
+    let set = master_with_brigades(6, 2).await;
     let (client, link) = &set.clients[0];
-    for n in 0..6 {
-        set.master
-            .create("Brigade", None, json!({"name": format!("b{n}")}))
-            .await
-            .unwrap();
-    }
     let one = link.exchange(&poll(client, 0, None).await).await.unwrap();
     assert_eq!(carried(&one), (1, names(&["b0", "b1"])));
     assert!(one.body.sends_ahead, "unscoped, nothing waiting");

@@ -830,51 +830,11 @@ async fn sqlite_parts(
         say(&format!(
             "initial download of {in_master} into a fresh client"
         ));
-        let (b_cfg, b_api) = make_client(root, "client-b", &m, &peers[1]).await?;
-        let b = NodeProc::start("client-b", &b_cfg, b_api).await?;
-        let perf = [
-            Perf::start(&master, "download-master"),
-            Perf::start(&b, "download-client"),
-        ];
-        let cpu = CpuMeter::start(&master, &b);
-        let (dl_t, s) = timed_sync(&b, Some(0), in_master).await?;
-        perf.into_iter().flatten().for_each(Perf::stop);
-        let received = count(&s, "received_changes") as usize;
-        let cpu = cpu.per_entity_us(&master, &b, received);
-        eprintln!("suite:   download: {}", cpu.text());
-        extra.insert("download_cpu_us_per_entity".into(), cpu.json());
-        anyhow::ensure!(
-            received >= in_master,
-            "the fresh client received {received} changes, expected at least {in_master}"
-        );
-        let b_peak = b.peak_rss_mb();
-        b.stop();
-        let base = raw_sqlite(
-            &root.join("client-b/raw-download.db"),
-            &refs,
-            0,
-            received,
-            CHUNK,
-            "download rows",
-        )
-        .await?;
-        rows.push(
-            Row::rate(
-                "initial download master -> client",
-                format!("N={received}"),
-                "ent/s",
-                per_s(received, dl_t),
-                "raw SQLite multi-row INSERT, 500/tx",
-                per_s(received, base),
-            )
-            .note(format!(
-                "one sync session over HTTPS: {} rounds, {:.1} s; {}",
-                count(&s, "rounds"),
-                dl_t.as_secs_f64(),
-                cpu.text()
-            )),
-        );
-        download = Some((received, b_peak));
+        let d = fresh_download(root, "client-b", &m, &peers[1], &master, &refs, in_master).await?;
+        eprintln!("suite:   download: {}", d.cpu.text());
+        extra.insert("download_cpu_us_per_entity".into(), d.cpu.json());
+        rows.push(d.row("initial download master -> client", ""));
+        download = Some((d.received, d.peak_rss));
     }
 
     // Peak RSS of the processes that moved the data.
@@ -937,6 +897,89 @@ async fn sqlite_parts(
     Ok(())
 }
 
+/// An initial download: a fresh client `name` (registered as `peer`)
+/// syncs until it holds the `expected` entities `master` has; then the raw
+/// SQLite insert of as many reports, its baseline.
+struct Download {
+    received: usize,
+    took: Duration,
+    summary: Value,
+    cpu: CpuPerEntity,
+    peak_rss: f64,
+    base: Duration,
+}
+
+impl Download {
+    /// The suite's row: the rate against the raw insert's.
+    fn row(&self, scenario: &str, into: &str) -> Row {
+        Row::rate(
+            scenario,
+            format!("N={}", self.received),
+            "ent/s",
+            per_s(self.received, self.took),
+            "raw SQLite multi-row INSERT, 500/tx",
+            per_s(self.received, self.base),
+        )
+        .note(format!(
+            "one sync session over HTTPS{into}: {} rounds, {:.1} s; {}",
+            count(&self.summary, "rounds"),
+            self.took.as_secs_f64(),
+            self.cpu.text()
+        ))
+    }
+}
+
+async fn fresh_download(
+    root: &Path,
+    name: &str,
+    m: &MasterDir,
+    peer: &many::Peer,
+    master: &NodeProc,
+    refs: &Refs,
+    expected: usize,
+) -> anyhow::Result<Download> {
+    let (b_cfg, b_api) = make_client(root, name, m, peer).await?;
+    let b = NodeProc::start(name, &b_cfg, b_api).await?;
+    // The SQLite part's profiles keep their names.
+    let label = if name == "client-b" {
+        String::new()
+    } else {
+        format!("-{name}")
+    };
+    let perf = [
+        Perf::start(master, &format!("download-master{label}")),
+        Perf::start(&b, &format!("download-client{label}")),
+    ];
+    let cpu = CpuMeter::start(master, &b);
+    let (took, summary) = timed_sync(&b, Some(0), expected).await?;
+    perf.into_iter().flatten().for_each(Perf::stop);
+    let received = count(&summary, "received_changes") as usize;
+    let cpu = cpu.per_entity_us(master, &b, received);
+    anyhow::ensure!(
+        received >= expected,
+        "the fresh client {name} received {received} changes, expected at least {expected}"
+    );
+    let peak_rss = b.peak_rss_mb();
+    b.stop();
+    let base = raw_sqlite(
+        &root.join(name).join("raw-download.db"),
+        refs,
+        0,
+        received,
+        CHUNK,
+        "download rows",
+    )
+    .await?;
+    Ok(Download {
+        received,
+        took,
+        summary,
+        cpu,
+        peak_rss,
+        base,
+    })
+}
+
 /// Part 6: the push to a PostgreSQL master, then the initial download
 /// from it into a fresh client.
 async fn pg_part(plan: &Plan, root: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
@@ -988,44 +1031,12 @@ async fn pg_part(plan: &Plan, root: &Path, rows: &mut Vec<Row>) -> anyhow::Resul
         "initial download of {} from the PostgreSQL master into a fresh client",
         n + 5
     ));
-    let (b_cfg, b_api) = make_client(root, "client-pg-b", &pm, &peers[1]).await?;
-    let b = NodeProc::start("client-pg-b", &b_cfg, b_api).await?;
-    let cpu = CpuMeter::start(&master, &b);
-    let (dl_t, s) = timed_sync(&b, Some(0), n + 5).await?;
-    let received = count(&s, "received_changes") as usize;
-    let cpu = cpu.per_entity_us(&master, &b, received);
-    eprintln!("suite:   download from PostgreSQL: {}", cpu.text());
-    anyhow::ensure!(
-        received > n,
-        "the fresh client received {received} changes from the PostgreSQL master, expected {}",
-        n + 5
-    );
-    b.stop();
-    let base = raw_sqlite(
-        &root.join("client-pg-b/raw-download.db"),
-        &refs,
-        0,
-        received,
-        CHUNK,
-        "download rows",
-    )
-    .await?;
-    rows.push(
-        Row::rate(
-            "initial download PostgreSQL master -> client",
-            format!("N={received}"),
-            "ent/s",
-            per_s(received, dl_t),
-            "raw SQLite multi-row INSERT, 500/tx",
-            per_s(received, base),
-        )
-        .note(format!(
-            "one sync session over HTTPS into a fresh SQLite client: {} rounds, {:.1} s; {}",
-            count(&s, "rounds"),
-            dl_t.as_secs_f64(),
-            cpu.text()
-        )),
-    );
+    let d = fresh_download(root, "client-pg-b", &pm, &peers[1], &master, &refs, n + 5).await?;
+    eprintln!("suite:   download from PostgreSQL: {}", d.cpu.text());
+    rows.push(d.row(
+        "initial download PostgreSQL master -> client",
+        " into a fresh SQLite client",
+    ));
     rows.push(
         Row::cost(
             "peak RSS master PG (push+download)",

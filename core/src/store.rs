@@ -527,8 +527,10 @@ pub trait Store: Send + Sync + 'static {
         self.count_revisions_after_capped(rev, node, i64::MAX).await
     }
     /// Every other node's lag ([`Store::count_revisions_after`] from the
-    /// revision it acknowledged), the store's own node left out, in no
-    /// particular order. The backends answer in one statement that reads the
+    /// revision it acknowledged), the store's own node and revoked nodes
+    /// left out (a revoked node is sent nothing more: its lag only grows,
+    /// and counting it would read the log from its mark on every call), in
+    /// no particular order. The backends answer in one statement that reads the
     /// log once, from the lowest acknowledged revision up, instead of once
     /// per node: a master with 10,000 nodes answers `status` and a
     /// `/metrics` scrape without 10,000 counts. This default is the
@@ -536,7 +538,7 @@ pub trait Store: Send + Sync + 'static {
     async fn node_lags(&self) -> StoreResult<Vec<(Uuid, i64)>> {
         let mut lags = Vec::new();
         for n in self.list_nodes().await? {
-            if !n.is_self {
+            if !n.is_self && !n.revoked {
                 lags.push((n.id, self.count_revisions_after(n.acked_rev, n.id).await?));
             }
         }

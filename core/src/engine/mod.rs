@@ -238,7 +238,8 @@ pub struct PeerStatus {
     pub last_sync_out: Option<DateTime<Utc>>,
     pub received_packet_no: i64,
     pub sent_packet_no: i64,
-    /// Master revisions not yet acknowledged by the node.
+    /// Master revisions not yet acknowledged by the node (0 for a revoked
+    /// node: it is sent nothing more).
     pub lag: i64,
 }
 

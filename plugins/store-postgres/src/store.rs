@@ -280,7 +280,7 @@ impl Store for PostgresStore {
     async fn node_lags(&self) -> StoreResult<Vec<(Uuid, i64)>> {
         let rows = sqlx::query(
             "WITH
-             peers AS (SELECT id, acked_rev FROM sync_nodes WHERE NOT is_self),
+             peers AS (SELECT id, acked_rev FROM sync_nodes WHERE NOT is_self AND NOT revoked),
              bounds AS (SELECT r, lead(r) OVER (ORDER BY r) AS next_r
                         FROM (SELECT DISTINCT acked_rev AS r FROM peers) AS d),
              spans AS (SELECT r, (SELECT count(*) FROM sync_changes c

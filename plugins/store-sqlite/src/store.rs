@@ -66,7 +66,7 @@ pub(crate) const COUNT_REVISIONS_AFTER: &str =
 /// per node. `+c.kind` keeps SQLite off the log's entity index, which would
 /// scan the whole log.
 pub(crate) const NODE_LAGS: &str = "WITH
-    peers AS (SELECT id, acked_rev FROM sync_nodes WHERE is_self = 0),
+    peers AS (SELECT id, acked_rev FROM sync_nodes WHERE is_self = 0 AND revoked = 0),
     bounds AS (SELECT r, lead(r) OVER (ORDER BY r) AS next_r
                FROM (SELECT DISTINCT acked_rev AS r FROM peers)),
     spans AS (SELECT r, (SELECT count(*) FROM sync_changes c

@@ -215,7 +215,7 @@ pub async fn queue_rows_are_not_revisions(s: &Subject) {
 /// `node_lags` is `count_revisions_after` from each node's acknowledged
 /// revision, for every node but the store's own: nodes at the same, the
 /// lowest, the highest and no revision, rows for everyone and addressed
-/// rows on both sides of a node's mark.
+/// rows on both sides of a node's mark; a revoked node is left out.
 pub async fn every_nodes_lag_in_one_read_is_its_own_count(s: &Subject) {
     use hubsync_core::store::{NodeRecord, NodeRole};
     let store = s.store.as_ref();
@@ -230,6 +230,13 @@ pub async fn every_nodes_lag_in_one_read_is_its_own_count(s: &Subject) {
         add_node(store, 13).await,
         add_node(store, 14).await,
     ];
+    // A revoked node is sent nothing more: it has no lag to count.
+    let revoked = add_node(store, 15).await;
+    let mut tx = store.begin().await.unwrap();
+    let mut row = tx.get_node(revoked).await.unwrap().unwrap();
+    row.revoked = true;
+    tx.put_node(&row).await.unwrap();
+    tx.commit().await.unwrap();
     assert!(
         store
             .node_lags()
@@ -272,7 +279,10 @@ pub async fn every_nodes_lag_in_one_read_is_its_own_count(s: &Subject) {
         ));
     }
     want.sort();
-    assert_eq!(lags, want, "node_lags against one count per node");
+    assert_eq!(
+        lags, want,
+        "node_lags against one count per node, the revoked one left out"
+    );
     // Spelled out: 8 rows for everyone, 4 addressed (revs 2 and 11 to node
     // 10, 5 to node 11, 8 to node 12); above revs[5], 4 for everyone (and
     // node 12's rev 8); above revs[1], 6 for everyone.

@@ -149,6 +149,17 @@ const LOG_DELETE_PREVIOUS: &str = "DELETE FROM sync_changes
       AND coalesce(node_id, '00000000-0000-0000-0000-000000000000'::uuid)
         = coalesce($3, '00000000-0000-0000-0000-000000000000'::uuid)";
 
+/// The reference rows to insert, each once: a document that names one
+/// target twice under one pointer (one employee on two lines) records it
+/// once (migration 9: no key refuses the second).
+fn distinct_references<'a>(
+    refs: impl Iterator<Item = (&'a str, Uuid, &'a EntityRef)>,
+) -> Vec<(&'a str, Uuid, &'a EntityRef)> {
+    let mut seen = std::collections::HashSet::new();
+    refs.filter(|(t, u, r)| seen.insert((*t, *u, r.pointer.as_str(), r.target_uuid)))
+        .collect()
+}
+
 #[async_trait::async_trait]
 impl StoreTx for PgTx {
     async fn get_meta(&mut self, key: &str) -> StoreResult<Option<String>> {
@@ -654,16 +665,19 @@ impl StoreTx for PgTx {
             .execute(&mut *self.tx)
             .await
             .map_err(|e| StoreError::backend("replacing an entity's references", e))?;
+        let refs = distinct_references(refs.iter().map(|r| (entity_type, uuid, r)));
         if refs.is_empty() {
             return Ok(());
         }
-        let pointers: Vec<&str> = refs.iter().map(|r| r.pointer.as_str()).collect();
-        let types: Vec<&str> = refs.iter().map(|r| r.target_type.as_str()).collect();
-        let targets: Vec<Uuid> = refs.iter().map(|r| r.target_uuid).collect();
+        let pointers: Vec<&str> = refs.iter().map(|(_, _, r)| r.pointer.as_str()).collect();
+        let types: Vec<&str> = refs
+            .iter()
+            .map(|(_, _, r)| r.target_type.as_str())
+            .collect();
+        let targets: Vec<Uuid> = refs.iter().map(|(_, _, r)| r.target_uuid).collect();
         sqlx::query(
             "INSERT INTO entity_refs (source_type, source_uuid, pointer, target_type, target_uuid)
-             SELECT $1, $2, p, t, u FROM unnest($3::text[], $4::text[], $5::uuid[]) AS x(p, t, u)
-             ON CONFLICT DO NOTHING",
+             SELECT $1, $2, p, t, u FROM unnest($3::text[], $4::text[], $5::uuid[]) AS x(p, t, u)",
         )
         .bind(entity_type)
         .bind(uuid)
@@ -1145,7 +1159,7 @@ impl StoreTx for PgTx {
         .execute(&mut *self.tx)
         .await
         .map_err(|e| StoreError::backend("replacing entities' references", e))?;
-        let refs = references_to_insert(items);
+        let refs = distinct_references(references_to_insert(items).into_iter());
         if refs.is_empty() {
             return Ok(());
         }
@@ -1159,8 +1173,7 @@ impl StoreTx for PgTx {
         let targets: Vec<Uuid> = refs.iter().map(|(_, _, r)| r.target_uuid).collect();
         sqlx::query(
             "INSERT INTO entity_refs (source_type, source_uuid, pointer, target_type, target_uuid)
-             SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::uuid[])
-             ON CONFLICT DO NOTHING",
+             SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::uuid[])",
         )
         .bind(&source_types)
         .bind(&source_uuids)

@@ -153,10 +153,11 @@ const LOG_DELETE_PREVIOUS: &str = "DELETE FROM sync_changes
 /// target twice under one pointer (one employee on two lines) records it
 /// once (migration 9: no key refuses the second).
 fn distinct_references<'a>(
-    refs: impl Iterator<Item = (&'a str, Uuid, &'a EntityRef)>,
+    refs: Vec<(&'a str, Uuid, &'a EntityRef)>,
 ) -> Vec<(&'a str, Uuid, &'a EntityRef)> {
     let mut seen = std::collections::HashSet::new();
-    refs.filter(|(t, u, r)| seen.insert((*t, *u, r.pointer.as_str(), r.target_uuid)))
+    refs.into_iter()
+        .filter(|(t, u, r)| seen.insert((*t, *u, r.pointer.as_str(), r.target_uuid)))
         .collect()
 }
 
@@ -652,42 +653,15 @@ impl StoreTx for PgTx {
         Ok(())
     }
 
+    /// [`StoreTx::set_references_many`] of the one source.
     async fn set_references(
         &mut self,
         entity_type: &str,
         uuid: Uuid,
         refs: &[EntityRef],
     ) -> StoreResult<()> {
-        self.lock_writes().await?;
-        sqlx::query("DELETE FROM entity_refs WHERE source_type = $1 AND source_uuid = $2")
-            .bind(entity_type)
-            .bind(uuid)
-            .execute(&mut *self.tx)
-            .await
-            .map_err(|e| StoreError::backend("replacing an entity's references", e))?;
-        let refs = distinct_references(refs.iter().map(|r| (entity_type, uuid, r)));
-        if refs.is_empty() {
-            return Ok(());
-        }
-        let pointers: Vec<&str> = refs.iter().map(|(_, _, r)| r.pointer.as_str()).collect();
-        let types: Vec<&str> = refs
-            .iter()
-            .map(|(_, _, r)| r.target_type.as_str())
-            .collect();
-        let targets: Vec<Uuid> = refs.iter().map(|(_, _, r)| r.target_uuid).collect();
-        sqlx::query(
-            "INSERT INTO entity_refs (source_type, source_uuid, pointer, target_type, target_uuid)
-             SELECT $1, $2, p, t, u FROM unnest($3::text[], $4::text[], $5::uuid[]) AS x(p, t, u)",
-        )
-        .bind(entity_type)
-        .bind(uuid)
-        .bind(&pointers)
-        .bind(&types)
-        .bind(&targets)
-        .execute(&mut *self.tx)
-        .await
-        .map_err(|e| StoreError::backend("recording an entity's references", e))?;
-        Ok(())
+        let item = ((entity_type.to_owned(), uuid), refs.to_vec());
+        self.set_references_many(std::slice::from_ref(&item)).await
     }
 
     async fn referrers(&mut self, target_type: &str, target: Uuid) -> StoreResult<Vec<EntityRef>> {
@@ -1159,7 +1133,7 @@ impl StoreTx for PgTx {
         .execute(&mut *self.tx)
         .await
         .map_err(|e| StoreError::backend("replacing entities' references", e))?;
-        let refs = distinct_references(references_to_insert(items).into_iter());
+        let refs = distinct_references(references_to_insert(items));
         if refs.is_empty() {
             return Ok(());
         }

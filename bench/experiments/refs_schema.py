@@ -32,6 +32,13 @@ Variants:
                 (what the index entity_refs_target held), and one row per
                 source with its references packed as JSON (what a
                 replacement deletes); the store's layout from migration 7
+  refs-listed   one tree keyed target first, (target_id, source_id, pointer),
+                and each source's references kept as a JSON list on its
+                `entity_keys` row, through which a replacement finds the
+                old rows (session 19: no faster than refs-joined, which
+                writes a second tree but no list)
+  refs-listed-j the same, the rows inserted from the stored list with
+                json_each instead of a VALUES list
 
 Python's own per-row cost is in every figure, so compare the variants with
 each other, not with the suite's Rust baselines.
@@ -88,6 +95,10 @@ REFS_INTERNED = """CREATE TABLE entity_keys (id INTEGER PRIMARY KEY, entity_type
 CREATE TABLE entity_refs (source_id INTEGER NOT NULL, pointer_id INTEGER NOT NULL,
     target_id INTEGER NOT NULL, PRIMARY KEY (source_id, pointer_id, target_id)) WITHOUT ROWID;
 CREATE INDEX entity_refs_target ON entity_refs (target_id);"""
+REFS_LISTED = """CREATE TABLE entity_keys (id INTEGER PRIMARY KEY, entity_type TEXT NOT NULL,
+    uuid TEXT NOT NULL, refs TEXT, UNIQUE (uuid, entity_type));
+CREATE TABLE entity_refs (target_id INTEGER NOT NULL, source_id INTEGER NOT NULL,
+    pointer TEXT NOT NULL, PRIMARY KEY (target_id, source_id, pointer)) WITHOUT ROWID;"""
 REFS_TARGET = """CREATE TABLE entity_refs (target_uuid TEXT NOT NULL, target_type TEXT NOT NULL,
     source_type TEXT NOT NULL, source_uuid TEXT NOT NULL, pointer TEXT NOT NULL,
     PRIMARY KEY (target_uuid, target_type, source_type, source_uuid, pointer)) WITHOUT ROWID;
@@ -195,6 +206,41 @@ def refs_joined(c, uuids, state):
                   [x for r in rows for x in r])
 
 
+def refs_listed(c, uuids, state, from_list=False):
+    entities(c, uuids, state)
+    c.execute("INSERT OR IGNORE INTO entity_keys (entity_type, uuid) VALUES "
+              + ",".join(["(?, ?)"] * len(TARGETS)), [x for k in TARGETS for x in k])
+    packed = json.dumps([[t, tu, p] for p, (t, tu) in zip(POINTERS, TARGETS)])
+    for k in range(0, len(uuids), 100):
+        sources = uuids[k:k + 100]
+        marks = ",".join(["?"] * len(sources))
+        # The old rows, found through the sources' recorded lists.
+        c.execute("DELETE FROM entity_refs WHERE (target_id, source_id) IN (SELECT t.id, s.id"
+                  " FROM entity_keys AS s CROSS JOIN json_each(s.refs) AS j"
+                  " CROSS JOIN entity_keys AS t ON t.uuid = j.value ->> 1 AND t.entity_type = j.value ->> 0"
+                  " WHERE s.uuid IN (" + marks + ") AND s.entity_type = 'DailyReport'"
+                  " AND s.refs IS NOT NULL)", sources)
+        c.execute("INSERT INTO entity_keys (entity_type, uuid, refs) VALUES "
+                  + ",".join(["('DailyReport', ?, ?)"] * len(sources))
+                  + " ON CONFLICT (uuid, entity_type) DO UPDATE SET refs = excluded.refs",
+                  [x for u in sources for x in (u, packed)])
+        if from_list:
+            c.execute("INSERT OR IGNORE INTO entity_refs (target_id, source_id, pointer)"
+                      " SELECT t.id, s.id, j.value ->> 2 FROM entity_keys AS s"
+                      " CROSS JOIN json_each(s.refs) AS j"
+                      " CROSS JOIN entity_keys AS t ON t.uuid = j.value ->> 1 AND t.entity_type = j.value ->> 0"
+                      " WHERE s.uuid IN (" + marks + ") AND s.entity_type = 'DailyReport'", sources)
+        else:
+            rows = [("DailyReport", u, p, t, tu)
+                    for u in sources for p, (t, tu) in zip(POINTERS, TARGETS)]
+            c.execute("INSERT OR IGNORE INTO entity_refs (target_id, source_id, pointer)"
+                      " SELECT t.id, s.id, v.column3 FROM (VALUES "
+                      + ",".join(["(?, ?, ?, ?, ?)"] * len(rows)) + ") AS v"
+                      " CROSS JOIN entity_keys s ON s.uuid = v.column2 AND s.entity_type = v.column1"
+                      " CROSS JOIN entity_keys t ON t.uuid = v.column5 AND t.entity_type = v.column4",
+                      [x for r in rows for x in r])
+
+
 def refs_target(c, uuids, state):
     entities(c, uuids, state)
     packed = json.dumps([[p, t, tu] for p, (t, tu) in zip(POINTERS, TARGETS)])
@@ -211,3 +257,5 @@ run("refs-integer", ENTITIES_INT + REFS_INT, refs_integer)
 run("refs-interned", ENTITIES + REFS_INTERNED, refs_interned)
 run("refs-joined", ENTITIES + REFS_INTERNED, refs_joined)
 run("refs-target", ENTITIES + REFS_TARGET, refs_target)
+run("refs-listed", ENTITIES + REFS_LISTED, refs_listed)
+run("refs-listed-j", ENTITIES + REFS_LISTED, lambda c, u, s: refs_listed(c, u, s, True))

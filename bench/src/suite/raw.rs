@@ -43,7 +43,7 @@ pub enum Rows<'a> {
     /// foreign keys), and the rows a client's store gets for each entity:
     /// the entity, its interned key and one `entity_refs` row per
     /// reference (`(pointer, target type, target uuid)`, the same for every
-    /// row), and its queue row.
+    /// row; the pointer interned too), and its queue row.
     Store {
         refs: &'a [(&'a str, &'a str, Uuid)],
     },
@@ -166,10 +166,16 @@ pub async fn sqlite_insert(
                 });
                 q.build().execute(&mut *tx).await?;
             }
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT OR IGNORE INTO ref_pointers (pointer) ");
+            q.push_values(refs.iter(), |mut b, (p, _, _)| {
+                b.push_bind(*p);
+            });
+            q.build().execute(&mut *tx).await?;
             for part in rows.chunks(per_tx) {
                 let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                    "INSERT INTO entity_refs (source_id, pointer, target_id)
-                     SELECT s.id, v.column3, t.id FROM (",
+                    "INSERT INTO entity_refs (source_id, pointer_id, target_id)
+                     SELECT s.id, p.id, t.id FROM (",
                 );
                 q.push_values(part, |mut b, (uuid, (p, t, target))| {
                     b.push_bind(ty)
@@ -181,6 +187,7 @@ pub async fn sqlite_insert(
                 q.push(
                     ") AS v
                      CROSS JOIN entity_keys AS s ON s.uuid = v.column2 AND s.entity_type = v.column1
+                     CROSS JOIN ref_pointers AS p ON p.pointer = v.column3
                      CROSS JOIN entity_keys AS t ON t.uuid = v.column5 AND t.entity_type = v.column4",
                 );
                 q.build().execute(&mut *tx).await?;

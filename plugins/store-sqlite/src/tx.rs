@@ -142,10 +142,12 @@ pub(crate) type ReferenceRow<'q> = (&'q str, Uuid, &'q EntityRef);
 
 /// The references' keys first: one `INSERT OR IGNORE` into `entity_keys`
 /// per [`BATCH_ROWS`] distinct (type, uuid) pairs that `rows` name as
-/// source or target. Then one DELETE of the recorded references per
-/// [`BATCH_ROWS`] entities, then one `INSERT … SELECT` per [`BATCH_ROWS`] of
-/// `rows` (their new ones), which finds both keys by the unique index on
-/// `entity_keys`: nothing is read back, so the statements still pipeline.
+/// source or target, and one into `ref_pointers` of their distinct
+/// pointers. Then one DELETE of the recorded references per [`BATCH_ROWS`]
+/// entities, then one `INSERT … SELECT` per [`BATCH_ROWS`] of `rows` (their
+/// new ones), which finds both keys by the unique index on `entity_keys`
+/// and the pointer by `ref_pointers`'s: nothing is read back, so the
+/// statements still pipeline.
 pub(crate) fn reference_statements<'q>(
     items: &'q [SourceReferences],
     rows: &'q [ReferenceRow<'q>],
@@ -159,6 +161,9 @@ pub(crate) fn reference_statements<'q>(
             }
         }
     }
+    let mut pointers: Vec<&'q str> = rows.iter().map(|(_, _, r)| r.pointer.as_str()).collect();
+    pointers.sort_unstable();
+    pointers.dedup();
     let interned = (0..keys.len())
         .step_by(BATCH_ROWS)
         .map(move |i| {
@@ -171,6 +176,14 @@ pub(crate) fn reference_statements<'q>(
             });
             (q, "interning references' keys")
         })
+        .chain(pointers.chunks(BATCH_ROWS).map(|chunk| {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT OR IGNORE INTO ref_pointers (pointer) ");
+            q.push_values(chunk, |mut b, p| {
+                b.push_bind((*p).to_owned());
+            });
+            (q, "interning references' pointers")
+        }))
         .collect::<Vec<_>>();
     let deletes = items.chunks(BATCH_ROWS).map(|chunk| {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
@@ -185,8 +198,8 @@ pub(crate) fn reference_statements<'q>(
     });
     let inserts = rows.chunks(BATCH_ROWS).map(|chunk| {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT OR IGNORE INTO entity_refs (source_id, pointer, target_id)
-             SELECT s.id, v.column3, t.id FROM (",
+            "INSERT OR IGNORE INTO entity_refs (source_id, pointer_id, target_id)
+             SELECT s.id, p.id, t.id FROM (",
         );
         let mut texts = SharedTexts::default();
         q.push_values(chunk, |mut b, (t, u, r)| {
@@ -199,6 +212,7 @@ pub(crate) fn reference_statements<'q>(
         q.push(
             ") AS v
              CROSS JOIN entity_keys AS s ON s.uuid = v.column2 AND s.entity_type = v.column1
+             CROSS JOIN ref_pointers AS p ON p.pointer = v.column3
              CROSS JOIN entity_keys AS t ON t.uuid = v.column5 AND t.entity_type = v.column4",
         );
         (q, "recording entities' references")
@@ -909,13 +923,14 @@ impl StoreTx for SqliteTx {
 
     async fn referrers(&mut self, target_type: &str, target: Uuid) -> StoreResult<Vec<EntityRef>> {
         let rows = sqlx::query(
-            "SELECT s.entity_type AS source_type, s.uuid AS source_uuid, r.pointer,
+            "SELECT s.entity_type AS source_type, s.uuid AS source_uuid, p.pointer,
                     t.entity_type AS target_type, t.uuid AS target_uuid
              FROM entity_keys AS t
              JOIN entity_refs AS r ON r.target_id = t.id
              JOIN entity_keys AS s ON s.id = r.source_id
+             JOIN ref_pointers AS p ON p.id = r.pointer_id
              WHERE t.uuid = ? AND t.entity_type = ?
-             ORDER BY s.entity_type, s.uuid, r.pointer",
+             ORDER BY s.entity_type, s.uuid, p.pointer",
         )
         .bind(uuid_text(target))
         .bind(target_type)

@@ -131,10 +131,10 @@ async fn a_memory_store_leaves_no_file_behind() {
     assert!(!file.parent().unwrap().exists());
 }
 
-/// Migration 8 moves the references of a database made before it onto
-/// interned keys: every reference is still found from its target, with
-/// its source, pointer and target as they were, and new ones are written
-/// next to them.
+/// Migrations 8 and 9 move the references of a database made before them
+/// onto interned keys, then interned pointers: every reference is still
+/// found from its target, with its source, pointer and target as they
+/// were, and new ones are written next to them.
 #[tokio::test]
 async fn references_recorded_before_interned_keys_survive_the_migration() {
     use hubsync_core::store::EntityRef;

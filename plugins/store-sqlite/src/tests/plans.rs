@@ -209,10 +209,11 @@ async fn scoped_candidates_use_indexes() {
     }
 }
 
-/// Writing references: interning their keys, deleting a batch of
-/// entities' old references and inserting the new ones find every key by
-/// the unique index on `entity_keys` and every old row by `entity_refs`'
-/// primary key; only the statement's own VALUES list is scanned.
+/// Writing references: interning their keys and pointers, deleting a batch
+/// of entities' old references and inserting the new ones find every key
+/// by the unique index on `entity_keys`, every pointer by `ref_pointers`'
+/// and every old row by `entity_refs`' primary key; only the statement's
+/// own VALUES list is scanned.
 #[tokio::test]
 async fn writing_references_looks_every_key_up() {
     let s = memory_store().await;
@@ -237,6 +238,7 @@ async fn writing_references_looks_every_key_up() {
         whats,
         [
             "interning references' keys",
+            "interning references' pointers",
             "replacing entities' references",
             "recording entities' references"
         ]
@@ -246,7 +248,15 @@ async fn writing_references_looks_every_key_up() {
         let plan = plan(&s, &sql, sql.matches('?').count()).await;
         println!("{what}: {plan:?}");
         for step in &plan {
-            for table in ["entity_keys", "entity_refs", "k ", "s ", "t "] {
+            for table in [
+                "entity_keys",
+                "entity_refs",
+                "ref_pointers",
+                "k ",
+                "s ",
+                "t ",
+                "p ",
+            ] {
                 assert!(
                     !step.starts_with(&format!("SCAN {table}")),
                     "{what} scans {table}: {plan:?}"
@@ -254,12 +264,19 @@ async fn writing_references_looks_every_key_up() {
             }
             assert!(!step.contains("TEMP B-TREE"), "{what} sorts: {plan:?}");
         }
-        if *what != "interning references' keys" {
+        if !what.starts_with("interning") {
             assert!(
                 plan.iter().any(
                     |p| p.contains("sqlite_autoindex_entity_keys_1 (uuid=? AND entity_type=?)")
                 ),
                 "{what} does not look keys up: {plan:?}"
+            );
+        }
+        if *what == "recording entities' references" {
+            assert!(
+                plan.iter()
+                    .any(|p| p.contains("sqlite_autoindex_ref_pointers_1 (pointer=?)")),
+                "{what} does not look pointers up: {plan:?}"
             );
         }
     }

@@ -11,27 +11,44 @@ use uuid::Uuid;
 pub struct Refs {
     pub brigade: Uuid,
     pub site: Uuid,
-    pub employees: [Uuid; 3],
+    /// Report `i` names three consecutive ones, from `3i` (mod their
+    /// number): with three, every report names the same three.
+    pub employees: Vec<Uuid>,
 }
 
 impl Refs {
+    /// One brigade, one site, three employees: every report references the
+    /// same five entities.
     pub fn new() -> Refs {
+        Refs::with_employees(3)
+    }
+
+    /// One brigade, one site and `k` employees (at least 3), so that the
+    /// reports' references spread over `k + 2` targets as documents'
+    /// references to a catalogue do (`hubsync-bench suite --targets`).
+    pub fn with_employees(k: usize) -> Refs {
         Refs {
             brigade: Uuid::now_v7(),
             site: Uuid::now_v7(),
-            employees: [Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7()],
+            employees: (0..k.max(3)).map(|_| Uuid::now_v7()).collect(),
         }
     }
 
-    /// The references of every [`daily_report`]: `(pointer, type, uuid)`
-    /// as the store records them (one row per referenced entity).
-    pub fn of_report(&self) -> Vec<(&'static str, &'static str, Uuid)> {
+    /// The employees report `i` names.
+    pub fn employees_of(&self, i: usize) -> [Uuid; 3] {
+        let k = self.employees.len();
+        [0, 1, 2].map(|j| self.employees[(3 * i + j) % k])
+    }
+
+    /// The references of [`daily_report`] `i`: `(pointer, type, uuid)` as
+    /// the store records them (one row per referenced entity).
+    pub fn of_report(&self, i: usize) -> Vec<(&'static str, &'static str, Uuid)> {
         let mut v = vec![
             ("/brigade", "Brigade", self.brigade),
             ("/site", "Site", self.site),
         ];
         v.extend(
-            self.employees
+            self.employees_of(i)
                 .iter()
                 .map(|e| ("/lines/*/employee", "Employee", *e)),
         );
@@ -53,11 +70,13 @@ impl Refs {
                 json!({"name": "Depot", "address": "Depot, 1 Main St", "parent": null}),
             ),
         ];
-        for (e, name) in self
-            .employees
-            .iter()
-            .zip(["Ivan Petrov", "Oleg Sidorov", "Anna Ivanova"])
-        {
+        for (j, e) in self.employees.iter().enumerate() {
+            let name = match j {
+                0 => "Ivan Petrov".to_string(),
+                1 => "Oleg Sidorov".to_string(),
+                2 => "Anna Ivanova".to_string(),
+                _ => format!("Employee {j}"),
+            };
             v.push((
                 "Employee",
                 *e,
@@ -82,7 +101,7 @@ pub fn daily_report(i: usize, refs: &Refs) -> Value {
         "site cleaning, formwork check",
     ];
     let lines: Vec<Value> = refs
-        .employees
+        .employees_of(i)
         .iter()
         .zip(tasks)
         .enumerate()
@@ -139,5 +158,22 @@ mod tests {
         }
         let brigade = registry.get("Brigade").expect("Brigade type");
         assert!(brigade.validate(&small(7)).is_ok());
+    }
+
+    #[test]
+    fn reports_spread_their_references_over_the_targets() {
+        let three = Refs::new();
+        assert_eq!(three.employees_of(0), three.employees_of(12_345));
+        let many = Refs::with_employees(3_000);
+        assert_eq!(many.entities().len(), 3_002);
+        let named: std::collections::HashSet<Uuid> =
+            (0..1_000).flat_map(|i| many.employees_of(i)).collect();
+        assert_eq!(named.len(), 3_000, "1,000 reports name every employee once");
+        let d = daily_report(7, &many);
+        let of_report: Vec<Uuid> = many.of_report(7).iter().map(|r| r.2).collect();
+        for (k, e) in many.employees_of(7).iter().enumerate() {
+            assert_eq!(d["lines"][k]["employee"], json!(e));
+            assert!(of_report.contains(e));
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! alone says little on a shared machine.
 //!
 //! ```text
-//! cargo run --release -p hubsync-bench -- suite [--quick] [--only LIST] [--n N] [--clients C] [--nodes K] [--json FILE]
+//! cargo run --release -p hubsync-bench -- suite [--quick] [--only LIST] [--n N] [--clients C] [--nodes K] [--targets K] [--json FILE]
 //! cargo run --release -p hubsync-bench -- pg-ingest [--quick] [--n N] [--json FILE]
 //! cargo run --release -p hubsync-bench -- gzip [--quick] [--json FILE]
 //! ```
@@ -43,6 +43,9 @@ pub struct Args {
     /// The interval between a client's exchanges in the paced run of the
     /// suite's `many` part, in ms (default 5,000, 2,000 with --quick).
     pub pace_ms: Option<usize>,
+    /// Employees the suite's reports reference, three per report (default
+    /// 3: every report references the same five entities).
+    pub targets: Option<usize>,
     /// Where the JSON report goes.
     pub out: Option<PathBuf>,
     /// Only these parts of the scenario (suite: `--only push,download`);
@@ -83,7 +86,7 @@ const SCENARIOS: &[(&str, &str, Scenario)] = &[
 
 fn usage() -> String {
     let mut s = String::from(
-        "usage: hubsync-bench SCENARIO [--quick] [--only LIST] [--n N] [--clients C] [--nodes K] [--pace-ms MS] [--json FILE]\n\nscenarios:\n",
+        "usage: hubsync-bench SCENARIO [--quick] [--only LIST] [--n N] [--clients C] [--nodes K] [--pace-ms MS] [--targets K] [--json FILE]\n\nscenarios:\n",
     );
     for (name, what, _) in SCENARIOS {
         s.push_str(&format!("  {name:<10} {what}\n"));
@@ -93,7 +96,7 @@ fn usage() -> String {
         suite::PARTS.join(",")
     ));
     s.push_str(
-        "\nPostgreSQL scenarios read HUBSYNC_BENCH_POSTGRES_URL or HUBSYNC_TEST_POSTGRES_URL.\nThe JSON report goes to target/bench/SCENARIO.json unless --json (or --out) names a file.\n",
+        "--targets K (suite): the reports reference K employees, three each (default 3: all the same five entities).\n\nPostgreSQL scenarios read HUBSYNC_BENCH_POSTGRES_URL or HUBSYNC_TEST_POSTGRES_URL.\nThe JSON report goes to target/bench/SCENARIO.json unless --json (or --out) names a file.\n",
     );
     s
 }
@@ -113,6 +116,7 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<(String, Args), Strin
         clients: None,
         nodes: None,
         pace_ms: None,
+        targets: None,
         out: None,
         only: None,
     };
@@ -123,6 +127,7 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<(String, Args), Strin
             "--clients" => args.clients = Some(number(&mut argv, "--clients")?.max(1)),
             "--nodes" => args.nodes = Some(number(&mut argv, "--nodes")?.max(10)),
             "--pace-ms" => args.pace_ms = Some(number(&mut argv, "--pace-ms")?.max(1)),
+            "--targets" => args.targets = Some(number(&mut argv, "--targets")?.max(3)),
             "--json" | "--out" => {
                 args.out = Some(argv.next().ok_or(format!("{a} needs a file"))?.into())
             }
@@ -250,6 +255,8 @@ mod tests {
             "20",
             "--nodes",
             "500",
+            "--targets",
+            "3_000",
             "--json",
             "x.json",
             "--only",
@@ -261,6 +268,7 @@ mod tests {
         assert_eq!(a.n, Some(100_000));
         assert_eq!(a.clients, Some(20));
         assert_eq!(a.nodes, Some(500));
+        assert_eq!(a.targets, Some(3_000));
         assert_eq!(a.out, Some(PathBuf::from("x.json")));
         assert_eq!(a.only, Some(vec!["push".to_string(), "many".to_string()]));
         assert!(p(&["suite", "--only"]).is_err());

@@ -229,7 +229,7 @@ fn daily_report(i: usize, brigade: Uuid, site: Uuid, employees: &[Uuid]) -> Wire
     let refs = crate::data::Refs {
         brigade,
         site,
-        employees: [employees[0], employees[1], employees[2]],
+        employees: vec![employees[0], employees[1], employees[2]],
     };
     WireChange {
         entity_type: "DailyReport".into(),

@@ -163,6 +163,8 @@ struct Plan {
     pace: Duration,
     nodes: usize,
     master_writes: usize,
+    /// Employees the reports reference ([`Refs::with_employees`]).
+    targets: usize,
 }
 
 impl Plan {
@@ -179,6 +181,7 @@ impl Plan {
             ),
             nodes: args.nodes.unwrap_or(if q { 1_000 } else { 10_000 }),
             master_writes: if q { 50 } else { 300 },
+            targets: args.targets.unwrap_or(3),
         })
     }
 }
@@ -337,13 +340,16 @@ async fn write_refs(node: &NodeProc, refs: &Refs) -> anyhow::Result<()> {
         .into_iter()
         .map(|(t, u, d)| json!({"op": "put", "type": t, "uuid": u, "data": d}))
         .collect();
-    node.call(
-        "POST",
-        "/api/v1/batch",
-        Some(&json!({"operations": ops})),
-        CALL,
-    )
-    .await?;
+    // In order, so that the brigade comes before the employees.
+    for part in ops.chunks(CHUNK) {
+        node.call(
+            "POST",
+            "/api/v1/batch",
+            Some(&json!({"operations": part})),
+            CALL,
+        )
+        .await?;
+    }
     Ok(())
 }
 
@@ -623,11 +629,13 @@ async fn sqlite_parts(
     let client_idle = a.rss_mb();
     extra.insert("rss_idle_master_mb".into(), json!(master_idle));
     extra.insert("rss_idle_client_mb".into(), json!(client_idle));
-    let refs = Refs::new();
+    let refs = Refs::with_employees(plan.targets);
+    extra.insert("targets".into(), json!(refs.entities().len()));
     write_refs(&a, &refs).await?;
-    timed_sync(&a, Some(5), 5).await?;
+    let targets = refs.entities().len();
+    timed_sync(&a, Some(targets as u64), targets).await?;
     // Entities the master holds: what a fresh client downloads.
-    let mut in_master = 5;
+    let mut in_master = targets;
     // The number of the next report to write.
     let mut next = 0;
 
@@ -696,7 +704,7 @@ async fn sqlite_parts(
         let store_base = raw::sqlite_insert(
             &root.join("raw-store.db"),
             raw::Rows::Store {
-                refs: &refs.of_report(),
+                refs: &|i| refs.of_report(batch_from + i),
             },
             "DailyReport",
             n,
@@ -998,10 +1006,11 @@ async fn pg_part(plan: &Plan, root: &Path, rows: &mut Vec<Row>) -> anyhow::Resul
     let master_idle = master.rss_mb();
     let (c_cfg, c_api) = make_client(root, "client-pg", &pm, &peers[0]).await?;
     let c = NodeProc::start("client-pg", &c_cfg, c_api).await?;
-    let refs = Refs::new();
+    let refs = Refs::with_employees(plan.targets);
     write_refs(&c, &refs).await?;
     batch_write(&c, &refs, 0..n, "loading").await?;
-    let (t, s) = timed_sync(&c, Some(n as u64 + 5), n + 5).await?;
+    let all = n + refs.entities().len();
+    let (t, s) = timed_sync(&c, Some(all as u64), all).await?;
     let tick = Ticker::new("baseline: PostgreSQL inserts", n);
     let base = raw::postgres_insert(&db.url, "DailyReport", n, |i| {
         tick.at(i);
@@ -1013,7 +1022,7 @@ async fn pg_part(plan: &Plan, root: &Path, rows: &mut Vec<Row>) -> anyhow::Resul
             "push client -> master (PostgreSQL)",
             format!("N={n}"),
             "ent/s",
-            per_s(n + 5, t),
+            per_s(all, t),
             "raw PG multi-row INSERT, 500/tx",
             per_s(n, base),
         )
@@ -1029,9 +1038,9 @@ async fn pg_part(plan: &Plan, root: &Path, rows: &mut Vec<Row>) -> anyhow::Resul
     // The initial download of what the master holds into a fresh client.
     say(&format!(
         "initial download of {} from the PostgreSQL master into a fresh client",
-        n + 5
+        all
     ));
-    let d = fresh_download(root, "client-pg-b", &pm, &peers[1], &master, &refs, n + 5).await?;
+    let d = fresh_download(root, "client-pg-b", &pm, &peers[1], &master, &refs, all).await?;
     eprintln!("suite:   download from PostgreSQL: {}", d.cpu.text());
     rows.push(d.row(
         "initial download PostgreSQL master -> client",

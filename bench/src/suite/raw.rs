@@ -42,10 +42,11 @@ pub enum Rows<'a> {
     /// A fresh store file with the store's own schema (every index, the
     /// foreign keys), and the rows a client's store gets for each entity:
     /// the entity, its interned key and one `entity_refs` row per
-    /// reference (`(pointer, target type, target uuid)`, the same for every
-    /// row; the pointer interned too), and its queue row.
+    /// reference (`(pointer, target type, target uuid)`; the pointer
+    /// interned too), and its queue row.
     Store {
-        refs: &'a [(&'a str, &'a str, Uuid)],
+        /// The references of row `i` (of `0..count`).
+        refs: &'a (dyn Fn(usize) -> Vec<(&'static str, &'static str, Uuid)> + Sync),
     },
 }
 
@@ -113,13 +114,6 @@ pub async fn sqlite_insert(
             pool
         }
     };
-    let refs: Vec<(&str, &str, String)> = match into {
-        Rows::Plain => Vec::new(),
-        Rows::Store { refs } => refs
-            .iter()
-            .map(|(p, t, u)| (*p, *t, u.to_string()))
-            .collect(),
-    };
     let per_tx = per_tx.max(1);
     let mut took = Duration::ZERO;
     for start in (0..count).step_by(per_tx) {
@@ -145,18 +139,26 @@ pub async fn sqlite_insert(
                 .push_bind(origin);
         });
         q.build().execute(&mut *tx).await?;
-        if let Rows::Store { .. } = into {
+        if let Rows::Store { refs: refs_of } = into {
+            let refs: Vec<(&str, &str, String)> = (start..start + chunk.len())
+                .flat_map(refs_of)
+                .map(|(p, t, u)| (p, t, u.to_string()))
+                .collect();
+            let per_row = refs.len() / chunk.len().max(1);
             let rows: Vec<(&str, &(&str, &str, String))> = chunk
                 .iter()
-                .flat_map(|(uuid, _)| refs.iter().map(move |r| (uuid.as_str(), r)))
+                .zip(refs.chunks(per_row.max(1)))
+                .flat_map(|((uuid, _), of_row)| of_row.iter().map(move |r| (uuid.as_str(), r)))
                 .collect();
-            // The references' interned keys (the sources', and the
-            // targets', which are the same for every row), then the rows
-            // keyed by them, as the store writes them.
+            // The references' interned keys (the sources' and the
+            // targets'), then the rows keyed by them, as the store writes
+            // them.
+            let mut seen = std::collections::HashSet::new();
             let keys: Vec<(&str, &str)> = chunk
                 .iter()
                 .map(|(uuid, _)| (ty, uuid.as_str()))
                 .chain(refs.iter().map(|(_, t, target)| (*t, target.as_str())))
+                .filter(|k| seen.insert(*k))
                 .collect();
             for part in keys.chunks(per_tx) {
                 let mut q: QueryBuilder<Sqlite> =
@@ -168,8 +170,11 @@ pub async fn sqlite_insert(
             }
             let mut q: QueryBuilder<Sqlite> =
                 QueryBuilder::new("INSERT OR IGNORE INTO ref_pointers (pointer) ");
-            q.push_values(refs.iter(), |mut b, (p, _, _)| {
-                b.push_bind(*p);
+            let mut pointers: Vec<&str> = refs.iter().map(|(p, _, _)| *p).collect();
+            pointers.sort_unstable();
+            pointers.dedup();
+            q.push_values(pointers, |mut b, p| {
+                b.push_bind(p);
             });
             q.build().execute(&mut *tx).await?;
             for part in rows.chunks(per_tx) {

@@ -183,6 +183,17 @@ def refs_interned(c, uuids, state):
                    for i in range(len(uuids)) for p, (t, tu) in zip(POINTERS, TARGETS)])
 
 
+def insert_joined(c, columns, picked, rows):
+    """One INSERT … SELECT of `rows` (source type, source uuid, pointer,
+    target type, target uuid) into entity_refs' `columns`, `picked` being
+    what is selected for them, both keys found in entity_keys."""
+    c.execute(f"INSERT OR IGNORE INTO entity_refs ({columns}) SELECT {picked} FROM (VALUES "
+              + ",".join(["(?, ?, ?, ?, ?)"] * len(rows)) + ") AS v"
+              " CROSS JOIN entity_keys s ON s.uuid = v.column2 AND s.entity_type = v.column1"
+              " CROSS JOIN entity_keys t ON t.uuid = v.column5 AND t.entity_type = v.column4",
+              [x for r in rows for x in r])
+
+
 def refs_joined(c, uuids, state):
     entities(c, uuids, state)
     keys = [("DailyReport", u) for u in uuids] + TARGETS
@@ -198,12 +209,7 @@ def refs_joined(c, uuids, state):
                   " AND entity_type = 'DailyReport')", sources)
         rows = [("DailyReport", u, pointers[p], t, tu)
                 for u in sources for p, (t, tu) in zip(POINTERS, TARGETS)]
-        c.execute("INSERT OR IGNORE INTO entity_refs (source_id, pointer_id, target_id)"
-                  " SELECT s.id, v.column3, t.id FROM (VALUES "
-                  + ",".join(["(?, ?, ?, ?, ?)"] * len(rows)) + ") AS v"
-                  " CROSS JOIN entity_keys s ON s.uuid = v.column2 AND s.entity_type = v.column1"
-                  " CROSS JOIN entity_keys t ON t.uuid = v.column5 AND t.entity_type = v.column4",
-                  [x for r in rows for x in r])
+        insert_joined(c, "source_id, pointer_id, target_id", "s.id, v.column3, t.id", rows)
 
 
 def refs_listed(c, uuids, state, from_list=False):
@@ -233,12 +239,7 @@ def refs_listed(c, uuids, state, from_list=False):
         else:
             rows = [("DailyReport", u, p, t, tu)
                     for u in sources for p, (t, tu) in zip(POINTERS, TARGETS)]
-            c.execute("INSERT OR IGNORE INTO entity_refs (target_id, source_id, pointer)"
-                      " SELECT t.id, s.id, v.column3 FROM (VALUES "
-                      + ",".join(["(?, ?, ?, ?, ?)"] * len(rows)) + ") AS v"
-                      " CROSS JOIN entity_keys s ON s.uuid = v.column2 AND s.entity_type = v.column1"
-                      " CROSS JOIN entity_keys t ON t.uuid = v.column5 AND t.entity_type = v.column4",
-                      [x for r in rows for x in r])
+            insert_joined(c, "target_id, source_id, pointer", "t.id, s.id, v.column3", rows)
 
 
 def refs_target(c, uuids, state):

@@ -630,9 +630,10 @@ async fn sqlite_parts(
     extra.insert("rss_idle_master_mb".into(), json!(master_idle));
     extra.insert("rss_idle_client_mb".into(), json!(client_idle));
     let refs = Refs::with_employees(plan.targets);
-    extra.insert("targets".into(), json!(refs.entities().len()));
+    // The brigade, the site and the employees.
+    let targets = refs.employees.len() + 2;
+    extra.insert("targets".into(), json!(targets));
     write_refs(&a, &refs).await?;
-    let targets = refs.entities().len();
     timed_sync(&a, Some(targets as u64), targets).await?;
     // Entities the master holds: what a fresh client downloads.
     let mut in_master = targets;
@@ -1009,7 +1010,8 @@ async fn pg_part(plan: &Plan, root: &Path, rows: &mut Vec<Row>) -> anyhow::Resul
     let refs = Refs::with_employees(plan.targets);
     write_refs(&c, &refs).await?;
     batch_write(&c, &refs, 0..n, "loading").await?;
-    let all = n + refs.entities().len();
+    // The reports, the brigade, the site and the employees.
+    let all = n + refs.employees.len() + 2;
     let (t, s) = timed_sync(&c, Some(all as u64), all).await?;
     let tick = Ticker::new("baseline: PostgreSQL inserts", n);
     let base = raw::postgres_insert(&db.url, "DailyReport", n, |i| {

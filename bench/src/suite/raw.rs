@@ -139,16 +139,16 @@ pub async fn sqlite_insert(
                 .push_bind(origin);
         });
         q.build().execute(&mut *tx).await?;
-        if let Rows::Store { refs: refs_of } = into {
-            let refs: Vec<(&str, &str, String)> = (start..start + chunk.len())
-                .flat_map(refs_of)
-                .map(|(p, t, u)| (p, t, u.to_string()))
-                .collect();
-            let per_row = refs.len() / chunk.len().max(1);
-            let rows: Vec<(&str, &(&str, &str, String))> = chunk
+        if let Rows::Store { refs } = into {
+            // (source uuid, (pointer, target type, target uuid)) per reference.
+            let rows: Vec<(&str, (&str, &str, String))> = chunk
                 .iter()
-                .zip(refs.chunks(per_row.max(1)))
-                .flat_map(|((uuid, _), of_row)| of_row.iter().map(move |r| (uuid.as_str(), r)))
+                .enumerate()
+                .flat_map(|(j, (uuid, _))| {
+                    refs(start + j)
+                        .into_iter()
+                        .map(move |(p, t, u)| (uuid.as_str(), (p, t, u.to_string())))
+                })
                 .collect();
             // The references' interned keys (the sources' and the
             // targets'), then the rows keyed by them, as the store writes
@@ -157,7 +157,7 @@ pub async fn sqlite_insert(
             let keys: Vec<(&str, &str)> = chunk
                 .iter()
                 .map(|(uuid, _)| (ty, uuid.as_str()))
-                .chain(refs.iter().map(|(_, t, target)| (*t, target.as_str())))
+                .chain(rows.iter().map(|(_, (_, t, target))| (*t, target.as_str())))
                 .filter(|k| seen.insert(*k))
                 .collect();
             for part in keys.chunks(per_tx) {
@@ -170,7 +170,7 @@ pub async fn sqlite_insert(
             }
             let mut q: QueryBuilder<Sqlite> =
                 QueryBuilder::new("INSERT OR IGNORE INTO ref_pointers (pointer) ");
-            let mut pointers: Vec<&str> = refs.iter().map(|(p, _, _)| *p).collect();
+            let mut pointers: Vec<&str> = rows.iter().map(|(_, (p, _, _))| *p).collect();
             pointers.sort_unstable();
             pointers.dedup();
             q.push_values(pointers, |mut b, p| {

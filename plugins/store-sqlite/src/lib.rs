@@ -21,6 +21,7 @@ mod codec;
 mod migrations;
 mod open;
 mod queries;
+mod raw;
 mod store;
 mod tx;
 mod writer;

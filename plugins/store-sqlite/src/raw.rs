@@ -34,7 +34,7 @@ pub(crate) const FIND_KEY: (&str, &CStr) = (
 );
 pub(crate) const ADD_KEY: (&str, &CStr) = (
     "interning references' keys",
-    c"INSERT INTO entity_keys (uuid, entity_type) VALUES (?1, ?2) RETURNING id",
+    c"INSERT OR IGNORE INTO entity_keys (uuid, entity_type) VALUES (?1, ?2)",
 );
 pub(crate) const FIND_POINTER: (&str, &CStr) = (
     "reading references' pointers",
@@ -160,6 +160,19 @@ impl Stmt {
     }
 }
 
+impl Stmt {
+    /// The rowid the last run of this INSERT added, if it added a row
+    /// (`None`: `OR IGNORE` skipped it).
+    fn inserted(&self) -> Option<i64> {
+        // SAFETY: the connection is open and locked by the caller; both
+        // calls read what the statement just run left on it.
+        unsafe {
+            (ffi::sqlite3_changes(self.db.as_ptr()) == 1)
+                .then(|| ffi::sqlite3_last_insert_rowid(self.db.as_ptr()))
+        }
+    }
+}
+
 impl Drop for Stmt {
     fn drop(&mut self) {
         // SAFETY: the statement was prepared on `db` and is finalized once.
@@ -198,17 +211,19 @@ impl<'a> Interner<'a> {
         }
         let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
         let text = &*uuid.hyphenated().encode_lower(&mut buf);
-        self.find_key.bind_text(1, text)?;
-        self.find_key.bind_text(2, entity_type)?;
-        let (id, existed) = match self.find_key.run()? {
-            Some(id) => (id, true),
+        // Added first: a new key (the usual source) costs one statement.
+        self.add_key.bind_text(1, text)?;
+        self.add_key.bind_text(2, entity_type)?;
+        self.add_key.run()?;
+        let (id, existed) = match self.add_key.inserted() {
+            Some(id) => (id, false),
             None => {
-                self.add_key.bind_text(1, text)?;
-                self.add_key.bind_text(2, entity_type)?;
-                let id = self.add_key.run()?.ok_or_else(|| {
-                    StoreError::corrupt("SQLite returned no id for a new reference key")
+                self.find_key.bind_text(1, text)?;
+                self.find_key.bind_text(2, entity_type)?;
+                let id = self.find_key.run()?.ok_or_else(|| {
+                    StoreError::corrupt("a reference key SQLite did not add is not in entity_keys")
                 })?;
-                (id, false)
+                (id, true)
             }
         };
         self.keys.insert(wanted, id);

@@ -13,6 +13,7 @@ mod groups;
 mod open;
 mod plans;
 mod property;
+mod references;
 mod transactions;
 
 use chrono::{DateTime, TimeZone, Utc};

@@ -114,6 +114,13 @@ pub(crate) struct CachedTx<'a> {
     log: LogAppends,
 }
 
+/// What a finished [`CachedTx`] had cached (written already): dropping it
+/// frees the entities.
+pub(crate) struct Leftovers {
+    _cache: HashMap<Key, Option<Entity>>,
+    _queue: HashMap<(Uuid, Key), QueueSlot>,
+}
+
 /// The revision numbers a [`CachedTx`] reserved, and whose rows it
 /// appended with them, for [`CachedTx::own_appends`].
 #[derive(Default)]
@@ -345,8 +352,14 @@ impl<'a> CachedTx<'a> {
     }
 
     /// Writes the buffered rows; the transaction may then be committed.
-    pub(crate) async fn finish(mut self) -> StoreResult<()> {
-        self.flush().await
+    /// Returns what the wrapper cached, for the caller to free while the
+    /// commit runs (a packet's 500 entities take ~0.5 ms to free).
+    pub(crate) async fn finish(mut self) -> StoreResult<Leftovers> {
+        self.flush().await?;
+        Ok(Leftovers {
+            _cache: std::mem::take(&mut self.cache),
+            _queue: std::mem::take(&mut self.queue),
+        })
     }
 
     async fn forget_cached(&mut self) -> StoreResult<()> {

@@ -29,6 +29,7 @@ use serde::Serialize;
 
 use super::cached_tx::CachedTx;
 use super::integrity::{FoundReferences, missing_reference, packet_keys};
+use super::size::approx_size;
 use super::{Engine, EngineError, ImportReport};
 use crate::entity::{Entity, now_utc};
 use crate::protocol::{
@@ -717,12 +718,16 @@ impl Engine {
                 peer.received_packet_no + 1
             )));
         }
-        cached.finish().await?;
+        let leftovers = cached.finish().await?;
         summary.acked_packet_no = peer.sent_packet_no;
         summary.received_packet_no = peer.received_packet_no;
         tx.put_node(&peer).await?;
         if !dry_run {
-            tx.commit().await?;
+            // The packet's entities are freed while the COMMIT runs (its
+            // first poll hands it to the store).
+            let (committed, ()) =
+                futures_util::future::join(tx.commit(), async move { drop(leftovers) }).await;
+            committed?;
         }
         Ok(Applied { new_master_packet })
     }
@@ -901,29 +906,4 @@ fn wire_change(row: &QueuedChange, current: Option<Entity>) -> Result<WireChange
         rev: None,
         origin_node_id: None,
     })
-}
-
-/// Serialized size of changes, for packet bounds and progress.
-pub(crate) fn approx_size(changes: &[WireChange]) -> usize {
-    /// Counts the bytes written to it (no buffer is built).
-    struct Counter(usize);
-    impl std::io::Write for Counter {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    changes
-        .iter()
-        .map(|c| {
-            let mut n = Counter(0);
-            // Serializing a WireChange cannot fail (string keys, and the
-            // writer never does); a failure would only undercount.
-            let _ = serde_json::to_writer(&mut n, c);
-            n.0 + 1
-        })
-        .sum()
 }

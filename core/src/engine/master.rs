@@ -24,9 +24,9 @@ use crate::schema::{Issue, SchemaVersion};
 use crate::store::{AuditRecord, HistoryRecord, NodeRecord, NodeRole, StoreError, StoreTx};
 
 use super::cached_tx::{CachedTx, OwnAppends};
-use super::client::approx_size;
 use super::integrity::{FoundReferences, missing_reference, packet_keys};
 use super::routing::Route;
+use super::size::approx_size;
 
 /// Why the master refused an exchange. Nothing of a refused packet is
 /// applied.

@@ -14,6 +14,7 @@ mod manual;
 mod master;
 mod order;
 mod routing;
+mod size;
 mod turns;
 
 use std::sync::Arc;

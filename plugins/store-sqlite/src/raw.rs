@@ -19,7 +19,7 @@
 //!
 //! [`LockedSqliteHandle`]: sqlx::sqlite::LockedSqliteHandle
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ffi::{CStr, c_int};
 use std::ptr::{self, NonNull};
 
@@ -158,9 +158,7 @@ impl Stmt {
         unsafe { ffi::sqlite3_reset(self.stmt.as_ptr()) };
         out
     }
-}
 
-impl Stmt {
     /// The rowid the last run of this INSERT added, if it added a row
     /// (`None`: `OR IGNORE` skipped it).
     fn inserted(&self) -> Option<i64> {
@@ -203,7 +201,8 @@ impl<'a> Interner<'a> {
         })
     }
 
-    /// The key's id, and whether it was in the store before this call.
+    /// The key's id, and whether it was known before this lookup (in the
+    /// store, or met earlier in this call).
     fn key(&mut self, entity_type: &'a str, uuid: Uuid) -> StoreResult<(i64, bool)> {
         let wanted = (entity_type, uuid);
         if let Some(&id) = self.keys.get(&wanted) {
@@ -259,16 +258,14 @@ pub(crate) fn write_references(
     let mut keys = Interner::new(db)?;
     let mut delete = Stmt::prepare(db, DELETE_REFS)?;
     let mut insert = Stmt::prepare(db, INSERT_REF)?;
-    let mut replaced: HashSet<i64> = HashSet::with_capacity(items.len());
     for ((source_type, source), refs) in items {
+        // A key this call added has no references yet; one it met before
+        // (a source given twice) reads as existing, so its rows go.
         let (source_id, existed) = keys.key(source_type, *source)?;
-        // A key added by this call has no references yet, unless an
-        // earlier item of this call gave it some.
-        if existed || replaced.contains(&source_id) {
+        if existed {
             delete.bind_int(1, source_id)?;
             delete.run()?;
         }
-        replaced.insert(source_id);
         for r in refs {
             let pointer_id = keys.pointer(&r.pointer)?;
             let (target_id, _) = keys.key(&r.target_type, r.target_uuid)?;
